@@ -83,11 +83,31 @@ def build_tiny(name: str, seed: int = 0) -> Components:
         unet = UNet2DConditionModel(**unet_config(family, sum(widths), pooled))
         vae = AutoencoderKL(**vae_config(), scaling_factor=family.vae_scale)
         _randomize_zero_inits(unet)
+        _calibrate_vae(vae)
     finally:
         torch.random.set_rng_state(gen_state)
     for m in [unet, vae, *encoders]:
         m.eval().requires_grad_(False)
     return Components(family=family, unet=unet, vae=vae, text_encoders=encoders, name=name, source=name)
+
+
+def _calibrate_vae(vae: AutoencoderKL) -> None:
+    """Make the untrained VAE a usable codec: a near-deterministic posterior, and the scale factor chosen (as SD's
+    was) so that the latents of typical images have unit variance. Without this the image signal would drown in
+    the posterior noise and the tiny models could not learn anything from pictures."""
+    from ..demo_data import COLOURS, SHAPES, draw_shape
+
+    c = vae.config.latent_channels
+    with torch.no_grad():
+        vae.quant_conv.weight[c:] = 0
+        vae.quant_conv.bias[c:] = -12.0  # log-variance: std = e^-6
+        names = list(COLOURS)
+        images = [draw_shape(shape, names[i % len(names)], names[(i + 3) % len(names)], 64)
+                  for i, shape in enumerate(SHAPES * 2)]
+        pixels = torch.stack([torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(64, 64, 3)
+                              for im in images]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        mean = vae.encode(pixels).latent_dist.mean
+    vae.register_to_config(scaling_factor=round(float(1.0 / mean.std()), 5))
 
 
 def _randomize_zero_inits(unet: torch.nn.Module) -> None:

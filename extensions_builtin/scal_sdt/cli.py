@@ -1,0 +1,80 @@
+"""``scal-sdt``: one sub-command per job, each generated from that job's config dataclass."""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from . import __version__
+from .config import add_arguments, from_namespace
+
+
+@dataclass
+class Command:
+    name: str
+    help: str
+    config: type
+    run: Callable
+
+
+def _train_embedding(cfg) -> int:
+    from .host.standalone import load_host
+    from .textual_inversion.trainer import run_dir_for, train_embedding
+
+    host = load_host(cfg.model, cfg.device, cfg.memory_mode, cfg.precision)
+    result = train_embedding(cfg, host)
+    run_dir = run_dir_for(cfg)
+    state = "interrupted" if result.interrupted else "finished"
+    print(f"{state} at step {result.step}: {result.final_path}")
+    print(f"loss log {run_dir / 'loss.csv'}, plot {run_dir / 'loss.png'}, previews {run_dir / 'images'}")
+    return 0
+
+
+def _create_embedding(cfg) -> int:
+    from .host.standalone import load_host
+    from .textual_inversion.create import create_embedding
+
+    host = load_host(cfg.model, cfg.device)
+    path = create_embedding(host, cfg.name, cfg.vectors, cfg.init_text, Path(cfg.out), cfg.overwrite, cfg.format)
+    print(f"created {path}")
+    return 0
+
+
+def commands() -> list[Command]:
+    from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
+
+    return [
+        Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
+        Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scal-sdt", description="Dataset tagging and personalisation training for "
+                                                                  "Stable Diffusion (WebUI extension and command line).")
+    parser.add_argument("--version", action="version", version=f"scal-sdt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in commands():
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help,
+                           formatter_class=argparse.HelpFormatter)
+        add_arguments(p, cmd.config)
+        p.set_defaults(_command=cmd)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cmd: Command = args._command
+    try:
+        cfg = from_namespace(cmd.config, args)
+        return cmd.run(cfg)
+    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        print(f"scal-sdt {cmd.name}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Config dataclasses are the one source of a job's parameters.
+
+A field is declared once with :func:`option` (type, default, help, choices, bounds). From the dataclass come the
+command-line flags (:func:`add_arguments` / :func:`from_namespace`), the forms and the API bodies (:func:`describe`),
+and the metadata saved beside results (:func:`to_dict`).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any
+
+MISSING = dataclasses.MISSING
+
+
+def option(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
+           max: float | None = None, flag: str | None = None, positional: bool = False, group: str = "") -> Any:
+    """Declare a config field. ``flag`` overrides the derived ``--kebab-name`` (keep issue-given names stable)."""
+    meta = dict(help=help, choices=choices, min=min, max=max, flag=flag, positional=positional, group=group)
+    if default is MISSING:
+        return dataclasses.field(metadata=meta)
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _field_type(cls: type, f: dataclasses.Field) -> type:
+    hints = typing.get_type_hints(cls)
+    tp = hints[f.name]
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
+        return args[0]
+    return tp
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add one flag per field of ``cls``, with its default, choices and help text."""
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        target = parser
+        if meta.get("group"):
+            target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        tp = _field_type(cls, f)
+        required = f.default is MISSING and f.default_factory is MISSING
+        default = None if required else (f.default if f.default is not MISSING else f.default_factory())
+        help_text = meta.get("help", "")
+        if not required:
+            help_text += f" (default: {default!r})"
+        kwargs: dict[str, Any] = dict(help=help_text, dest=f.name)
+        if tp is bool:
+            target.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, default=default, **kwargs)
+            continue
+        kwargs["type"] = tp if tp in (int, float, str) else str
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if meta.get("positional"):
+            kwargs.pop("dest")
+            target.add_argument(f.name, metavar=f.name.upper(), nargs=None if required else "?",
+                                default=default, **kwargs)
+        else:
+            target.add_argument(flag_name(f), required=required, default=default,
+                                metavar=f.name.upper(), **kwargs)
+
+
+def from_namespace(cls: type, ns: argparse.Namespace):
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in vars(ns).items() if k in names})
+
+
+def from_dict(cls: type, data: dict):
+    """Build a config from a dict (an API body or saved metadata); unknown keys are refused by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}")
+    return cls(**data)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def describe(cls: type) -> list[dict]:
+    """Field descriptions for building a form or an API schema."""
+    out = []
+    for f in dataclasses.fields(cls):
+        required = f.default is MISSING and f.default_factory is MISSING
+        out.append(dict(name=f.name, type=_field_type(cls, f).__name__, required=required,
+                        default=None if required else (f.default if f.default is not MISSING else f.default_factory()),
+                        **{k: v for k, v in f.metadata.items() if k not in ("flag", "positional")}))
+    return out
+
+
+def check_bounds(cfg) -> None:
+    """Validate every field against its declared choices and bounds; the message names the field."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        meta = f.metadata
+        if value is None:
+            continue
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ValueError(f"{f.name} must be one of {', '.join(map(str, meta['choices']))}, not {value!r}")
+        if meta.get("min") is not None and value < meta["min"]:
+            raise ValueError(f"{f.name} must be ≥ {meta['min']}, not {value!r}")
+        if meta.get("max") is not None and value > meta["max"]:
+            raise ValueError(f"{f.name} must be ≤ {meta['max']}, not {value!r}")

@@ -1,0 +1,113 @@
+"""The model view every feature sees. Two adapters implement it: the WebUI's loaded model and a checkpoint file."""
+from __future__ import annotations
+
+import abc
+import contextlib
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from .families import Family
+from .schedule import NoiseSchedule
+
+PARTS = ("text", "unet", "vae")  # what on_device() can be asked for
+
+
+@dataclass
+class Conditioning:
+    """What the UNet is conditioned on for one batch."""
+
+    context: torch.Tensor  # [B, 77·windows, width] cross-attention context
+    pooled: torch.Tensor | None = None  # SDXL: pooled OpenCLIP-G text embedding [B, P]
+    time_ids: torch.Tensor | None = None  # SDXL: (orig h, orig w, crop top, crop left, target h, target w) [B, 6]
+
+    def repeat(self, n: int) -> "Conditioning":
+        def rep(x):
+            return None if x is None else x.repeat_interleave(n, dim=0)
+        return Conditioning(rep(self.context), rep(self.pooled), rep(self.time_ids))
+
+
+@dataclass(frozen=True)
+class TextEncoderInfo:
+    key: str  # 'clip_l' | 'clip_h' | 'clip_g': the key in embedding files
+    width: int
+
+
+class Host(abc.ABC):
+    """Who owns the model: how to encode prompts, call the UNet and VAE, place parts on the device, report."""
+
+    family: Family
+    schedule: NoiseSchedule
+    device: torch.device
+    dtype: torch.dtype  # dtype of the frozen weights
+    model_name: str
+    native_resolution: int
+
+    @property
+    @abc.abstractmethod
+    def text_encoders(self) -> list[TextEncoderInfo]: ...
+
+    @property
+    def widths(self) -> dict[str, int]:
+        return {e.key: e.width for e in self.text_encoders}
+
+    @property
+    @abc.abstractmethod
+    def model_hash(self) -> str:
+        """The short hash the WebUI shows for the checkpoint (first 10 hex digits of its sha256)."""
+
+    @abc.abstractmethod
+    def token_vectors(self, text: str) -> dict[str, torch.Tensor]:
+        """Raw token-embedding rows of ``text`` (no start/end token) per encoder key: [n_tokens, width]."""
+
+    @abc.abstractmethod
+    def encode_prompts(self, prompts: list[str], embeddings: dict[str, dict[str, torch.Tensor]] | None = None,
+                       size: tuple[int, int] = (512, 512)) -> Conditioning:
+        """Conditioning for ``prompts``; ``embeddings`` maps an embedding name to its vectors per encoder key.
+
+        Gradients flow into those vectors. ``size`` is (height, width) in pixels (SDXL size conditioning).
+        """
+
+    @abc.abstractmethod
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """The UNet's raw output (ε or v, see ``schedule.prediction_type``)."""
+
+    @abc.abstractmethod
+    def encode_moments(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """VAE posterior (mean, std) for pixels in [-1, 1], already multiplied by the latent scale factor."""
+
+    @abc.abstractmethod
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents → pixels in [-1, 1]."""
+
+    @contextlib.contextmanager
+    def on_device(self, *parts: str) -> Iterator[None]:
+        """Have ``parts`` (of ``PARTS``) on the compute device inside the block, the rest where the memory mode wants."""
+        yield
+
+    def park(self, part: str) -> None:
+        """Move ``part`` off the device until a later ``on_device`` asks for it (a memory saver)."""
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Trade compute for memory in the UNet and text encoders."""
+
+    @abc.abstractmethod
+    def sample(self, prompts: list[str], negative: str = "", steps: int = 20, cfg_scale: float = 7.0, seed: int = 0,
+               width: int | None = None, height: int | None = None,
+               embeddings: dict[str, dict[str, torch.Tensor]] | None = None) -> list[Image.Image]:
+        """Preview images for ``prompts`` with the host's own sampler."""
+
+    def autocast(self, precision: str):
+        """Autocast context for a training step at ``precision`` ('fp32', 'fp16', 'bf16')."""
+        if precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+
+def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
+    """[-1, 1] pixels [B, 3, H, W] → PIL images."""
+    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    return [Image.fromarray(a) for a in arr]

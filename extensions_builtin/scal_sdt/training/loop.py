@@ -1,0 +1,196 @@
+"""The one training loop. A trainer says what it optimises, how it computes its loss and how it saves;
+the loop owns steps, accumulation, precision, clipping, the NaN guard, checkpoints, previews, progress and interrupt."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from PIL import Image
+
+from .lr import lr_at
+from .optimizers import make_optimizer
+from .options import TrainingOptions
+from .report import Reporter
+from .run_log import RunLog
+from .state import load_state, rng_state, save_state, set_rng_state
+
+
+class TrainingJob(Protocol):
+    name: str
+
+    def param_groups(self) -> list[dict]:
+        """Torch parameter groups; an optional ``lr_scale`` per group multiplies the scheduled rate."""
+
+    def loss(self) -> torch.Tensor:
+        """Draw the next micro-batch and return its mean loss (a scalar with a graph to the parameters)."""
+
+    def save(self, step: int, final: bool) -> Path:
+        """Write the result at ``step`` (a checkpoint copy, or the final file when ``final``)."""
+
+    def preview(self, step: int) -> tuple[list[Image.Image], list[Path]]: ...
+
+    def state_dict(self) -> dict:
+        """What besides the parameters must be restored for an exact resume (data order, generators)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class LoopResult:
+    step: int
+    final_path: Path | None
+    interrupted: bool
+    losses: list[float]
+    bad_steps: int
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    return precision
+
+
+def _params(groups: list[dict]) -> list[torch.Tensor]:
+    return [p for g in groups for p in g["params"]]
+
+
+def _snapshot(params, optimizer) -> tuple[list[torch.Tensor], dict]:
+    opt = optimizer.state_dict()
+    opt_copy = {"state": {k: {n: (v.detach().clone() if torch.is_tensor(v) else v) for n, v in s.items()}
+                          for k, s in opt["state"].items()}, "param_groups": [dict(g) for g in opt["param_groups"]]}
+    return [p.detach().clone() for p in params], opt_copy
+
+
+def _restore(params, optimizer, snapshot) -> None:
+    values, opt = snapshot
+    with torch.no_grad():
+        for p, v in zip(params, values):
+            p.copy_(v)
+    optimizer.load_state_dict(opt)
+
+
+def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: Reporter, device: torch.device,
+             autocast=None) -> LoopResult:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(opts.precision, device)
+    groups = job.param_groups()
+    params = _params(groups)
+    base_scales = [g.get("lr_scale", 1.0) for g in groups]
+    optimizer = make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
+                               weight_decay=opts.weight_decay)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
+                                                   else torch.bfloat16, enabled=precision != "fp32"))
+
+    step, lr_scale = 0, 1.0
+    if opts.resume:
+        state = load_state(run_dir)
+        with torch.no_grad():
+            for p, v in zip(params, state["params"]):
+                if p.shape != v.shape:
+                    raise RuntimeError(f"cannot resume: saved parameter shape {tuple(v.shape)} differs from {tuple(p.shape)}")
+                p.copy_(v)
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        job.load_state_dict(state["job"])
+        set_rng_state(state["rng"])
+        step, lr_scale = int(state["step"]), float(state["lr_scale"])
+        reporter.message(f"resumed {job.name} at step {step} from {run_dir}")
+    log = RunLog(run_dir, resume_from=step if opts.resume else None)
+    if not opts.resume:
+        log.rows = []
+
+    def checkpoint(at_step: int) -> None:
+        save_state(run_dir, {"step": at_step, "lr_scale": lr_scale, "params": [p.detach().cpu() for p in params],
+                             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                             "job": job.state_dict(), "rng": rng_state()})
+
+    good = _snapshot(params, optimizer)
+    bad_in_row = bad_total = 0
+    losses: list[float] = []
+    interrupted = False
+    started = time.monotonic()
+    reporter.begin(f"train {job.name}", opts.steps, step)
+    try:
+        while step < opts.steps:
+            if reporter.should_stop():
+                interrupted = True
+                break
+            lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps) * lr_scale
+            for g, scale in zip(optimizer.param_groups, base_scales):
+                g["lr"] = lr * scale
+            optimizer.zero_grad(set_to_none=True)
+            total, finite = 0.0, True
+            for _ in range(opts.grad_accum):
+                with autocast():
+                    loss = job.loss()
+                if not torch.isfinite(loss.detach()):
+                    finite = False
+                    break
+                scaled = loss.float() / opts.grad_accum
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                total += float(loss.detach()) / opts.grad_accum
+            if finite:
+                if scaler:
+                    scaler.unscale_(optimizer)
+                if opts.clip_grad == "value":
+                    torch.nn.utils.clip_grad_value_(params, opts.clip_value)
+                elif opts.clip_grad == "norm":
+                    torch.nn.utils.clip_grad_norm_(params, opts.clip_value)
+                if scaler:
+                    scaler.step(optimizer)  # skips the step itself on inf/NaN gradients (fp16 overflow)
+                    scaler.update()
+                else:
+                    if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
+                        finite = False
+                    else:
+                        optimizer.step()
+                finite = finite and all(torch.isfinite(p.detach()).all() for p in params)
+            if not finite:
+                bad_in_row += 1
+                bad_total += 1
+                _restore(params, optimizer, good)
+                lr_scale *= 0.5
+                reporter.message(f"step {step + 1}: loss or gradients not finite; rolled back to the last good state "
+                                 f"and halved the learning rate (x{lr_scale:g}) [{bad_in_row}/{opts.max_bad_steps}]")
+                if bad_in_row >= opts.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"training of {job.name} diverged: {bad_in_row} steps in a row gave non-finite values. "
+                        f"Lower the learning rate (now {opts.lr!r}), use fp32 or bf16, or enable gradient clipping. "
+                        f"The last good state is saved in {run_dir}.")
+                continue
+            bad_in_row = 0
+            step += 1
+            good = _snapshot(params, optimizer)
+            losses.append(total)
+            log.append(step, total, lr, time.monotonic() - started)
+            reporter.step({"step": step, "loss": total, "lr": lr})
+            if opts.save_every and step % opts.save_every == 0 and step < opts.steps:
+                path = job.save(step, final=False)
+                checkpoint(step)
+                log.write()
+                reporter.message(f"step {step}: saved {path}")
+            if opts.preview_every and step % opts.preview_every == 0:
+                images, paths = job.preview(step)
+                reporter.preview(step, images, paths)
+    except KeyboardInterrupt:
+        interrupted = True
+        reporter.message(f"interrupted at step {step}; saving the last state")
+    except TrainingDiverged:
+        checkpoint(step)
+        log.write()
+        reporter.end()
+        raise
+    final_path = job.save(step, final=True) if step > 0 else None
+    checkpoint(step)
+    log.write()
+    reporter.end()
+    return LoopResult(step=step, final_path=final_path, interrupted=interrupted, losses=losses, bad_steps=bad_total)

@@ -1,0 +1,79 @@
+"""Options every trainer shares. A trainer's config subclasses :class:`TrainingOptions`, so each option is
+declared once and appears in the form, the command line, the API body and the saved metadata."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import check_bounds, option
+from ..host.placement import MEMORY_MODES
+from .lr import PiecewiseLR, SCHEDULES
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+CLIP_MODES = ("none", "value", "norm")
+OPTIMIZERS = ("adamw", "adamw8bit")
+LATENT_SAMPLING = ("once", "deterministic", "random")
+
+
+@dataclass(kw_only=True)
+class TrainingOptions:
+    # model and data
+    model: str = option("tiny-sd1", "model: tiny-sd1 | tiny-sd2 | tiny-sdxl | a checkpoint file | a diffusers folder",
+                        group="model and data")
+    data: str = option("", "dataset folder: images with .txt captions beside them (kohya 'N_name' folders repeat N times); "
+                           "'demo' makes a small built-in data set", group="model and data")
+    resolution: int = option(0, "training resolution in pixels; 0 = the model's native size", min=0, group="model and data")
+    buckets: bool = option(False, "aspect-ratio buckets instead of square centre crops", group="model and data")
+    template: str = option("subject_filewords", "prompt template: a shipped name (none, style, style_filewords, subject, "
+                                                "subject_filewords, hypernetwork) or a .txt file", group="model and data")
+    shuffle_tags: bool = option(False, "shuffle the comma-separated tags of each caption", group="model and data")
+    tag_dropout: float = option(0.0, "drop each tag with this probability", min=0.0, max=1.0, group="model and data")
+    keep_tokens: int = option(0, "keep the first N tags in place when shuffling or dropping", min=0, group="model and data")
+    latent_sampling: str = option("once", "latent cache: once (one sample), deterministic (the mean), random (a new "
+                                          "sample each use)", choices=LATENT_SAMPLING, group="model and data")
+    flip: bool = option(False, "random horizontal flips", group="model and data")
+    alpha_weight: bool = option(False, "use a PNG's alpha channel as the loss weight", group="model and data")
+    # optimisation
+    steps: int = option(1000, "optimizer steps to train", min=1, group="optimisation")
+    batch_size: int = option(1, "images per micro-batch", min=1, group="optimisation")
+    grad_accum: int = option(1, "micro-batches per optimizer step (gradient accumulation)", min=1, group="optimisation")
+    lr: str = option("0.005", "learning rate, or the WebUI's schedule syntax '0.005:100, 1e-3:1000, 1e-5'",
+                     group="optimisation")
+    lr_schedule: str = option("piecewise", "piecewise (the lr syntax as written), cosine (from the first rate down), "
+                                           "constant", choices=SCHEDULES, group="optimisation")
+    warmup_steps: int = option(0, "linear warm-up steps", min=0, group="optimisation")
+    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA)", choices=OPTIMIZERS, group="optimisation")
+    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, group="optimisation")
+    clip_grad: str = option("none", "gradient clipping: none, value or norm", choices=CLIP_MODES, group="optimisation")
+    clip_value: float = option(1.0, "the clipping threshold", min=0.0, group="optimisation")
+    seed: int = option(0, "random seed (data order, noise, timesteps)", group="optimisation")
+    max_bad_steps: int = option(5, "stop after this many non-finite steps in a row (each is rolled back and halves the lr)",
+                                min=1, group="optimisation")
+    # memory and speed
+    device: str = option("auto", "cuda, cpu, cuda:1, ... or auto", group="memory")
+    precision: str = option("auto", "fp32, fp16 (autocast + grad scaler), bf16; auto = fp16 on CUDA, fp32 on CPU",
+                            choices=PRECISIONS, group="memory")
+    memory_mode: str = option("normal", "normal | medvram (only the parts a step needs on the device) | lowvram "
+                                        "(UNet blocks streamed one at a time)", choices=MEMORY_MODES, group="memory")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, slower)",
+                                          group="memory")
+    offload_vae: bool = option(True, "move the VAE off the device once the latents are cached", group="memory")
+    # outputs
+    out: str = option("embeddings", "folder for the result", group="output")
+    log_dir: str = option("", "folder for checkpoints, previews, loss log and plot; default scal-sdt-runs/NAME",
+                          group="output")
+    save_every: int = option(500, "save a checkpoint every N steps (0 = only at the end)", min=0, group="output")
+    preview_every: int = option(500, "render preview images every N steps (0 = never)", min=0, group="output")
+    preview_prompt: str = option("", "prompt for previews; default: the first template line with the name filled in",
+                                 group="output")
+    preview_negative: str = option("", "negative prompt for previews", group="output")
+    preview_steps: int = option(20, "sampling steps for previews", min=1, group="output")
+    preview_cfg: float = option(7.0, "CFG scale for previews", min=0.0, group="output")
+    preview_seed: int = option(-1, "seed for previews; -1 = the training seed", group="output")
+    resume: bool = option(False, "continue the run in the log folder from its last checkpoint", group="output")
+
+    def __post_init__(self):
+        check_bounds(self)
+        try:
+            PiecewiseLR.parse(self.lr)
+        except ValueError as e:
+            raise ValueError(f"lr: {e}") from None

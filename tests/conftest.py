@@ -1,0 +1,24 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_hosts():
+    """One standalone host per tiny family, built once."""
+    from scal_sdt.host.standalone import load_host
+
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = load_host(name, device="cpu")
+        return cache[name]
+
+    return get

@@ -1,0 +1,150 @@
+"""Textual Inversion end to end on the tiny models: what is trained, what is written, what is refused."""
+import hashlib
+
+import pytest
+import torch
+
+import webui_rules
+from scal_sdt.demo_data import make_concept_folder
+from scal_sdt.textual_inversion.config import EmbeddingConfig
+from scal_sdt.textual_inversion.create import create_embedding, init_vectors, load_for_host
+from scal_sdt.textual_inversion.format import EmbeddingError, load_embedding
+from scal_sdt.textual_inversion.trainer import train_embedding
+from scal_sdt.training.report import Reporter
+
+
+class Collect(Reporter):
+    def __init__(self, stop_at=None):
+        self.messages, self.stop_at, self.last = [], stop_at, 0
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def step(self, info):
+        self.last = info["step"]
+
+    def should_stop(self):
+        return self.stop_at is not None and self.last >= self.stop_at
+
+
+def config(tmp_path, family="tiny-sd1", **kw):
+    data = tmp_path / "data"
+    if not data.exists():
+        make_concept_folder(data, count=4)
+    base = dict(model=family, data=str(data), name="zq", steps=4, lr="0.01", out=str(tmp_path / "emb"),
+                log_dir=str(tmp_path / "run"), save_every=2, preview_every=0, template="subject")
+    base.update(kw)
+    return EmbeddingConfig(**base)
+
+
+def model_digest(host):
+    h = hashlib.sha256()
+    for part in host.components.modules().values():
+        for name, t in sorted(part.state_dict().items()):
+            h.update(name.encode())
+            h.update(t.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def test_only_the_placeholder_vectors_are_trained(tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd1")
+    before = model_digest(host)
+    res = train_embedding(config(tmp_path, steps=3), host, Collect())
+    assert model_digest(host) == before  # frozen weights bit-identical, table included
+    learned = load_embedding(res.final_path).for_encoders(["clip_l"])["clip_l"]
+    start = init_vectors(host, "*", 1)["clip_l"]
+    assert not torch.equal(learned, start)
+    assert all(not p.requires_grad for m in host.components.modules().values() for p in m.parameters())
+
+
+@pytest.mark.parametrize("family,fmt", [("tiny-sd1", "safetensors"), ("tiny-sd1", "pt"), ("tiny-sd1", "png"),
+                                        ("tiny-sd2", "safetensors"), ("tiny-sdxl", "safetensors"), ("tiny-sdxl", "pt")])
+def test_saved_files_pass_the_webui_rules_and_round_trip(tmp_path, tiny_hosts, family, fmt):
+    host = tiny_hosts(family)
+    res = train_embedding(config(tmp_path, family, steps=2, format=fmt, vectors=2), host, Collect())
+    assert res.final_path.suffix == "." + fmt and res.final_path.exists()
+    seen = webui_rules.load_embedding_file(res.final_path)
+    assert seen is not None and seen.name == "zq"
+    assert seen.shape == sum(host.widths.values()) and seen.vectors == 2  # the WebUI's shape check passes
+    ours = load_for_host(res.final_path, host)
+    assert ours.num_vectors == 2
+    if fmt != "pt" or family != "tiny-sdxl":
+        assert ours.step == 2 and ours.sd_checkpoint == host.model_hash
+    again = load_embedding(res.final_path)
+    for key, t in ours.vectors.items():
+        assert torch.equal(t, again.vectors[key])
+    # the checkpoint copy from --save-every is there too
+    assert list((tmp_path / "run" / "embeddings").glob(f"zq-2.{fmt}")) == []  # step 2 is the end: only the final file
+
+
+def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd1")
+    full = train_embedding(config(tmp_path / "a", steps=6, save_every=0), host, Collect())
+    part = train_embedding(config(tmp_path / "b", steps=6, save_every=0), host, Collect(stop_at=3))
+    assert part.interrupted and part.step == 3
+    rest = train_embedding(config(tmp_path / "b", steps=6, save_every=0, resume=True), host, Collect())
+    assert rest.step == 6
+    # identical up to CPU kernels' float noise (they may differ in the last bits between two identical runs)
+    assert part.losses + rest.losses == pytest.approx(full.losses, rel=1e-5)
+    a = load_embedding(full.final_path).vectors["*"]
+    b = load_embedding(rest.final_path).vectors["*"]
+    assert torch.allclose(a, b, atol=1e-3)
+    start = init_vectors(host, "*", 1)["clip_l"]
+    assert (a - b).abs().max() < 0.05 * (a - start).abs().max()
+    assert load_embedding(rest.final_path).step == 6
+    state = torch.load(tmp_path / "b" / "run" / "state.pt", weights_only=True)
+    assert state["optimizer"]["state"][0]["step"] == 6
+
+
+def test_a_corrupt_image_is_skipped_and_named(tmp_path, tiny_hosts):
+    cfg = config(tmp_path, steps=1, save_every=0)
+    (tmp_path / "data" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not an image")
+    rep = Collect()
+    res = train_embedding(cfg, tiny_hosts("tiny-sd1"), rep)
+    assert res.step == 1
+    assert any("broken.png" in m and "skipped" in m for m in rep.messages)
+
+
+def test_a_wrong_width_embedding_is_refused_with_its_name(tmp_path, tiny_hosts):
+    sd1, sd2 = tiny_hosts("tiny-sd1"), tiny_hosts("tiny-sd2")
+    path = create_embedding(sd1, "narrow", 2, "red", tmp_path)
+    with pytest.raises(EmbeddingError, match=r"narrow.*32.*64|narrow.*64.*32"):
+        load_for_host(path, sd2)
+
+
+def test_existing_name_is_refused_unless_overwrite(tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd1")
+    create_embedding(host, "taken", 1, "red", tmp_path)
+    with pytest.raises(FileExistsError, match="taken"):
+        create_embedding(host, "taken", 1, "red", tmp_path)
+    create_embedding(host, "taken", 3, "red", tmp_path, overwrite=True)
+    assert load_embedding(tmp_path / "taken.safetensors").num_vectors == 3
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        train_embedding(config(tmp_path, name="taken", out=str(tmp_path)), host, Collect())
+
+
+def test_init_text_is_spread_over_the_vectors_like_the_webui(tiny_hosts):
+    host = tiny_hosts("tiny-sdxl")
+    tokens = host.token_vectors("red green blue")
+    vec = init_vectors(host, "red green blue", 6)
+    for key in ("clip_l", "clip_g"):
+        assert vec[key].shape == (6, host.widths[key])
+        for i in range(6):
+            assert torch.equal(vec[key][i], tokens[key][i * 3 // 6])
+    assert torch.count_nonzero(init_vectors(host, "", 2)["clip_l"]) == 0
+
+
+def test_a_template_without_name_is_refused(tmp_path, tiny_hosts):
+    with pytest.raises(ValueError, match=r"\[name\]"):
+        train_embedding(config(tmp_path, template="none"), tiny_hosts("tiny-sd1"), Collect())
+
+
+def test_bad_options_name_the_field(tmp_path):
+    with pytest.raises(ValueError, match="vectors"):
+        config(tmp_path, vectors=0)
+    with pytest.raises(ValueError, match="precision"):
+        config(tmp_path, precision="fp8")
+    with pytest.raises(ValueError, match="lr"):
+        config(tmp_path, lr="fast")
+    with pytest.raises(ValueError, match="name"):
+        config(tmp_path, name="two words")
