@@ -137,3 +137,19 @@ def test_reduced_precision_paths_train(tmp_path, precision):
                    torch.device("cpu"))
     assert sum(res.losses[-10:]) < 0.3 * sum(res.losses[:10])
     assert sum(res.losses[-10:]) == pytest.approx(sum(ref.losses[-10:]), rel=0.3)
+
+
+def test_ctrl_c_stops_cleanly_and_saves(tmp_path):
+    class Interrupted(RegressionJob):
+        def loss(self):
+            if self.calls == 4:
+                raise KeyboardInterrupt
+            return super().loss()
+
+    job = Interrupted()
+    rep = Quiet()
+    res = run_loop(opts(tmp_path, steps=50, save_every=0), job, tmp_path, rep, torch.device("cpu"))
+    assert res.interrupted and res.step == 4
+    assert job.saved[-1][:2] == (4, True)
+    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 4
+    assert any("interrupted" in m for m in rep.messages)

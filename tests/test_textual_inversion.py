@@ -148,3 +148,12 @@ def test_bad_options_name_the_field(tmp_path):
         config(tmp_path, lr="fast")
     with pytest.raises(ValueError, match="name"):
         config(tmp_path, name="two words")
+
+
+def test_memory_savers_change_nothing_but_memory(tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd2")
+    plain = train_embedding(config(tmp_path / "a", "tiny-sd2", steps=3, save_every=0), host, Collect())
+    saver = train_embedding(config(tmp_path / "b", "tiny-sd2", steps=3, save_every=0, gradient_checkpointing=True,
+                                   memory_mode="medvram"), host, Collect())
+    assert saver.losses == pytest.approx(plain.losses, rel=1e-4)
+    assert not host.components.unet.is_gradient_checkpointing  # switched off again after the run

@@ -27,12 +27,12 @@ def latents_of(host, folder: Path) -> torch.Tensor:
 def text_aware_host(family: str, root: Path, steps: int = 300, seed: int = 0):
     torch.manual_seed(seed)
     host = load_host(family, device="cpu")
-    data = {k: latents_of(host, make_concept_folder(root / f"base-{k}", shape, colour, 16, seed=seed))
+    data = {k: latents_of(host, make_concept_folder(root / f"base-{k}", shape, colour, 16, seed=seed,
+                                                         background="white"))
             for k, (shape, colour, _) in CONCEPTS.items()}
     with torch.no_grad():
         conds = {k: host.encode_prompts([prompt] * 4, size=(64, 64)) for k, (_, _, prompt) in CONCEPTS.items()}
-    cond = Conditioning(*(None if conds["a"].__dict__[f] is None else torch.cat([conds["a"].__dict__[f], conds["b"].__dict__[f]])
-                          for f in ("context", "pooled", "time_ids")))
+    cond = Conditioning.cat([conds["a"], conds["b"]])
     unet = host.components.unet
     unet.requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-3)

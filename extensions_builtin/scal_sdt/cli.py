@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = from_namespace(cmd.config, args)
         return cmd.run(cfg)
-    except (ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, nothing lost
         print(f"scal-sdt {cmd.name}: error: {e}", file=sys.stderr)
         return 2
 

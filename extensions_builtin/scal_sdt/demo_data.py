@@ -40,14 +40,15 @@ def draw_shape(shape: str, colour: str, background: str, size: int = 64, scale: 
 
 
 def make_concept_folder(folder: Path, shape: str = "star", colour: str = "orange", count: int = 12,
-                        seed: int = 0, size: int = 64) -> Path:
-    """Images of one concept (a shape in a colour) on varied backgrounds, with booru-style captions."""
+                        seed: int = 0, size: int = 64, background: str | None = None) -> Path:
+    """Images of one concept (a shape in a colour) on varied backgrounds (or one given background), with
+    booru-style captions."""
     rng = random.Random(seed)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     backgrounds = [c for c in COLOURS if c != colour]
     for i in range(count):
-        bg = rng.choice(backgrounds)
+        bg = background or rng.choice(backgrounds)
         img = draw_shape(shape, colour, bg, size, scale=rng.uniform(0.5, 0.8),
                          centre=(rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6)))
         img.save(folder / f"{i:03d}.png")

@@ -23,10 +23,21 @@ class Conditioning:
     pooled: torch.Tensor | None = None  # SDXL: pooled OpenCLIP-G text embedding [B, P]
     time_ids: torch.Tensor | None = None  # SDXL: (orig h, orig w, crop top, crop left, target h, target w) [B, 6]
 
-    def repeat(self, n: int) -> "Conditioning":
-        def rep(x):
-            return None if x is None else x.repeat_interleave(n, dim=0)
-        return Conditioning(rep(self.context), rep(self.pooled), rep(self.time_ids))
+    @staticmethod
+    def cat(parts: list["Conditioning"]) -> "Conditioning":
+        """Rows of several conditionings in one batch (same number of prompt windows)."""
+        def join(xs):
+            return None if xs[0] is None else torch.cat(xs)
+        return Conditioning(join([p.context for p in parts]), join([p.pooled for p in parts]),
+                            join([p.time_ids for p in parts]))
+
+    def split(self, n: int) -> tuple["Conditioning", "Conditioning"]:
+        """The first ``n`` rows and the rest."""
+        def part(x, sl):
+            return None if x is None else x[sl]
+        first, rest = slice(0, n), slice(n, None)
+        return (Conditioning(part(self.context, first), part(self.pooled, first), part(self.time_ids, first)),
+                Conditioning(part(self.context, rest), part(self.pooled, rest), part(self.time_ids, rest)))
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,7 @@ class Host(abc.ABC):
     dtype: torch.dtype  # dtype of the frozen weights
     model_name: str
     native_resolution: int
+    latent_factor: int = 8  # pixels per latent pixel
 
     @property
     @abc.abstractmethod

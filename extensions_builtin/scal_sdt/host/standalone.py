@@ -150,7 +150,10 @@ class StandaloneHost(Host):
         unet = self.components.unet
         unet.enable_gradient_checkpointing() if enabled else unet.disable_gradient_checkpointing()
         for te in self.components.text_encoders:
-            te.gradient_checkpointing_enable() if enabled else te.gradient_checkpointing_disable()
+            on, off = ((te.activation_checkpointing_enable, te.activation_checkpointing_disable)
+                       if hasattr(te, "activation_checkpointing_enable")  # transformers >= 5
+                       else (te.gradient_checkpointing_enable, te.gradient_checkpointing_disable))
+            on() if enabled else off()
             te.train(enabled)  # transformers only checkpoints in training mode; dropout is 0 in CLIP
         unet.train(enabled)
 
@@ -160,11 +163,10 @@ class StandaloneHost(Host):
                embeddings=None) -> list[Image.Image]:
         width = width or self.native_resolution
         height = height or self.native_resolution
-        with self.on_device("text"):
-            cond = self.encode_prompts(prompts, embeddings, size=(height, width))
-            uncond = self.encode_prompts([negative] * len(prompts), embeddings, size=(height, width))
-        windows = max(cond.context.shape[1], uncond.context.shape[1])
-        cond.context, uncond.context = _pad_windows(cond.context, windows), _pad_windows(uncond.context, windows)
+        n = len(prompts)
+        with self.on_device("text"):  # one batch, so prompt and negative get the same number of windows
+            both = self.encode_prompts(list(prompts) + [negative] * n, embeddings, size=(height, width))
+        cond, uncond = both.split(n)
         gen = torch.Generator("cpu").manual_seed(seed)
         latent_channels = self.components.unet.config.in_channels
         factor = self.latent_factor
@@ -179,14 +181,6 @@ class StandaloneHost(Host):
         with self.on_device("vae"):
             pixels = self.decode(latents)
         return to_pil(pixels)
-
-
-def _pad_windows(context: torch.Tensor, length: int) -> torch.Tensor:
-    """Repeat the last window's worth of context up to ``length`` tokens (the WebUI pads uncond the same way)."""
-    if context.shape[1] == length:
-        return context
-    reps = length // context.shape[1]
-    return context.repeat(1, reps, 1)
 
 
 def load_host(model: str, device: str = "auto", memory_mode: str = "normal", precision: str = "auto") -> StandaloneHost:

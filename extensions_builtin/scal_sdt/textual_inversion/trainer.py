@@ -80,7 +80,7 @@ class EmbeddingJob:
         x0 = batch.latents.to(host.device, torch.float32)
         noise = torch.randn(x0.shape, generator=self.noise).to(host.device)
         t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=self.noise).to(host.device)
-        size = (x0.shape[-2] * 8, x0.shape[-1] * 8)
+        size = (x0.shape[-2] * host.latent_factor, x0.shape[-1] * host.latent_factor)
         with host.on_device("text", "unet"):  # the text encoder stays on the device for the backward pass
             cond = host.encode_prompts(self.prompts_for(batch.captions), {self.name: dict(self.vectors)}, size=size)
             out = host.predict(schedule.add_noise(x0, noise, t), t, cond)

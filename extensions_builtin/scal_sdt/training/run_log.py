@@ -40,10 +40,10 @@ class RunLog:
 
         steps = [r["step"] for r in self.rows]
         losses = [r["loss"] for r in self.rows]
-        smooth, avg = [], None
-        for value in losses:
-            avg = value if avg is None else 0.95 * avg + 0.05 * value
-            smooth.append(avg)
+        smooth, avg = [], 0.0
+        for i, value in enumerate(losses, start=1):
+            avg = 0.95 * avg + 0.05 * value
+            smooth.append(avg / (1 - 0.95 ** i))  # bias-corrected moving average
         fig = Figure(figsize=(7, 3.5), dpi=100)
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(steps, losses, color="#9ab", linewidth=0.8, label="loss")

@@ -12,7 +12,7 @@ def heldout_loss(host: Host, latents: torch.Tensor, prompts: list[str], embeddin
     """Mean diffusion loss of ``latents`` (scaled, [N, C, h, w]) under ``prompts`` over fixed (timestep, noise) pairs."""
     gen = torch.Generator("cpu").manual_seed(seed)
     schedule = host.schedule
-    size = (latents.shape[-2] * 8, latents.shape[-1] * 8)
+    size = (latents.shape[-2] * host.latent_factor, latents.shape[-1] * host.latent_factor)
     total = 0.0
     with host.on_device("text", "unet"):
         cond = host.encode_prompts(prompts, embeddings, size=size)
