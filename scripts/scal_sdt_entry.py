@@ -1,6 +1,6 @@
-"""WebUI entry point. Thin on purpose: it puts the extension's package on sys.path; the features live in
-``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``). The WebUI keeps the extension root on sys.path only
-while this file is imported, so the package is imported here, once."""
+"""WebUI entry point. Thin on purpose: it puts the extension's package on sys.path and registers the Train tab
+and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
+The WebUI keeps the extension root on sys.path only while this file is imported, so everything is imported here."""
 import os
 import sys
 
@@ -9,4 +9,34 @@ _packages = os.path.join(_root, "extensions_builtin")
 if _packages not in sys.path:
     sys.path.insert(0, _packages)
 
-import scal_sdt  # noqa: E402,F401  (cached in sys.modules for the WebUI's later callbacks)
+from modules import call_queue, script_callbacks  # noqa: E402
+
+try:
+    from scal_sdt.host import webui_service  # noqa: E402
+    from scal_sdt.ui.embedding_tab import embedding_tab  # noqa: E402
+    _missing = None
+except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
+    _missing = e
+
+
+def on_ui_train_tabs(params):
+    import gradio as gr
+
+    with gr.Tab(label="SCAL-SDT Embedding", id="scal_sdt_ti", elem_id="scal_sdt_ti_tab"):
+        if _missing is not None:
+            gr.HTML(f"<p>SCAL-SDT cannot start: {_missing}. Fix it with: <code>{sys.executable} -m pip install "
+                    f"{getattr(_missing, 'name', None) or 'the missing package'}</code>, then restart the WebUI.</p>")
+            return
+        embedding_tab(run=webui_service.run_embedding_training, interrupt=webui_service.interrupt,
+                      defaults=webui_service.webui_defaults(),
+                      txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
+                      wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None, None]))
+
+
+def on_app_started(demo, app):
+    if _missing is None:
+        webui_service.add_api_routes(app)
+
+
+script_callbacks.on_ui_train_tabs(on_ui_train_tabs)
+script_callbacks.on_app_started(on_app_started)

@@ -6,21 +6,7 @@ import torch
 
 from scal_sdt.training.loop import TrainingDiverged, run_loop
 from scal_sdt.training.options import TrainingOptions
-from scal_sdt.training.report import Reporter
-
-
-class Quiet(Reporter):
-    def __init__(self, stop_at=None):
-        self.messages, self.stop_at, self.last = [], stop_at, 0
-
-    def message(self, text):
-        self.messages.append(text)
-
-    def step(self, info):
-        self.last = info["step"]
-
-    def should_stop(self):
-        return self.stop_at is not None and self.last >= self.stop_at
+from recording import RecordingReporter as Quiet
 
 
 class RegressionJob:

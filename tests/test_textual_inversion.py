@@ -10,21 +10,7 @@ from scal_sdt.textual_inversion.config import EmbeddingConfig
 from scal_sdt.textual_inversion.create import create_embedding, init_vectors, load_for_host
 from scal_sdt.textual_inversion.format import EmbeddingError, load_embedding
 from scal_sdt.textual_inversion.trainer import train_embedding
-from scal_sdt.training.report import Reporter
-
-
-class Collect(Reporter):
-    def __init__(self, stop_at=None):
-        self.messages, self.stop_at, self.last = [], stop_at, 0
-
-    def message(self, text):
-        self.messages.append(text)
-
-    def step(self, info):
-        self.last = info["step"]
-
-    def should_stop(self):
-        return self.stop_at is not None and self.last >= self.stop_at
+from recording import RecordingReporter as Collect
 
 
 def config(tmp_path, family="tiny-sd1", **kw):

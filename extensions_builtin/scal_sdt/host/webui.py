@@ -1,0 +1,213 @@
+"""The WebUI host: the model view over the model the AUTOMATIC1111 WebUI has loaded (``shared.sd_model``).
+
+Prompts go through the WebUI's own hijacked text encoders, so our embedding vectors are spliced in by its
+``EmbeddingsWithFixes`` exactly as a saved embedding would be; gradients reach them. Device placement is the
+WebUI's: under --medvram / --lowvram its own hooks move each part to the GPU when it runs, and nothing here moves
+the model behind their back. Only this module (and ``scripts/``) import ``modules.*``.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+from typing import Iterator
+
+import torch
+from PIL import Image
+
+from modules import devices, lowvram, processing, prompt_parser, sd_hijack, shared  # noqa: the WebUI
+from modules.textual_inversion.textual_inversion import Embedding as WebUIEmbedding
+
+from ..training.report import Reporter
+from .base import Conditioning, Host, TextEncoderInfo
+from .families import SD1, SD2, SDXL
+from .schedule import NoiseSchedule
+
+
+class WebUIHost(Host):
+    def __init__(self, sd_model=None):
+        self.sd_model = sd_model or shared.sd_model
+        if self.sd_model is None:
+            raise RuntimeError("no model is loaded in the WebUI: choose a Stable Diffusion checkpoint first")
+        if getattr(self.sd_model, "cond_stage_model", None) is None and hasattr(self.sd_model, "forge_objects"):
+            raise RuntimeError("this WebUI (Forge) cannot give gradients through its own model; train on the "
+                               "checkpoint file with the standalone adapter instead")
+        m = self.sd_model
+        self.family = SDXL if getattr(m, "is_sdxl", False) else SD2 if getattr(m, "is_sd2", False) else SD1
+        prediction = "v_prediction" if getattr(m, "parameterization", "eps") == "v" else "epsilon"
+        self.schedule = NoiseSchedule(m.alphas_cumprod.detach().float().cpu(), prediction)
+        self.device = devices.device
+        self.dtype = devices.dtype_unet
+        info = getattr(m, "sd_checkpoint_info", None)
+        self.model_name = getattr(info, "name_for_extra", None) or getattr(info, "model_name", "model")
+        self._hash = getattr(info, "shorthash", None) or (getattr(m, "sd_model_hash", None) or "")[:10]
+        self.native_resolution = 1024 if self.family is SDXL else 768 if prediction == "v_prediction" else 512
+        self.latent_factor = 8
+        self._parked: set[str] = set()
+
+    # -- identity ---------------------------------------------------------------------------------------------
+    def _embedders(self) -> list:
+        if self.family is SDXL:
+            return [e for e in self.sd_model.conditioner.embedders if hasattr(e, "encode_embedding_init_text")]
+        return [self.sd_model.cond_stage_model]
+
+    @property
+    def text_encoders(self) -> list[TextEncoderInfo]:
+        out = []
+        for spec, embedder in zip(self.family.encoders, self._embedders()):
+            with torch.no_grad():
+                width = embedder.encode_embedding_init_text(",", 1).shape[1]
+            out.append(TextEncoderInfo(spec.key, int(width)))
+        return out
+
+    @property
+    def model_hash(self) -> str:
+        return self._hash
+
+    def token_vectors(self, text: str) -> dict[str, torch.Tensor]:
+        """As the WebUI's create_embedding: the raw token rows, looked up where the table's weights are."""
+        out = {}
+        with torch.no_grad():
+            for spec, embedder in zip(self.family.encoders, self._embedders()):
+                out[spec.key] = embedder.encode_embedding_init_text(text, 75).detach().float().cpu()
+        return out
+
+    # -- text -------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _registered(self, embeddings: dict[str, dict[str, torch.Tensor]] | None) -> Iterator[None]:
+        """Register our vectors in the WebUI's embedding database for the duration of one encode; put back
+        whatever was registered under those names before."""
+        db = sd_hijack.model_hijack.embedding_db
+        previous = {}
+        for name, vectors in (embeddings or {}).items():
+            previous[name] = db.word_embeddings.get(name)
+            vec = vectors if self.family is SDXL else next(iter(vectors.values()))
+            first = next(iter(vectors.values()))
+            emb = WebUIEmbedding(vec, name)
+            emb.vectors, emb.shape = first.shape[0], sum(v.shape[-1] for v in vectors.values())
+            db.register_embedding(emb, self.sd_model)
+        trainable = []
+        if self.family is SDXL:  # sgm runs non-trainable embedders under no_grad; let gradients reach the vectors
+            for embedder in self.sd_model.conditioner.embedders:
+                if not embedder.is_trainable and embeddings:
+                    trainable.append(embedder)
+                    embedder.is_trainable = True
+        try:
+            yield
+        finally:
+            for embedder in trainable:
+                embedder.is_trainable = False
+            for name, old in previous.items():
+                db.register_embedding_by_name(old, self.sd_model, name)
+
+    def encode_prompts(self, prompts, embeddings=None, size=(512, 512)) -> Conditioning:
+        h, w = size
+        with self._registered(embeddings):
+            batch = prompt_parser.SdConditioning(list(prompts), width=w, height=h)
+            c = self.sd_model.get_learned_conditioning(batch)
+        if isinstance(c, dict):
+            return Conditioning(context=c["crossattn"], pooled=c["vector"])
+        return Conditioning(context=c)
+
+    # -- unet / vae -------------------------------------------------------------------------------------------
+    def predict(self, x_t, t, cond: Conditioning) -> torch.Tensor:
+        if self.family is SDXL:
+            return self.sd_model.apply_model(x_t, t, {"crossattn": cond.context, "vector": cond.pooled})
+        return self.sd_model.apply_model(x_t, t, cond.context)
+
+    def encode_moments(self, pixels):
+        m = self.sd_model
+        pixels = pixels.to(devices.device, devices.dtype_vae)
+        if self.family is SDXL:
+            if lowvram.is_enabled(m):  # only the WebUI's wrapped encode moves the VAE; it returns a sample
+                z = m.encode_first_stage(pixels).float()
+                return z, torch.zeros_like(z)
+            posterior = type(m.first_stage_model).__mro__[1].encode(m.first_stage_model, pixels)
+        else:
+            posterior = m.encode_first_stage(pixels)
+        scale = float(m.scale_factor)
+        return (posterior.mean * scale).float(), (posterior.std * scale).float()
+
+    def decode(self, latents):
+        return self.sd_model.decode_first_stage(latents.to(devices.device, devices.dtype_vae)).float()
+
+    def on_device(self, *parts):
+        if "vae" in parts and "vae" in self._parked:
+            self.sd_model.first_stage_model.to(devices.device)
+            self._parked.discard("vae")
+        return contextlib.nullcontext()
+
+    def park(self, part: str) -> None:
+        """The VAE leaves the GPU once latents are cached (not under --medvram/--lowvram, whose hooks own it)."""
+        if part == "vae" and not lowvram.is_enabled(self.sd_model) and devices.device.type != "cpu":
+            self.sd_model.first_stage_model.to(devices.cpu)
+            self._parked.add("vae")
+
+    def restore(self) -> None:
+        """Put everything back where the WebUI keeps it."""
+        self.on_device("vae")
+
+    def autocast(self, precision: str):
+        return devices.autocast(disable=precision == "fp32")
+
+    # -- previews ---------------------------------------------------------------------------------------------
+    def sample(self, prompts, negative="", steps=20, cfg_scale=7.0, seed=0, width=None, height=None,
+               embeddings=None) -> list[Image.Image]:
+        """The WebUI's own txt2img pipeline, so previews look like what the user will get; RNG state is kept."""
+        width = width or self.native_resolution
+        height = height or self.native_resolution
+        rng = (torch.get_rng_state(), random.getstate())
+        self.on_device("vae")
+        try:
+            with self._registered(embeddings):
+                p = processing.StableDiffusionProcessingTxt2Img(
+                    sd_model=self.sd_model, prompt=list(prompts), negative_prompt=negative, steps=steps,
+                    cfg_scale=cfg_scale, seed=seed, width=width, height=height, batch_size=len(prompts),
+                    do_not_save_grid=True, do_not_save_samples=True, do_not_reload_embeddings=True)
+                p.disable_extra_networks = True
+                p.cached_c, p.cached_uc = [None, None], [None, None]  # the vectors change, the prompt text does not
+                with contextlib.closing(p):
+                    processed = processing.process_images(p)
+            return processed.images[:len(prompts)]
+        finally:
+            torch.set_rng_state(rng[0])
+            random.setstate(rng[1])
+
+
+class WebUIReporter(Reporter):
+    """Progress into the WebUI's own progress bar (``shared.state``); interrupt from its Interrupt button."""
+
+    def __init__(self, on_step=None, on_preview=None):
+        self.on_step, self.on_preview = on_step, on_preview
+        self.lines: list[str] = []
+
+    def begin(self, job, total, start=0):
+        shared.state.job = job
+        shared.state.job_count = total
+        shared.state.job_no = start
+
+    def step(self, info):
+        shared.state.job_no = info["step"]
+        shared.state.textinfo = f"step {info['step']}/{shared.state.job_count}: loss {info['loss']:.5f}"
+        if self.on_step:
+            self.on_step(info)
+
+    def message(self, text):
+        self.lines.append(text)
+        print(f"[SCAL-SDT] {text}")
+
+    def preview(self, step, images, paths):
+        if images:
+            shared.state.assign_current_image(images[0])
+        if self.on_preview:
+            self.on_preview(step, images, paths)
+
+    def should_stop(self):
+        return bool(shared.state.interrupted)
+
+
+def reload_embeddings() -> None:
+    """New embedding files appear in the WebUI without a restart, and no cached conditioning of an old
+    version of them is reused (the WebUI's cond cache is keyed on the prompt text only)."""
+    sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
+    for cache in (processing.StableDiffusionProcessing.cached_c, processing.StableDiffusionProcessing.cached_uc):
+        cache[0] = cache[1] = None

@@ -1,0 +1,141 @@
+"""What the WebUI tabs and the /scal-sdt/v1 API run: training on the WebUI's loaded model, results reloaded."""
+from __future__ import annotations
+
+import dataclasses
+import html
+import os
+from pathlib import Path
+from secrets import compare_digest
+
+from fastapi import Body, Depends, FastAPI, HTTPException
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from modules import call_queue, paths, shared  # noqa: the WebUI
+
+from ..config import describe, from_dict
+from ..jobs import FanOut, JobRegistry
+from ..textual_inversion.config import EmbeddingConfig
+from ..textual_inversion.trainer import train_embedding
+from ..ui.loss_svg import loss_svg
+from .webui import WebUIHost, WebUIReporter, reload_embeddings
+
+API_PREFIX = "/scal-sdt/v1"
+RESULT_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
+
+
+def embeddings_dir() -> str:
+    return shared.cmd_opts.embeddings_dir
+
+
+def webui_defaults() -> dict:
+    """Form defaults that come from the WebUI: where its embeddings live."""
+    return {"out": embeddings_dir()}
+
+
+def effective_config(cfg: EmbeddingConfig) -> EmbeddingConfig:
+    """The run's folders inside the WebUI's data folder unless the user chose others."""
+    log_dir = cfg.log_dir or os.path.join(paths.data_path, "textual_inversion", "scal-sdt", cfg.name)
+    return dataclasses.replace(cfg, out=cfg.out or embeddings_dir(), log_dir=log_dir)
+
+
+def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
+    """Train on the loaded model; the result is in the WebUI's embedding list when this returns."""
+    cfg = effective_config(cfg)
+    losses: list[float] = []
+
+    def on_step(info):
+        losses.append(info["loss"])
+        if len(losses) % 5 == 0 or len(losses) < 5:
+            shared.state.textinfo = f"step {info['step']}/{cfg.steps}" + loss_svg(losses[-2000:])
+
+    webui_reporter = WebUIReporter(on_step=on_step)
+    reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter
+    host = WebUIHost()
+    try:
+        result = train_embedding(cfg, host, reporter)
+    finally:
+        host.restore()
+        reload_embeddings()
+    run_dir = Path(cfg.log_dir)
+    previews = sorted((run_dir / "images").glob("*.png"), key=os.path.getmtime)
+    state = "interrupted" if result.interrupted else "finished"
+    text = (f"<p>Embedding <b>{html.escape(cfg.name)}</b> {state} at step {result.step}: "
+            f"{html.escape(str(result.final_path))}. Write <code>{html.escape(cfg.name)}</code> in a prompt.</p>"
+            + "".join(f"<p>{html.escape(m)}</p>" for m in webui_reporter.lines[-8:]))
+    return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
+            "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
+            "step": result.step, "interrupted": result.interrupted}
+
+
+def interrupt() -> None:
+    shared.state.interrupt()
+
+
+# -- HTTP API ---------------------------------------------------------------------------------------------------
+def _auth_dependency():
+    """The WebUI's --api-auth, as its own API applies it (routes added by extensions don't get it for free)."""
+    if not shared.cmd_opts.api_auth:
+        return []
+    credentials = dict(item.split(":", 1) for item in shared.cmd_opts.api_auth.split(","))
+
+    def check(creds: HTTPBasicCredentials = Depends(HTTPBasic())):
+        expected = credentials.get(creds.username)
+        if expected is not None and compare_digest(creds.password, expected):
+            return True
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return [Depends(check)]
+
+
+def add_api_routes(app: FastAPI) -> JobRegistry:
+    registry = JobRegistry(lock=call_queue.queue_lock)
+    deps = _auth_dependency()
+
+    def start_embedding(body: dict = Body(...)):
+        try:
+            cfg = from_dict(EmbeddingConfig, body)
+        except (TypeError, ValueError) as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        if not os.path.isdir(cfg.data):
+            raise HTTPException(status_code=422, detail=f"data: dataset folder does not exist: {cfg.data}")
+
+        def work(reporter):
+            shared.state.begin(job="scal-sdt-train-embedding")
+            try:
+                return run_embedding_training(cfg, reporter)
+            finally:
+                shared.state.end()
+
+        return registry.start("train-embedding", work).to_dict()
+
+    def get_job(job_id: str):
+        job = registry.get(job_id)
+        if job is None:
+            raise HTTPException(status_code=404, detail=f"no job {job_id}")
+        return job.to_dict()
+
+    def interrupt_job(job_id: str):
+        if not registry.interrupt(job_id):
+            raise HTTPException(status_code=404, detail=f"no job {job_id}")
+        return {"interrupting": job_id}
+
+    def list_jobs():
+        return [job.to_dict() for job in registry.jobs.values()]
+
+    def list_embeddings():
+        root = Path(embeddings_dir())
+        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in RESULT_SUFFIXES
+                       and not p.name.lower().endswith(".preview.png"))
+        return {"dir": str(root), "files": [str(p.relative_to(root)) for p in files]}
+
+    def options():
+        return {"train-embedding": describe(EmbeddingConfig)}
+
+    app.add_api_route(f"{API_PREFIX}/train/embedding", start_embedding, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/jobs", list_jobs, methods=["GET"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/jobs/{{job_id}}", get_job, methods=["GET"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/jobs/{{job_id}}/interrupt", interrupt_job, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/embeddings", list_embeddings, methods=["GET"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/options", options, methods=["GET"], dependencies=deps)
+    return registry

@@ -1,0 +1,130 @@
+"""Long jobs that run in the background (API requests, the standalone page): progress, interrupt, result."""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+from .training.report import Reporter
+
+
+@dataclass
+class Job:
+    id: str
+    kind: str
+    status: str = "queued"  # queued | running | finished | interrupted | failed
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    messages: list[str] = field(default_factory=list)
+    previews: list[str] = field(default_factory=list)
+    result: dict = field(default_factory=dict)
+    error: str | None = None
+    started: float | None = None
+    finished: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class JobReporter(Reporter):
+    """Keeps a Job up to date; ``stop`` asks the loop to end after the current step."""
+
+    def __init__(self, job: Job):
+        self.job = job
+        self.stop_requested = threading.Event()
+
+    def begin(self, job, total, start=0):
+        self.job.total, self.job.step = total, start
+
+    def step(self, info):
+        self.job.step, self.job.loss = info["step"], info["loss"]
+
+    def message(self, text):
+        self.job.messages.append(text)
+
+    def preview(self, step, images, paths):
+        self.job.previews.extend(str(p) for p in paths)
+
+    def should_stop(self):
+        return self.stop_requested.is_set()
+
+
+class FanOut(Reporter):
+    """Send every report to several reporters; stop when any of them asks to."""
+
+    def __init__(self, *reporters: Reporter):
+        self.reporters = reporters
+
+    def begin(self, job, total, start=0):
+        for r in self.reporters:
+            r.begin(job, total, start)
+
+    def step(self, info):
+        for r in self.reporters:
+            r.step(info)
+
+    def message(self, text):
+        for r in self.reporters:
+            r.message(text)
+
+    def preview(self, step, images, paths):
+        for r in self.reporters:
+            r.preview(step, images, paths)
+
+    def should_stop(self):
+        return any(r.should_stop() for r in self.reporters)
+
+    def end(self):
+        for r in self.reporters:
+            r.end()
+
+
+class JobRegistry:
+    """Runs one function per job in a thread (under ``lock`` when given: the host's GPU queue)."""
+
+    def __init__(self, lock: Any = None):
+        self.lock = lock
+        self.jobs: dict[str, Job] = {}
+        self.reporters: dict[str, JobReporter] = {}
+
+    def start(self, kind: str, fn: Callable[[Reporter], dict]) -> Job:
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind)
+        reporter = JobReporter(job)
+        self.jobs[job.id], self.reporters[job.id] = job, reporter
+        threading.Thread(target=self._run, args=(job, reporter, fn), daemon=True, name=f"scal-sdt-{kind}").start()
+        return job
+
+    def _run(self, job: Job, reporter: JobReporter, fn: Callable[[Reporter], dict]) -> None:
+        lock = self.lock if self.lock is not None else _NoLock()
+        with lock:
+            job.status, job.started = "running", time.time()
+            try:
+                job.result = fn(reporter) or {}
+                job.status = "interrupted" if job.result.get("interrupted") else "finished"
+            except Exception as e:  # the job fails, the server keeps running
+                job.status, job.error = "failed", f"{type(e).__name__}: {e}"
+                job.messages.append(traceback.format_exc(limit=3))
+            finally:
+                job.finished = time.time()
+
+    def get(self, job_id: str) -> Job | None:
+        return self.jobs.get(job_id)
+
+    def interrupt(self, job_id: str) -> bool:
+        reporter = self.reporters.get(job_id)
+        if reporter is None:
+            return False
+        reporter.stop_requested.set()
+        return True
+
+
+class _NoLock:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False

@@ -1,0 +1,71 @@
+"""The Embedding (Textual Inversion) tab: a form from EmbeddingConfig, Start / Interrupt, loss plot, preview."""
+from __future__ import annotations
+
+from typing import Callable
+
+import gradio as gr
+
+from ..textual_inversion.config import EmbeddingConfig
+from .form import build_form, js_kwarg, values_to_config
+
+# what the host decides, not the form: the WebUI's loaded model and its device flags
+HOST_FIELDS = ("model", "device", "memory_mode")
+PREVIEW_FROM_TXT2IMG = ("preview_prompt", "preview_negative", "preview_steps", "preview_cfg", "preview_seed")
+
+
+def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[], None], elem_prefix: str = "scal_sdt_ti",
+                  exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
+                  txt2img_preview_params: list | None = None, progress_js: bool = False,
+                  wrap: Callable = lambda fn: fn) -> dict:
+    """Build the tab's components in the current Blocks context.
+
+    ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
+    ``txt2img_preview_params`` (the WebUI's [prompt, negative, steps, sampler, cfg, seed, width, height]) lets the
+    user take the preview settings from txt2img. ``wrap`` wraps the click handler (the WebUI's GPU queue);
+    ``progress_js`` hooks the WebUI's progress bar (javascript/scal_sdt.js). Returns field name → component.
+    """
+    with gr.Row():
+        with gr.Column(scale=3):
+            form = build_form(EmbeddingConfig, elem_prefix, exclude=exclude, values=defaults,
+                              open_groups=("embedding", "model and data"))
+            use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
+                                      visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
+        with gr.Column(scale=2):
+            with gr.Row():
+                start = gr.Button("Train embedding", variant="primary", elem_id=f"{elem_prefix}_start")
+                stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
+            progress = gr.HTML(elem_id=f"{elem_prefix}_progress")
+            result = gr.HTML(elem_id=f"{elem_prefix}_result")
+            plot = gr.Image(label="loss", interactive=False, elem_id=f"{elem_prefix}_plot")
+            preview = gr.Image(label="latest preview", interactive=False, elem_id=f"{elem_prefix}_preview")
+
+    names = list(form)
+    extra = list(txt2img_preview_params or [])
+
+    def on_start(*values):
+        values = list(values)
+        if progress_js:  # the WebUI's progress bar puts the task id first
+            values = values[1:]
+        form_values, use_t2i, t2i = values[:len(names)], values[len(names)], values[len(names) + 1:]
+        try:
+            cfg = values_to_config(EmbeddingConfig, names, form_values)
+            if use_t2i and t2i:
+                prompt, negative, steps, _sampler, cfg_scale, seed, _w, _h = t2i
+                cfg = values_to_config(EmbeddingConfig, names + list(PREVIEW_FROM_TXT2IMG),
+                                       form_values + [prompt, negative, int(steps), float(cfg_scale),
+                                                      int(seed) if int(seed) >= 0 else -1])
+            out = run(cfg)
+        except (ValueError, OSError, RuntimeError) as e:
+            return f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>', None, None, ""
+        return out.get("text", ""), out.get("plot"), out.get("preview"), ""
+
+    inputs = list(form.values()) + [use_txt2img] + extra
+    outputs = [result, plot, preview, progress]
+    if progress_js:
+        dummy = gr.Textbox(visible=False, elem_id=f"{elem_prefix}_task")
+        start.click(wrap(on_start), inputs=[dummy] + inputs, outputs=outputs,
+                    **js_kwarg(f"scalSdtStart_{elem_prefix}"))
+    else:
+        start.click(wrap(on_start), inputs=inputs, outputs=outputs)
+    stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    return form

@@ -1,0 +1,78 @@
+"""A Gradio form generated from a config dataclass: one component per field, grouped as the config groups them.
+
+Works with the Gradio the WebUI pins (3.41) and with current Gradio: only components and arguments both have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import gradio as gr
+
+from ..config import MISSING, _field_type
+
+
+def gradio_major() -> int:
+    return int(gr.__version__.split(".")[0])
+
+
+def js_kwarg(code: str) -> dict:
+    """The click/change argument for client-side JavaScript: ``_js`` in Gradio 3, ``js`` from Gradio 4."""
+    return {"_js": code} if gradio_major() < 4 else {"js": code}
+
+
+def _default(f: dataclasses.Field):
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None):
+    tp = _field_type(cls, f)
+    meta = f.metadata
+    label = f.name.replace("_", " ")
+    value = _default(f) if value is None else value
+    kwargs = dict(label=label, elem_id=f"{elem_prefix}_{f.name}")
+    if meta.get("help"):
+        kwargs["info"] = meta["help"]
+    if tp is bool:
+        return gr.Checkbox(value=bool(value), **kwargs)
+    if meta.get("choices"):
+        return gr.Dropdown(choices=list(meta["choices"]), value=value, **kwargs)
+    if tp in (int, float):
+        return gr.Number(value=value, precision=0 if tp is int else None, **kwargs)
+    return gr.Textbox(value="" if value is None else str(value), lines=1, **kwargs)
+
+
+def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = (), values: dict | None = None,
+               open_groups: typing.Collection[str] = ()) -> dict[str, typing.Any]:
+    """Create the components inside the current Blocks context; returns field name → component."""
+    values = values or {}
+    fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    groups: dict[str, list[dataclasses.Field]] = {}
+    for f in fields:
+        groups.setdefault(f.metadata.get("group") or "options", []).append(f)
+    components = {}
+    for group, members in groups.items():
+        with gr.Accordion(group, open=group in open_groups):
+            for f in members:
+                components[f.name] = component_for(cls, f, elem_prefix, values.get(f.name))
+    return components
+
+
+def values_to_config(cls: type, names: list[str], values: list, fixed: dict | None = None):
+    """Turn the form's values (in ``names`` order) back into a config; numbers get their field's type."""
+    types = {f.name: _field_type(cls, f) for f in dataclasses.fields(cls)}
+    data = dict(fixed or {})
+    for name, value in zip(names, values):
+        tp = types[name]
+        if tp is int and value is not None:
+            value = int(value)
+        elif tp is float and value is not None:
+            value = float(value)
+        elif tp is str and value is None:
+            value = ""
+        data[name] = value
+    return cls(**data)
