@@ -11,20 +11,47 @@ from ..files import atomic_write_text
 from .architecture import SAMPLE_SIZE, Architecture, text_config
 from .components import Components
 from .families import SD1, SD2, SDXL
+from .text_encoder_folder import (STOCK_CLIP_L, is_stock_clip_l, read_open_clip_config, stock_open_clip_arch,
+                                  write_clip_text_folder, write_open_clip_config)
 
 OPEN_CLIP_ARCH = {"sd2": ("ViT-H-14", "laion2b_s32b_b79k"), "sdxl": ("ViT-bigG-14", "laion2b_s39b_b160k")}
+# The call that registers a small OpenCLIP tower's model config with open_clip inside the WebUI. ldm/sgm's
+# ``instantiate_from_config`` calls any ``target`` with ``params``; we put it in a slot that is built *before* the
+# text encoders and whose result nothing uses at inference: SD2 (ldm) the VAE's ``lossconfig`` (otherwise
+# ``torch.nn.Identity``; ``LatentDiffusion`` builds the first stage before the cond stage), SDXL (sgm) the
+# ``DiffusionEngine``'s ``sampler_config`` (otherwise absent, i.e. ``sampler = None``; it is built before the
+# conditioner). ``open_clip.add_model_config`` returns None, so the slot holds None, as it would without a config.
+OPEN_CLIP_REGISTER = "open_clip.add_model_config"
+CLIP_FOLDER_SUFFIX = ".text_encoder"  # <stem>.text_encoder/ (CLIP-L), <stem>.text_encoder_2/ (SDXL's OpenCLIP)
 
 
-def _text_from_yaml(target: str, params: dict) -> CLIPTextConfig | None:
+def _registered_open_clip(model: dict) -> dict[str, dict]:
+    """The open_clip model configs a yaml registers through :data:`OPEN_CLIP_REGISTER` hooks, by name."""
+    p = model.get("params") or {}
+    hooks = [p.get("sampler_config"), ((p.get("first_stage_config") or {}).get("params") or {}).get("lossconfig")]
+    found = {}
+    for hook in hooks:
+        if isinstance(hook, dict) and hook.get("target") == OPEN_CLIP_REGISTER:
+            path = Path(str((hook.get("params") or {}).get("path", "")))
+            cfg = read_open_clip_config(path) if path.suffix == ".json" else None
+            if cfg is not None:
+                found[path.stem] = cfg
+    return found
+
+
+def _text_from_yaml(target: str, params: dict, registered: dict | None = None) -> CLIPTextConfig | None:
     if target.endswith("FrozenCLIPEmbedder"):
-        version = params.get("version", "openai/clip-vit-large-patch14")
+        version = params.get("version", STOCK_CLIP_L)
         if (Path(version) / "config.json").is_file():
             return CLIPTextConfig.from_pretrained(version, local_files_only=True)
-        if version == "openai/clip-vit-large-patch14":
+        if version == STOCK_CLIP_L:
             return text_config(768, 12, 3072, 49408, 77, "quick_gelu")
         return None
-    import open_clip
-    model = open_clip.get_model_config(params.get("arch", "ViT-H-14"))
+    arch = params.get("arch", "ViT-H-14")
+    model = (registered or {}).get(arch)
+    if model is None:
+        import open_clip
+        model = open_clip.get_model_config(arch)
     if model is None:
         return None
     text = model["text_cfg"]
@@ -103,7 +130,8 @@ def _read_yaml(model: dict, path: Path) -> Architecture:
                down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
                norm_num_groups=32, sample_size=unet["sample_size"] * 2 ** (n - 1),
                scaling_factor=p.get("scale_factor", family.vae_scale))
-    text_configs = [_text_from_yaml(t["target"], t.get("params") or {}) for t in texts]
+    registered = _registered_open_clip(model)
+    text_configs = [_text_from_yaml(t["target"], t.get("params") or {}, registered) for t in texts]
     return Architecture(family, unet, vae, text_configs, prediction)
 
 
@@ -152,19 +180,39 @@ def _vae_params(cfg: dict) -> dict:
                 lossconfig=dict(target="torch.nn.Identity"))
 
 
-def model_yaml(components: Components) -> dict:
-    """The inference config the WebUI (v1.8) instantiates for these components, as a dict."""
+def _open_clip_params(family: str, open_clip_config) -> tuple[dict, dict | None]:
+    """(arch/version params, registration hook or None) for the family's OpenCLIP embedder."""
+    if open_clip_config is None:
+        arch, version = OPEN_CLIP_ARCH[family]
+        return dict(arch=arch, version=version), None
+    path = Path(open_clip_config).absolute()
+    # version None: no pretrained weights are asked for (the WebUI drops them anyway; the checkpoint has them)
+    return dict(arch=path.stem, version=None), dict(target=OPEN_CLIP_REGISTER, params=dict(path=str(path)))
+
+
+def model_yaml(components: Components, clip_version: str | None = None, open_clip_config=None) -> dict:
+    """The inference config the WebUI (v1.8) instantiates for these components, as a dict.
+
+    The text encoders are named, not described: ``clip_version`` (SD1, SDXL's CLIP-L; default the stock
+    ``openai/clip-vit-large-patch14``) is a Hugging Face name or a local folder (see
+    :func:`.text_encoder_folder.write_clip_text_folder`); ``open_clip_config`` (SD2, SDXL's OpenCLIP) is None for
+    the stock ``ViT-H-14``/``ViT-bigG-14`` or the path of an open_clip model config JSON
+    (:func:`.text_encoder_folder.write_open_clip_config`), which the yaml then registers (:data:`OPEN_CLIP_REGISTER`)
+    and names as ``arch``. :func:`write_yaml` chooses and writes these for the components' actual sizes.
+    """
     c = components
     unet_cfg, vae_cfg = dict(c.unet.config), dict(c.vae.config)
     v = c.family.prediction_type == "v_prediction"
+    clip_params = {} if clip_version in (None, STOCK_CLIP_L) else dict(version=str(clip_version))
     if c.family.name == "sdxl":
-        arch, version = OPEN_CLIP_ARCH["sdxl"]
+        open_clip_params, register = _open_clip_params("sdxl", open_clip_config)
         clip_layers = c.text_encoders[0].config.num_hidden_layers
         sgm = "sgm.modules.diffusionmodules."
         txt = [dict(is_trainable=False, input_key="txt", target="sgm.modules.encoders.modules.FrozenCLIPEmbedder",
-                    params=dict(layer="hidden", layer_idx=clip_layers + 1 + c.family.encoders[0].layer)),
+                    params=dict(layer="hidden", layer_idx=clip_layers + 1 + c.family.encoders[0].layer,
+                                **clip_params)),
                dict(is_trainable=False, input_key="txt", target="sgm.modules.encoders.modules.FrozenOpenCLIPEmbedder2",
-                    params=dict(arch=arch, version=version, freeze=True, layer="penultimate",
+                    params=dict(**open_clip_params, freeze=True, layer="penultimate",
                                 always_return_pooled=True, legacy=False))]
         size = [dict(is_trainable=False, input_key=key, target="sgm.modules.encoders.modules.ConcatTimestepEmbedderND",
                      params=dict(outdim=unet_cfg["addition_time_embed_dim"]))
@@ -177,16 +225,23 @@ def model_yaml(components: Components) -> dict:
                 scaling_config=dict(target=f"{sgm}denoiser_scaling.{kind}Scaling"),
                 discretization_config=dict(target=sgm + "discretizer.LegacyDDPMDiscretization"))),
             network_config=dict(target=sgm + "openaimodel.UNetModel", params=_ldm_unet_params(unet_cfg, True)),
+            **({} if register is None else dict(sampler_config=register)),
             conditioner_config=dict(target="sgm.modules.GeneralConditioner", params=dict(emb_models=txt + size)),
             first_stage_config=dict(target="sgm.models.autoencoder.AutoencoderKLInferenceWrapper",
                                     params=_vae_params(vae_cfg)))
         return dict(model=dict(target="sgm.models.diffusion.DiffusionEngine", params=params))
+    register = None
     if c.family.name == "sd1":
         cond = dict(target="ldm.modules.encoders.modules.FrozenCLIPEmbedder")
+        if clip_params:
+            cond["params"] = clip_params
     else:
+        open_clip_params, register = _open_clip_params("sd2", open_clip_config)
         cond = dict(target="ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
-                    params=dict(arch=OPEN_CLIP_ARCH["sd2"][0], version=OPEN_CLIP_ARCH["sd2"][1], freeze=True,
-                                layer="penultimate"))
+                    params=dict(**open_clip_params, freeze=True, layer="penultimate"))
+    vae_params = _vae_params(vae_cfg)
+    if register is not None:
+        vae_params["lossconfig"] = register
     params = dict(linear_start=0.00085, linear_end=0.012, num_timesteps_cond=1, log_every_t=200, timesteps=1000,
                   first_stage_key="jpg", cond_stage_key="txt", image_size=int(unet_cfg["sample_size"]),
                   channels=unet_cfg["in_channels"], cond_stage_trainable=False, conditioning_key="crossattn",
@@ -195,22 +250,46 @@ def model_yaml(components: Components) -> dict:
         params = dict(parameterization="v", **params)
     params.update(unet_config=dict(target="ldm.modules.diffusionmodules.openaimodel.UNetModel",
                                    params=_ldm_unet_params(unet_cfg, False)),
-                  first_stage_config=dict(target="ldm.models.autoencoder.AutoencoderKL", params=_vae_params(vae_cfg)),
+                  first_stage_config=dict(target="ldm.models.autoencoder.AutoencoderKL", params=vae_params),
                   cond_stage_config=cond)
     return dict(model=dict(base_learning_rate=1.0e-4, target="ldm.models.diffusion.ddpm.LatentDiffusion",
                            params=params))
 
 
-def write_yaml(components: Components, path) -> Path:
-    """Write the ldm (SD1/SD2) or sgm (SDXL) inference yaml the WebUI reads for a checkpoint (same stem).
+def text_encoder_files(components: Components, yaml_path) -> dict:
+    """Write what the WebUI needs, beside ``yaml_path``, to build text encoders of non-stock sizes, and return the
+    :func:`model_yaml` keyword arguments that name them.
 
-    What the WebUI needs beyond this file: the text encoders are named, not described. SD1's ``FrozenCLIPEmbedder``
-    builds ``openai/clip-vit-large-patch14`` (its config must be in the local Hugging Face cache when offline); the
-    OpenCLIP embedders build the named open_clip arch (``ViT-H-14``, ``ViT-bigG-14``). Both fit only real-size text
-    encoders: for a small one the WebUI would need a local folder with its ``config.json`` as ``version`` (SD1/SDXL
-    CLIP-L) or a registered open_clip model config — not written here. Our own loader reads the exact architecture
-    from the checkpoint header instead. SD2's OpenCLIP layer is written as ``penultimate``, the WebUI's standard.
+    A CLIP-L tower (SD1, SDXL's first) of another size than ``openai/clip-vit-large-patch14`` gets
+    ``<stem>.text_encoder/`` (config + tokenizer); an OpenCLIP tower (SD2, SDXL's second) of another size than
+    ``ViT-H-14``/``ViT-bigG-14`` gets ``<stem>.text_encoder[_2]/<name>.json`` (an open_clip model config).
+    """
+    yaml_path = Path(yaml_path).absolute()
+    kwargs = {}
+    for i, (spec, te) in enumerate(zip(components.family.encoders, components.text_encoders)):
+        folder = yaml_path.with_name(yaml_path.stem + CLIP_FOLDER_SUFFIX + ("" if i == 0 else f"_{i + 1}"))
+        open_clip = components.family.name == "sd2" or (components.family.name == "sdxl" and i == 1)
+        if not open_clip:
+            if not is_stock_clip_l(te.config):
+                kwargs["clip_version"] = str(write_clip_text_folder(te.config, folder))
+        elif stock_open_clip_arch(te.config) is None:
+            kwargs["open_clip_config"] = write_open_clip_config(te.config, folder)[1]
+    return kwargs
+
+
+def write_yaml(components: Components, path) -> Path:
+    """Write the ldm (SD1/SD2) or sgm (SDXL) inference yaml the WebUI reads for a checkpoint (same stem), plus the
+    text-encoder files a non-stock size needs (:func:`text_encoder_files`), named in it by absolute path.
+
+    The WebUI builds text encoders from names: SD1's and SDXL's ``FrozenCLIPEmbedder`` load ``version`` with
+    transformers (the stock ``openai/clip-vit-large-patch14`` must be in the local Hugging Face cache when
+    offline; a small one is our ``<stem>.text_encoder/`` folder), the OpenCLIP embedders build the open_clip
+    ``arch`` (``ViT-H-14``, ``ViT-bigG-14``, or our registered ``<stem>.text_encoder[_2]/<name>.json``). Moving
+    the checkpoint means writing the yaml again (the paths are absolute; a relative one would be resolved from the
+    WebUI's working directory). Our own loader reads the exact architecture from the checkpoint header and does
+    not need these files. SD2's OpenCLIP layer is written as ``penultimate``, the WebUI's standard.
     """
     path = Path(path)
-    atomic_write_text(path, yaml.safe_dump(model_yaml(components), sort_keys=False))
+    kwargs = text_encoder_files(components, path)
+    atomic_write_text(path, yaml.safe_dump(model_yaml(components, **kwargs), sort_keys=False))
     return path

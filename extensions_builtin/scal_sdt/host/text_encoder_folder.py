@@ -24,6 +24,7 @@ import gzip
 import hashlib
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 from ..files import atomic_write_text
@@ -82,6 +83,13 @@ def clip_vocab_and_merges() -> tuple[dict[str, int], tuple[tuple[str, str], ...]
     return {token: i for i, token in enumerate(vocab)}, merges
 
 
+def _write(path: Path, text: str) -> None:
+    """Write atomically unless the content is already there; readable by all (a WebUI may run as another user)."""
+    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
+        atomic_write_text(path, text)
+        os.chmod(path, 0o644)
+
+
 def _tokenizer_files() -> dict[str, str]:
     vocab, merges = clip_vocab_and_merges()
     end = {"content": END, "single_word": False, "lstrip": False, "rstrip": False, "normalized": True}
@@ -118,9 +126,7 @@ def write_clip_text_folder(config, folder) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     files = dict(_tokenizer_files(), **{"config.json": json.dumps(clip_text_config_dict(config), indent=2)})
     for name, text in files.items():
-        path = folder / name
-        if not (path.is_file() and path.read_text(encoding="utf-8") == text):
-            atomic_write_text(path, text)
+        _write(folder / name, text)
     return folder
 
 
@@ -168,9 +174,7 @@ def write_open_clip_config(config, folder) -> tuple[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     name = open_clip_config_name(config)
     path = folder / f"{name}.json"
-    text = json.dumps(open_clip_model_config(config), indent=2)
-    if not (path.is_file() and path.read_text(encoding="utf-8") == text):
-        atomic_write_text(path, text)
+    _write(path, json.dumps(open_clip_model_config(config), indent=2))
     return name, path
 
 

@@ -33,9 +33,10 @@ def webui_defaults() -> dict:
 
 
 def effective_config(cfg: EmbeddingConfig) -> EmbeddingConfig:
-    """The run's folders inside the WebUI's data folder unless the user chose others."""
-    log_dir = cfg.log_dir or os.path.join(paths.data_path, "textual_inversion", "scal-sdt", cfg.name)
-    return dataclasses.replace(cfg, out=cfg.out or embeddings_dir(), log_dir=log_dir)
+    """The run's folders inside the WebUI's data folder unless the user chose others (relative paths too)."""
+    log_dir = cfg.log_dir or os.path.join("textual_inversion", "scal-sdt", cfg.name)
+    out = cfg.out or embeddings_dir()
+    return dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
 
 
 def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
@@ -94,7 +95,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
 
     def start_embedding(body: dict = Body(...)):
         try:
-            cfg = from_dict(EmbeddingConfig, body)
+            cfg = from_dict(EmbeddingConfig, {**webui_defaults(), **body})
         except (TypeError, ValueError) as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
         if not os.path.isdir(cfg.data):
