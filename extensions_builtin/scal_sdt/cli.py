@@ -42,10 +42,21 @@ def _create_embedding(cfg) -> int:
     return 0
 
 
+def _ui(cfg) -> int:
+    try:
+        from .ui.standalone import serve
+    except ImportError as e:
+        raise RuntimeError(f"the page needs gradio: pip install 'scal-sdt[ui]' ({e})") from None
+    serve(cfg)
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
+    from .ui_config import UiConfig
 
     return [
+        Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
         Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
     ]

@@ -35,6 +35,7 @@ class JobReporter(Reporter):
 
     def __init__(self, job: Job):
         self.job = job
+        self.losses: list[float] = []
         self.stop_requested = threading.Event()
 
     def begin(self, job, total, start=0):
@@ -42,6 +43,7 @@ class JobReporter(Reporter):
 
     def step(self, info):
         self.job.step, self.job.loss = info["step"], info["loss"]
+        self.losses.append(info["loss"])
 
     def message(self, text):
         self.job.messages.append(text)

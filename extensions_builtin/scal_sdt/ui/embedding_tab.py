@@ -16,13 +16,14 @@ PREVIEW_FROM_TXT2IMG = ("preview_prompt", "preview_negative", "preview_steps", "
 def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[], None], elem_prefix: str = "scal_sdt_ti",
                   exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
                   txt2img_preview_params: list | None = None, progress_js: bool = False,
-                  wrap: Callable = lambda fn: fn) -> dict:
+                  wrap: Callable = lambda fn: fn, streaming: bool = False) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
     ``txt2img_preview_params`` (the WebUI's [prompt, negative, steps, sampler, cfg, seed, width, height]) lets the
     user take the preview settings from txt2img. ``wrap`` wraps the click handler (the WebUI's GPU queue);
-    ``progress_js`` hooks the WebUI's progress bar (javascript/scal_sdt.js). Returns field name → component.
+    ``progress_js`` hooks the WebUI's progress bar (javascript/scal_sdt.js). With ``streaming``, ``run(cfg)``
+    yields such dicts while it works (plus "progress" HTML) and the page updates live. Returns field name → component.
     """
     with gr.Row():
         with gr.Column(scale=3):
@@ -42,22 +43,36 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
     names = list(form)
     extra = list(txt2img_preview_params or [])
 
-    def on_start(*values):
+    def config_from(values) -> EmbeddingConfig:
         values = list(values)
         if progress_js:  # the WebUI's progress bar puts the task id first
             values = values[1:]
         form_values, use_t2i, t2i = values[:len(names)], values[len(names)], values[len(names) + 1:]
-        try:
-            cfg = values_to_config(EmbeddingConfig, names, form_values)
-            if use_t2i and t2i:
-                prompt, negative, steps, _sampler, cfg_scale, seed, _w, _h = t2i
-                cfg = values_to_config(EmbeddingConfig, names + list(PREVIEW_FROM_TXT2IMG),
-                                       form_values + [prompt, negative, int(steps), float(cfg_scale),
-                                                      int(seed) if int(seed) >= 0 else -1])
-            out = run(cfg)
-        except (ValueError, OSError, RuntimeError) as e:
-            return f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>', None, None, ""
-        return out.get("text", ""), out.get("plot"), out.get("preview"), ""
+        if use_t2i and t2i:
+            prompt, negative, steps, _sampler, cfg_scale, seed, _w, _h = t2i
+            return values_to_config(EmbeddingConfig, names + list(PREVIEW_FROM_TXT2IMG),
+                                    form_values + [prompt, negative, int(steps), float(cfg_scale), int(seed)])
+        return values_to_config(EmbeddingConfig, names, form_values)
+
+    def outputs_of(out: dict) -> tuple:
+        return out.get("text", ""), out.get("plot"), out.get("preview"), out.get("progress", "")
+
+    def error(e: Exception) -> tuple:
+        return f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>', None, None, ""
+
+    if streaming:
+        def on_start(*values):
+            try:
+                for out in run(config_from(values)):
+                    yield outputs_of(out)
+            except (ValueError, OSError, RuntimeError) as e:
+                yield error(e)
+    else:
+        def on_start(*values):
+            try:
+                return outputs_of(run(config_from(values)))
+            except (ValueError, OSError, RuntimeError) as e:
+                return error(e)
 
     inputs = list(form.values()) + [use_txt2img] + extra
     outputs = [result, plot, preview, progress]

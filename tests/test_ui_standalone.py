@@ -1,0 +1,52 @@
+"""The standalone page (`scal-sdt ui`): the same form, built from the config, and a training that streams."""
+import dataclasses
+import json
+import socket
+import threading
+import time
+import urllib.request
+
+import pytest
+
+gr = pytest.importorskip("gradio", reason="the standalone page needs gradio (pip install 'scal-sdt[ui]')")
+
+from scal_sdt.textual_inversion.config import EmbeddingConfig  # noqa: E402
+from scal_sdt.ui.standalone import build_app  # noqa: E402
+from scal_sdt.ui_config import UiConfig  # noqa: E402
+
+
+def test_the_page_has_a_component_for_every_option_but_the_hosts():
+    app = build_app(UiConfig(model="tiny-sd1"))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    for f in dataclasses.fields(EmbeddingConfig):
+        if f.name not in ("model", "device", "memory_mode"):
+            assert f"scal_sdt_ti_{f.name}" in ids, f.name
+    assert {"scal_sdt_ti_start", "scal_sdt_ti_interrupt", "scal_sdt_ti_plot", "scal_sdt_ti_preview"} <= ids
+
+
+def test_training_from_the_page_streams_progress_and_saves(tmp_path):
+    app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
+    cfg = EmbeddingConfig(name="pagetest", data="demo", steps=6, out=str(tmp_path / "emb"),
+                          log_dir=str(tmp_path / "run"), save_every=0, preview_every=3, preview_steps=2)
+    updates = list(app.scal_sdt_trainer.run(cfg))
+    last = updates[-1]
+    assert "pagetest" in last["text"] and "finished at step 6" in last["text"]
+    assert last["plot"].endswith("loss.png") and last["preview"].endswith("pagetest-6.png")
+    assert "<svg" in last["progress"]
+    assert (tmp_path / "emb" / "pagetest.safetensors").exists()
+
+
+def test_the_page_serves_on_localhost():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = build_app(UiConfig(model="tiny-sd1", port=port))
+    app.queue()
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=30) as r:
+            config = json.load(r)
+        ids = [c.get("props", {}).get("elem_id") for c in config["components"]]
+        assert "scal_sdt_ti_start" in ids and "scal_sdt_ti_lr" in ids
+    finally:
+        app.close()
