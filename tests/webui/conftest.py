@@ -100,6 +100,13 @@ class WebUIServer:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.is_file() else ""
 
+    def auth_headers(self) -> dict:
+        """Basic-auth headers for the first ``--api-auth`` user, if the server was started with one."""
+        if "--api-auth" not in self.args:
+            return {}
+        user_pw = self.args[self.args.index("--api-auth") + 1].split(",")[0]
+        return {"Authorization": "Basic " + base64.b64encode(user_pw.encode()).decode()}
+
     def log_tail(self, n: int = 60) -> str:
         return "\n".join(self.log.splitlines()[-n:])
 
@@ -165,7 +172,8 @@ def _wait_model(server: WebUIServer, deadline: float) -> None:
             raise WebUIError(f"the WebUI exited (code {server.process.returncode}); log tail:\n{server.log_tail()}")
         if "Model loaded in" in log:
             with contextlib.suppress(WebUIError, OSError, ValueError):
-                current = server.get("/sdapi/v1/options", timeout=10).get("sd_model_checkpoint") or ""
+                current = server.get("/sdapi/v1/options", timeout=10, headers=server.auth_headers()
+                                     ).get("sd_model_checkpoint") or ""
                 if stem is None or current.startswith(stem):
                     return
         if time.monotonic() > deadline:
@@ -224,6 +232,25 @@ def webui_install() -> tuple[Path, Path]:
     return paths
 
 
+def webui_dir_files(webui_dir: Path) -> dict[str, int]:
+    """{relative path: mtime_ns} of WEBUI_DIR's files, without repositories/, .git/ and __pycache__/."""
+    files = {}
+    for dirpath, dirnames, filenames in os.walk(webui_dir):
+        dirnames[:] = [d for d in dirnames if d not in ("__pycache__", ".git")
+                       and not (Path(dirpath) == webui_dir and d in ("repositories", "venv"))]
+        for f in filenames:
+            path = Path(dirpath) / f
+            with contextlib.suppress(OSError):
+                files[str(path.relative_to(webui_dir))] = path.stat().st_mtime_ns
+    return files
+
+
+@pytest.fixture(scope="session")
+def webui_dir_snapshot(webui_install) -> dict[str, int]:
+    """WEBUI_DIR's files before any server of this session started (see :func:`webui_dir_files`)."""
+    return webui_dir_files(webui_install[0])
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
     """``tiny_checkpoint(name)``: tiny-sd1/sd2/sdxl saved (once) by our ``save_checkpoint`` into the session's
@@ -245,7 +272,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def webui_server(webui_install, tiny_checkpoint, tmp_path_factory):
+def webui_server(webui_install, webui_dir_snapshot, tiny_checkpoint, tmp_path_factory):
     """Factory: ``webui_server(ckpt=None, extra_args=(), extensions=(), settings=None, env=None, wait_model=True,
     name=None)`` -> a running :class:`WebUIServer` (shared for equal arguments; all killed at session end)."""
     webui_dir, python = webui_install

@@ -213,7 +213,9 @@ def load_diffusers_folder(path) -> Components:
 
 # --------------------------------------------------------------------------------------------------- writing
 def save_checkpoint(components: Components, path, dtype: torch.dtype | None = None, with_yaml: bool = True) -> Path:
-    """Write ``components`` as an original-layout ``.safetensors`` (atomically), plus the ``.yaml`` beside it.
+    """Write ``components`` as an original-layout ``.safetensors`` (atomically), plus the ``.yaml`` beside it and,
+    for text encoders of non-stock sizes, the files the WebUI needs to build them offline (``<stem>.text_encoder/``,
+    ``<stem>.text_encoder_2/``; see :func:`.ldm_yaml.write_yaml`).
 
     The exact architecture is also recorded in the safetensors header (:data:`METADATA_KEY`), so what shapes and
     yaml cannot say (text-encoder heads of small models, an SD2 encoder's layer) survives a round trip.

@@ -59,7 +59,7 @@ def bpe_path() -> Path:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """The byte -> printable character table of GPT-2/CLIP BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -184,4 +184,5 @@ def read_open_clip_config(path) -> dict | None:
         model = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return model if isinstance(model, dict) and all(k in model for k in ("embed_dim", "vision_cfg", "text_cfg")) else None
+    ok = isinstance(model, dict) and all(k in model for k in ("embed_dim", "vision_cfg", "text_cfg"))
+    return model if ok else None

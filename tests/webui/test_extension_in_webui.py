@@ -1,0 +1,116 @@
+"""SCAL-SDT inside the real WebUI, driven as a user and an API client would: the Train tab is on the page, an
+embedding trained on the loaded tiny model appears in the WebUI and changes its images, the WebUI's own results
+are unchanged by our training, bad input gets a 4xx with the reason, --api-auth guards our routes, --medvram works."""
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import io
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from .conftest import WebUIError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from scal_sdt.demo_data import make_concept_folder
+
+    return make_concept_folder(tmp_path_factory.mktemp("ti-data") / "stars", count=6)
+
+
+@pytest.fixture(scope="module")
+def server(webui_server, tiny_checkpoint):
+    return webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], name="webui-scal-sdt")
+
+
+def digest(server, prompt: str) -> str:
+    """Of the pixels (the PNG's text chunk carries infotext such as "TI hashes", which may differ)."""
+    images, _ = server.txt2img(prompt=prompt, seed=7)
+    with Image.open(io.BytesIO(images[0])) as im:
+        return hashlib.sha256(im.convert("RGB").tobytes()).hexdigest()
+
+
+def train(server, auth: dict | None = None, timeout: float = 240, **options) -> dict:
+    job = server.post("/scal-sdt/v1/train/embedding", options, headers=auth)
+    deadline = time.monotonic() + timeout
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, f"training did not finish: {job}"
+        time.sleep(0.5)
+        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}", headers=auth)
+    return job
+
+
+def test_the_train_tab_is_built_from_the_config(server):
+    from scal_sdt.textual_inversion.config import EmbeddingConfig
+
+    config = server.get("/config")
+    ids = {c.get("props", {}).get("elem_id") for c in config["components"]}
+    assert "scal_sdt_ti_tab" in ids and "scal_sdt_ti_start" in ids and "scal_sdt_ti_use_txt2img" in ids
+    for f in dataclasses.fields(EmbeddingConfig):
+        if f.name not in ("model", "device", "memory_mode"):
+            assert f"scal_sdt_ti_{f.name}" in ids, f.name
+    assert "SCAL-SDT" in server.log or "scal" in server.log.lower()
+
+
+def test_a_trained_embedding_is_listed_and_used_without_a_restart(server, data_dir):
+    before = digest(server, "a photo of a cat")
+    job = train(server, name="webstar", data=str(data_dir), steps=12, resolution=64, save_every=0, preview_every=6,
+                preview_steps=3)
+    assert job["status"] == "finished", job
+    assert job["step"] == 12 and job["result"]["path"].endswith("webstar.safetensors")
+    assert Path(job["result"]["path"]).is_relative_to(server.data_dir)
+    loaded = server.get("/sdapi/v1/embeddings")["loaded"]
+    assert "webstar" in loaded and loaded["webstar"]["vectors"] == 1
+    assert "webstar.safetensors" in server.get("/scal-sdt/v1/embeddings")["files"]
+    # the embedding's name changes the picture; the WebUI's own results are as before the training
+    assert digest(server, "a photo of webstar") != digest(server, "a photo of a cat")
+    assert digest(server, "a photo of a cat") == before
+    assert digest(server, "a photo of webstar") == digest(server, "a photo of webstar")
+
+
+@pytest.mark.parametrize("body,reason", [
+    ({"name": "x", "data": "/nonexistent/folder"}, "dataset folder does not exist"),
+    ({"name": "bad/name", "data": "/tmp"}, "path characters"),
+    ({"name": "x", "data": "/tmp", "steps": 0}, "steps"),
+    ({"name": "x", "data": "/tmp", "no_such_option": 1}, "no_such_option"),
+])
+def test_bad_input_gets_a_4xx_with_the_reason(server, body, reason):
+    with pytest.raises(WebUIError, match=r"HTTP 4\d\d") as err:
+        server.post("/scal-sdt/v1/train/embedding", body)
+    assert reason in str(err.value)
+    assert server.alive()
+
+
+def test_an_empty_dataset_fails_the_job_not_the_webui(server, tmp_path):
+    (tmp_path / "empty").mkdir()
+    job = train(server, name="nothing", data=str(tmp_path / "empty"), steps=2, resolution=64)
+    assert job["status"] == "failed" and "image" in job["error"].lower()
+    assert not (server.data_dir / "embeddings" / "nothing.safetensors").exists()
+    assert server.get("/sdapi/v1/embeddings") is not None
+
+
+def test_api_auth_guards_our_routes(webui_server, tiny_checkpoint, data_dir):
+    server = webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], extra_args=["--api-auth", "u:pw"],
+                          name="webui-scal-sdt-auth")
+    with pytest.raises(WebUIError, match="HTTP 401"):
+        server.get("/scal-sdt/v1/options")
+    auth = {"Authorization": "Basic " + base64.b64encode(b"u:pw").decode()}
+    assert "train-embedding" in server.get("/scal-sdt/v1/options", headers=auth)
+    with pytest.raises(WebUIError, match="HTTP 401"):
+        server.get("/scal-sdt/v1/options", headers={"Authorization": "Basic " + base64.b64encode(b"u:no").decode()})
+
+
+def test_training_under_medvram(webui_server, tiny_checkpoint, data_dir):
+    server = webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], extra_args=["--medvram"],
+                          name="webui-scal-sdt-medvram")
+    job = train(server, name="medstar", data=str(data_dir), steps=6, resolution=64, save_every=0, preview_every=3,
+                preview_steps=2)
+    assert job["status"] == "finished", job
+    assert "medstar" in server.get("/sdapi/v1/embeddings")["loaded"]
