@@ -107,10 +107,14 @@ def test_api_auth_guards_our_routes(webui_server, tiny_checkpoint, data_dir):
         server.get("/scal-sdt/v1/options", headers={"Authorization": "Basic " + base64.b64encode(b"u:no").decode()})
 
 
-def test_training_under_medvram(webui_server, tiny_checkpoint, data_dir):
-    server = webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], extra_args=["--medvram"],
-                          name="webui-scal-sdt-medvram")
-    job = train(server, name="medstar", data=str(data_dir), steps=6, resolution=64, save_every=0, preview_every=3,
+@pytest.mark.parametrize("flag", ["--medvram", "--lowvram"])
+def test_training_under_the_webuis_memory_modes(webui_server, tiny_checkpoint, data_dir, flag):
+    server = webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], extra_args=[flag],
+                          name=f"webui-scal-sdt{flag[1:]}")
+    before = digest(server, "a photo of a cat")
+    name = f"star{flag[2:]}"
+    job = train(server, name=name, data=str(data_dir), steps=6, resolution=64, save_every=0, preview_every=3,
                 preview_steps=2)
     assert job["status"] == "finished", job
-    assert "medstar" in server.get("/sdapi/v1/embeddings")["loaded"]
+    assert name in server.get("/sdapi/v1/embeddings")["loaded"]
+    assert digest(server, "a photo of a cat") == before
