@@ -118,3 +118,27 @@ def test_training_under_the_webuis_memory_modes(webui_server, tiny_checkpoint, d
     assert job["status"] == "finished", job
     assert name in server.get("/sdapi/v1/embeddings")["loaded"]
     assert digest(server, "a photo of a cat") == before
+
+
+@pytest.mark.parametrize("family", ["tiny-sd2", "tiny-sdxl"])
+def test_training_on_sd2_and_sdxl_models_in_the_webui(webui_server, tiny_checkpoint, data_dir, family):
+    server = webui_server(tiny_checkpoint(family), extensions=[REPO], name=f"webui-scal-sdt-{family}")
+    name = f"star{family[5:]}"
+    job = train(server, name=name, data=str(data_dir), steps=6, resolution=64, save_every=0, preview_every=3,
+                preview_steps=2)
+    assert job["status"] == "finished", job
+    assert job["loss"] is not None and job["loss"] == job["loss"]  # finite
+    assert name in server.get("/sdapi/v1/embeddings")["loaded"]
+    assert digest(server, f"a photo of {name}") != digest(server, "a photo of a cat")
+    # gradients reached every text encoder's vectors through the WebUI's own hijacked encoders
+    import torch
+
+    from scal_sdt.host.standalone import load_host
+    from scal_sdt.textual_inversion.format import load_embedding
+
+    host = load_host(family, device="cpu")
+    learned = load_embedding(job["result"]["path"]).for_encoders(list(host.widths))
+    start = host.token_vectors("*")
+    for key, vec in learned.items():
+        assert vec.shape == start[key].shape
+        assert not torch.allclose(vec, start[key]), key

@@ -1,0 +1,152 @@
+"""Our Train tab in a real browser (headless Chromium via Selenium) on the real WebUI: it shows, and a user can
+train an embedding with it; the WebUI's progress bar runs and the result, loss plot and preview appear.
+
+Needs WEBUI_DIR / WEBUI_PYTHON (see conftest.py) and a Chromium + chromedriver + selenium (see browser.py):
+
+    apt-get install -y chromium chromium-driver && pip install selenium
+    WEBUI_DIR=/work/webui WEBUI_PYTHON=/work/webui-venv/bin/python python -m pytest tests/webui/test_browser.py -q
+
+With SCAL_SDT_SCREENSHOT_DIR set, the screenshots are also written there (scal-sdt-tab.png, scal-sdt-trained.png).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from . import browser as br
+
+REPO = Path(__file__).resolve().parents[2]
+TAB = "scal_sdt_ti_tab"
+TRAIN_TIMEOUT_S = 180
+
+_missing = br.unavailable()
+pytestmark = pytest.mark.skipif(_missing is not None, reason=f"no headless browser: {_missing}")
+
+
+@pytest.fixture(scope="module")
+def server(webui_server, tiny_checkpoint):
+    # the same arguments as test_extension_in_webui.py: one server for both in a session
+    return webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], name="webui-scal-sdt")
+
+
+@pytest.fixture(scope="module")
+def driver(server, tmp_path_factory):
+    d = br.launch(tmp_path_factory.mktemp("chromium-profile"))
+    yield d
+    d.quit()
+
+
+@pytest.fixture
+def page(driver, server, request):
+    page = br.WebUIPage(driver, server.base_url).open()
+    yield page
+    errors = page.console_errors()
+    if errors:  # shown with -rA / on failure; the tests assert on ours
+        print(f"browser console errors in {request.node.name}:\n" + "\n".join(errors))
+
+
+def screenshot_paths(tmp_path: Path, name: str) -> list[Path]:
+    paths = [tmp_path / name]
+    if os.environ.get("SCAL_SDT_SCREENSHOT_DIR"):
+        paths.append(Path(os.environ["SCAL_SDT_SCREENSHOT_DIR"]) / name)
+    return paths
+
+
+def open_our_tab(page: br.WebUIPage) -> None:
+    page.open_tab("Train")
+    page.open_tab("SCAL-SDT Embedding", nav="#tab_train .tab-nav")
+    br.wait_for(lambda: page.visible(TAB), 10, "the SCAL-SDT Embedding tab visible")
+
+
+def assert_a_real_picture(png: bytes) -> None:
+    stats = br.picture_stats(png)
+    width, height = stats["size"]
+    assert width >= 800 and height >= 600, stats
+    assert stats["colours"] > 50 and stats["stddev"] > 10, f"a blank-looking screenshot: {stats}"
+
+
+def test_the_tab_shows_its_form(page, tmp_path):
+    open_our_tab(page)
+    # the open groups show the fields a user starts with; steps sits in the closed "optimisation" group
+    for f in ("name", "data", "resolution"):
+        assert page.visible(f"scal_sdt_ti_{f}"), f
+    page.open_accordion("optimisation", TAB)
+    assert page.visible("scal_sdt_ti_steps")
+    for label in ("embedding", "model and data", "optimisation", "memory", "output"):
+        assert page.accordion(label, TAB) is not None, label
+    start = page.by_id("scal_sdt_ti_start")
+    assert start.is_displayed() and start.text.strip() == "Train embedding"
+    assert page.by_id("scal_sdt_ti_interrupt").is_displayed()
+    assert page.visible("scal_sdt_ti_plot") and page.visible("scal_sdt_ti_preview")
+    # labels are the field names
+    assert "name" in page.by_id("scal_sdt_ti_name").text and "steps" in page.by_id("scal_sdt_ti_steps").text
+    # the form's defaults came from the WebUI: its embeddings folder
+    assert page.field("scal_sdt_ti_out").get_attribute("value").endswith("embeddings")
+    assert page.js("return typeof scalSdtStart_scal_sdt_ti") == "function"  # javascript/scal_sdt.js is loaded
+
+    png = page.screenshot(*screenshot_paths(tmp_path, "scal-sdt-tab.png"))
+    assert_a_real_picture(png)
+    assert (tmp_path / "scal-sdt-tab.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert page.console_errors(ours_only=True) == []
+
+
+# records what the page does while training: the WebUI's progress bar (added by our Start hook) and its text
+WATCH_PROGRESS = """
+window.scalSdtSeen = {bar: false, barGone: false, text: ''};
+const tab = document.getElementById('scal_sdt_ti_tab');
+new MutationObserver(() => {
+    const bar = tab.querySelector('.progressDiv');
+    if (bar) { window.scalSdtSeen.bar = true; window.scalSdtSeen.text = bar.textContent || window.scalSdtSeen.text; }
+    else if (window.scalSdtSeen.bar) { window.scalSdtSeen.barGone = true; }
+    const info = document.getElementById('scal_sdt_ti_progress');
+    if (info && info.textContent.includes('step ')) { window.scalSdtSeen.info = info.textContent.slice(0, 80); }
+}).observe(tab, {childList: true, subtree: true, characterData: true});
+"""
+
+
+def img_src(page: br.WebUIPage, elem_id: str) -> str | None:
+    """The src of the loaded (naturalWidth > 0) picture in the Image component ``elem_id``."""
+    return page.js("const img = document.querySelector('#' + arguments[0] + ' img');"
+                   "return img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null;", elem_id)
+
+
+def test_a_user_trains_an_embedding_in_the_tab(page, server, tmp_path):
+    from scal_sdt.demo_data import make_concept_folder
+
+    data = make_concept_folder(tmp_path / "stars", count=4)
+    open_our_tab(page)
+    page.set_value("scal_sdt_ti_name", "browserstar")
+    page.set_value("scal_sdt_ti_data", str(data))
+    page.set_value("scal_sdt_ti_resolution", 64)
+    page.open_accordion("optimisation", TAB)
+    page.set_value("scal_sdt_ti_steps", 6)
+    page.open_accordion("output", TAB)
+    page.set_value("scal_sdt_ti_save_every", 0)
+    page.set_value("scal_sdt_ti_preview_every", 3)
+    page.set_value("scal_sdt_ti_preview_steps", 2)
+
+    page.js(WATCH_PROGRESS)
+    t0 = time.monotonic()
+    page.click("scal_sdt_ti_start")
+    result = br.wait_for(lambda: (lambda t: t if ("finished at step" in t or "rror" in t) else None)(
+        page.by_id("scal_sdt_ti_result").text), TRAIN_TIMEOUT_S, "a result in #scal_sdt_ti_result")
+    took = time.monotonic() - t0
+    assert "browserstar" in result and "finished at step 6" in result, f"{result}\nWebUI log:\n{server.log_tail()}"
+    print(f"trained in the browser in {took:.1f} s; result: {result!r}")
+
+    assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_plot"), 10, "the loss plot")
+    assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_preview"), 10, "the preview image")
+    # the WebUI's progress bar came (our Start hook) and went (the task was reported complete)
+    seen = br.wait_for(lambda: (lambda s: s if s["barGone"] else None)(page.js("return window.scalSdtSeen")),
+                       15, "the progress bar to go")
+    assert seen["bar"], seen
+    print(f"progress seen: {seen}")
+    assert "Time taken" in page.by_id("scal_sdt_ti_progress").text  # the WebUI's wrap put its stats there
+
+    page.screenshot(*screenshot_paths(tmp_path, "scal-sdt-trained.png"))
+    assert page.console_errors(ours_only=True) == []
+    assert "browserstar" in server.get("/sdapi/v1/embeddings")["loaded"]
+    assert (server.data_dir / "embeddings" / "browserstar.safetensors").is_file()
