@@ -30,7 +30,7 @@ def on_ui_train_tabs(params):
         embedding_tab(run=webui_service.run_embedding_training, interrupt=webui_service.interrupt,
                       defaults=webui_service.webui_defaults(),
                       txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
-                      wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None, None]))
+                      wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
 
 
 def on_app_started(demo, app):

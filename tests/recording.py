@@ -1,5 +1,11 @@
 """A reporter for tests: keeps the messages, can ask the loop to stop after a given step."""
+from scal_sdt.training.checkpoints import CheckpointStore
 from scal_sdt.training.report import Reporter
+
+
+def latest_state(run_dir):
+    """The state of the newest complete checkpoint of a run."""
+    return CheckpointStore(run_dir).load_latest()[1]
 
 
 class RecordingReporter(Reporter):

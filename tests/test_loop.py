@@ -6,6 +6,7 @@ import torch
 
 from scal_sdt.training.loop import TrainingDiverged, run_loop
 from scal_sdt.training.options import TrainingOptions
+from recording import latest_state
 from recording import RecordingReporter as Quiet
 
 
@@ -61,7 +62,7 @@ def test_loss_falls_and_files_are_written(tmp_path):
     assert res.losses[-1] < 0.05 * res.losses[0]
     assert (tmp_path / "loss.csv").read_text().count("\n") == 61
     assert (tmp_path / "loss.png").stat().st_size > 1000
-    assert (tmp_path / "state.pt").exists()
+    assert latest_state(tmp_path)["step"] == 60
     assert [s for s, final, _ in job.saved if not final] == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55]
 
 
@@ -74,7 +75,7 @@ def test_resume_gives_the_same_curve_as_an_uninterrupted_run(tmp_path):
     second = run_loop(opts(tmp_path / "b", steps=20, resume=True), job, tmp_path / "b", Quiet(), torch.device("cpu"))
     assert second.step == 20
     assert first.losses + second.losses == pytest.approx(full.losses, rel=1e-6, abs=1e-9)
-    state = torch.load(tmp_path / "b" / "state.pt", weights_only=True)
+    state = latest_state(tmp_path / "b")
     assert state["step"] == 20 and state["optimizer"]["state"][0]["step"] == 20
     rows = (tmp_path / "b" / "loss.csv").read_text().strip().splitlines()
     assert len(rows) == 21  # header + one row per step, no duplicates after resume
@@ -96,7 +97,7 @@ def test_repeated_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(t
     job = RegressionJob(poison=set(range(3, 100)))
     with pytest.raises(TrainingDiverged, match="diverged"):
         run_loop(opts(tmp_path, steps=10, save_every=0, max_bad_steps=3), job, tmp_path, Quiet(), torch.device("cpu"))
-    state = torch.load(tmp_path / "state.pt", weights_only=True)
+    state = latest_state(tmp_path)
     assert state["step"] == 2 and torch.isfinite(state["params"][0]).all()
 
 
@@ -105,7 +106,7 @@ def test_interrupt_saves_the_last_state(tmp_path):
     res = run_loop(opts(tmp_path, steps=50, save_every=0), job, tmp_path, Quiet(stop_at=7), torch.device("cpu"))
     assert res.interrupted and res.step == 7
     assert job.saved[-1][0] == 7 and job.saved[-1][1] is True
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 7
+    assert latest_state(tmp_path)["step"] == 7
 
 
 def test_gradient_accumulation_averages_micro_batches(tmp_path):
@@ -137,5 +138,5 @@ def test_ctrl_c_stops_cleanly_and_saves(tmp_path):
     res = run_loop(opts(tmp_path, steps=50, save_every=0), job, tmp_path, rep, torch.device("cpu"))
     assert res.interrupted and res.step == 4
     assert job.saved[-1][:2] == (4, True)
-    assert torch.load(tmp_path / "state.pt", weights_only=True)["step"] == 4
+    assert latest_state(tmp_path)["step"] == 4
     assert any("interrupted" in m for m in rep.messages)

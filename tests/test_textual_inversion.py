@@ -10,6 +10,7 @@ from scal_sdt.textual_inversion.config import EmbeddingConfig
 from scal_sdt.textual_inversion.create import create_embedding, init_vectors, load_for_host
 from scal_sdt.textual_inversion.format import EmbeddingError, load_embedding
 from scal_sdt.textual_inversion.trainer import train_embedding
+from recording import latest_state
 from recording import RecordingReporter as Collect
 
 
@@ -78,7 +79,7 @@ def test_resume_continues_the_step_count_and_matches_an_uninterrupted_run(tmp_pa
     start = init_vectors(host, "*", 1)["clip_l"]
     assert (a - b).abs().max() < 0.05 * (a - start).abs().max()
     assert load_embedding(rest.final_path).step == 6
-    state = torch.load(tmp_path / "b" / "run" / "state.pt", weights_only=True)
+    state = latest_state(tmp_path / "b" / "run")
     assert state["optimizer"]["state"][0]["step"] == 6
 
 
@@ -143,3 +144,23 @@ def test_memory_savers_change_nothing_but_memory(tmp_path, tiny_hosts):
                                    memory_mode="medvram"), host, Collect())
     assert saver.losses == pytest.approx(plain.losses, rel=1e-4)
     assert not host.components.unet.is_gradient_checkpointing  # switched off again after the run
+
+
+def test_validation_loss_is_deterministic_across_runs(tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd1")
+    runs = []
+    for name in ("a", "b"):
+        rep = Collect()
+        train_embedding(config(tmp_path / name, steps=4, save_every=0, validation_images=1, validation_every=2), host,
+                        rep)
+        rows = (tmp_path / name / "run" / "loss.csv").read_text().strip().splitlines()[1:]
+        runs.append([r.split(",")[-1] for r in rows])
+        assert any("validation loss on 1 held-out image" in m for m in rep.messages)
+    assert runs[0][1] and runs[0][3] and not runs[0][0]  # steps 2 and 4
+    # fixed timesteps, noises and seed: the same up to CPU kernels' float noise in the trained vectors
+    assert [float(v) for v in runs[0] if v] == pytest.approx([float(v) for v in runs[1] if v], rel=1e-4)
+
+
+def test_holding_out_every_image_is_refused(tmp_path, tiny_hosts):
+    with pytest.raises(ValueError, match="validation_images"):
+        train_embedding(config(tmp_path, validation_images=4), tiny_hosts("tiny-sd1"), Collect())

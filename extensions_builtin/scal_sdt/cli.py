@@ -22,7 +22,9 @@ class Command:
 def _train_embedding(cfg) -> int:
     from .host.standalone import load_host
     from .textual_inversion.trainer import run_dir_for, train_embedding
+    from .training.control import install_signal_handlers
 
+    install_signal_handlers()
     host = load_host(cfg.model, cfg.device, cfg.memory_mode, cfg.precision)
     result = train_embedding(cfg, host)
     run_dir = run_dir_for(cfg)
@@ -51,14 +53,25 @@ def _ui(cfg) -> int:
     return 0
 
 
+def _control(cfg) -> int:
+    from .training.control import write_request
+
+    path = write_request(Path(cfg.run_dir), cfg.request)
+    print(f"asked the run in {cfg.run_dir} to {cfg.request} after its current step ({path})")
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
+    from .training.control import ControlConfig
     from .ui_config import UiConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
         Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
+        Command("control", "steer a running training: sample, save, backup or stop after the current step",
+                ControlConfig, _control),
     ]
 
 

@@ -125,7 +125,9 @@ class WebUIPage:
         button = wait_for(lambda: next(b for b in self.css(f"{nav} > button") if b.text.strip() == label),
                           timeout, f"a tab button {label!r} in {nav}")
         button.click()
-        wait_for(lambda: "selected" in (button.get_attribute("class") or ""), timeout, f"tab {label!r} selected")
+        # Gradio re-renders the selected button: find it again
+        wait_for(lambda: any(b.text.strip() == label and "selected" in (b.get_attribute("class") or "").split()
+                             for b in self.css(f"{nav} > button")), timeout, f"tab {label!r} selected")
 
     def accordion(self, label: str, within_id: str):
         """The header (``.label-wrap``) of the accordion ``label`` inside the element ``within_id``."""
@@ -173,9 +175,16 @@ class WebUIPage:
     def screenshot(self, *paths: Path, max_height: int = 6000) -> bytes:
         """The whole page (the window grown to its height) as PNG bytes, written to each of ``paths``."""
         width = self.driver.get_window_size()["width"]
-        height = self.js("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
-        self.driver.set_window_size(width, min(max(int(height) + 40, WINDOW[1]), max_height))
-        time.sleep(0.3)  # relayout
+        for _ in range(3):  # growing the window can reflow the page: until it fits
+            height, chrome = self.js("return [Math.max(document.body.scrollHeight, "
+                                     "document.documentElement.scrollHeight), window.outerHeight - window.innerHeight]")
+            wanted = min(max(int(height) + max(int(chrome), 0) + 20, WINDOW[1]), max_height)
+            if self.driver.get_window_size()["height"] >= wanted:
+                break
+            self.driver.set_window_size(width, wanted)
+            time.sleep(0.3)  # relayout
+        self.js("window.scrollTo(0, 0)")
+        time.sleep(0.1)
         png = self.driver.get_screenshot_as_png()
         for path in paths:
             Path(path).parent.mkdir(parents=True, exist_ok=True)

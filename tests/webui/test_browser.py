@@ -20,7 +20,8 @@ from . import browser as br
 
 REPO = Path(__file__).resolve().parents[2]
 TAB = "scal_sdt_ti_tab"
-TRAIN_TIMEOUT_S = 180
+TRAIN_TIMEOUT_S = 300  # click -> result; 13-70 s seen on a busy 2-CPU box (the two 512 px previews dominate)
+LAST_RUN: dict = {}  # what the page showed after the training test's run
 
 _missing = br.unavailable()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=f"no headless browser: {_missing}")
@@ -65,16 +66,14 @@ def assert_a_real_picture(png: bytes) -> None:
     stats = br.picture_stats(png)
     width, height = stats["size"]
     assert width >= 800 and height >= 600, stats
-    assert stats["colours"] > 50 and stats["stddev"] > 10, f"a blank-looking screenshot: {stats}"
+    assert stats["colours"] > 50 and stats["stddev"] > 4, f"a blank-looking screenshot: {stats}"
 
 
 def test_the_tab_shows_its_form(page, tmp_path):
     open_our_tab(page)
-    # the open groups show the fields a user starts with; steps sits in the closed "optimisation" group
-    for f in ("name", "data", "resolution"):
+    # the open groups show the fields a user starts with: the embedding's name first, the data, the steps
+    for f in ("name", "data", "resolution", "steps", "lr"):
         assert page.visible(f"scal_sdt_ti_{f}"), f
-    page.open_accordion("optimisation", TAB)
-    assert page.visible("scal_sdt_ti_steps")
     for label in ("embedding", "model and data", "optimisation", "memory", "output"):
         assert page.accordion(label, TAB) is not None, label
     start = page.by_id("scal_sdt_ti_start")
@@ -95,14 +94,19 @@ def test_the_tab_shows_its_form(page, tmp_path):
 
 # records what the page does while training: the WebUI's progress bar (added by our Start hook) and its text
 WATCH_PROGRESS = """
-window.scalSdtSeen = {bar: false, barGone: false, text: ''};
+window.scalSdtSeen = {bar: false, barGone: false, text: '', texts: []};
 const tab = document.getElementById('scal_sdt_ti_tab');
 new MutationObserver(() => {
-    const bar = tab.querySelector('.progressDiv');
-    if (bar) { window.scalSdtSeen.bar = true; window.scalSdtSeen.text = bar.textContent || window.scalSdtSeen.text; }
-    else if (window.scalSdtSeen.bar) { window.scalSdtSeen.barGone = true; }
+    const seen = window.scalSdtSeen, bar = tab.querySelector('.progressDiv');
+    if (bar) {
+        seen.bar = true;
+        seen.text = bar.textContent || seen.text;
+        const shown = seen.text.replace(/ \\d+%.*$/, '').replace(/ ETA: .*$/, '');  // without the percent / ETA
+        if (shown && !seen.texts.includes(shown) && seen.texts.length < 50) seen.texts.push(shown);
+    } else if (seen.bar) { seen.barGone = true; }
     const info = document.getElementById('scal_sdt_ti_progress');
-    if (info && info.textContent.includes('step ')) { window.scalSdtSeen.info = info.textContent.slice(0, 80); }
+    if (info && info.textContent.includes('step ')) { seen.info = info.textContent.slice(0, 80); }
+    if (info && info.querySelector('svg')) { seen.svg = true; }
 }).observe(tab, {childList: true, subtree: true, characterData: true});
 """
 
@@ -113,40 +117,90 @@ def img_src(page: br.WebUIPage, elem_id: str) -> str | None:
                    "return img && img.complete && img.naturalWidth > 0 ? img.getAttribute('src') : null;", elem_id)
 
 
-def test_a_user_trains_an_embedding_in_the_tab(page, server, tmp_path):
-    from scal_sdt.demo_data import make_concept_folder
-
-    data = make_concept_folder(tmp_path / "stars", count=4)
+def fill_and_start(page: br.WebUIPage, name: str, data: Path, steps: int, preview_every: int = 0,
+                   preview_steps: int = 2) -> None:
+    """Fill the form as a user would (opening the closed groups it needs) and click "Train embedding"."""
     open_our_tab(page)
-    page.set_value("scal_sdt_ti_name", "browserstar")
+    page.set_value("scal_sdt_ti_name", name)
     page.set_value("scal_sdt_ti_data", str(data))
     page.set_value("scal_sdt_ti_resolution", 64)
     page.open_accordion("optimisation", TAB)
-    page.set_value("scal_sdt_ti_steps", 6)
+    page.set_value("scal_sdt_ti_steps", steps)
     page.open_accordion("output", TAB)
     page.set_value("scal_sdt_ti_save_every", 0)
-    page.set_value("scal_sdt_ti_preview_every", 3)
-    page.set_value("scal_sdt_ti_preview_steps", 2)
-
+    page.set_value("scal_sdt_ti_preview_every", preview_every)
+    page.set_value("scal_sdt_ti_preview_steps", preview_steps)
     page.js(WATCH_PROGRESS)
-    t0 = time.monotonic()
     page.click("scal_sdt_ti_start")
-    result = br.wait_for(lambda: (lambda t: t if ("finished at step" in t or "rror" in t) else None)(
-        page.by_id("scal_sdt_ti_result").text), TRAIN_TIMEOUT_S, "a result in #scal_sdt_ti_result")
-    took = time.monotonic() - t0
-    assert "browserstar" in result and "finished at step 6" in result, f"{result}\nWebUI log:\n{server.log_tail()}"
-    print(f"trained in the browser in {took:.1f} s; result: {result!r}")
 
-    assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_plot"), 10, "the loss plot")
-    assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_preview"), 10, "the preview image")
-    # the WebUI's progress bar came (our Start hook) and went (the task was reported complete)
-    seen = br.wait_for(lambda: (lambda s: s if s["barGone"] else None)(page.js("return window.scalSdtSeen")),
-                       15, "the progress bar to go")
-    assert seen["bar"], seen
-    print(f"progress seen: {seen}")
-    assert "Time taken" in page.by_id("scal_sdt_ti_progress").text  # the WebUI's wrap put its stats there
 
-    page.screenshot(*screenshot_paths(tmp_path, "scal-sdt-trained.png"))
+def wait_result(page: br.WebUIPage, server, timeout: float = TRAIN_TIMEOUT_S) -> str:
+    """The text of #scal_sdt_ti_result once the run has ended (finished, interrupted or an error)."""
+    def ended():
+        text = page.by_id("scal_sdt_ti_result").text
+        return text if any(w in text for w in (" finished at step ", " interrupted at step ", "Error")) else None
+
+    try:
+        return br.wait_for(ended, timeout, "a result in #scal_sdt_ti_result")
+    except br.Timeout as e:
+        raise br.Timeout(f"{e}; progress: {page.by_id('scal_sdt_ti_progress').text!r}\n"
+                         f"WebUI log:\n{server.log_tail()}") from None
+
+
+def progress_bar_gone(page: br.WebUIPage, timeout: float = 15) -> dict:
+    return br.wait_for(lambda: (lambda s: s if s["barGone"] else None)(page.js("return window.scalSdtSeen")),
+                       timeout, "the progress bar to go")
+
+
+@pytest.fixture(scope="module")
+def stars(tmp_path_factory):
+    from scal_sdt.demo_data import make_concept_folder
+
+    return make_concept_folder(tmp_path_factory.mktemp("browser-data") / "stars", count=4)
+
+
+def test_a_user_trains_an_embedding_in_the_tab(page, server, stars, tmp_path):
+    t0 = time.monotonic()
+    fill_and_start(page, "browserstar", stars, steps=6, preview_every=3, preview_steps=2)
+    t1 = time.monotonic()
+    try:
+        result = wait_result(page, server)
+        assert "browserstar" in result and "finished at step 6" in result, f"{result}\nWebUI log:\n{server.log_tail()}"
+        print(f"form filled in {t1 - t0:.1f} s, click -> result {time.monotonic() - t1:.1f} s; result: {result!r}")
+
+        assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_plot"), 10, "the loss plot")
+        assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_preview"), 10, "the preview image")
+        # the WebUI's progress bar came (our Start hook made it) and went (the task was reported complete)
+        seen = progress_bar_gone(page)
+        assert seen["bar"], seen
+        print(f"the progress bar showed: {seen['texts']}")
+        print(f"#scal_sdt_ti_progress showed: {seen.get('info')!r} (an SVG plot: {bool(seen.get('svg'))})")
+        LAST_RUN.update(seen=seen, progress=page.by_id("scal_sdt_ti_progress").text,
+                        result=page.by_id("scal_sdt_ti_result").text)
+    finally:
+        page.screenshot(*screenshot_paths(tmp_path, "scal-sdt-trained.png"))
     assert page.console_errors(ours_only=True) == []
     assert "browserstar" in server.get("/sdapi/v1/embeddings")["loaded"]
     assert (server.data_dir / "embeddings" / "browserstar.safetensors").is_file()
+
+
+def last_run(page, server, stars) -> dict:
+    """What the page showed during and after the training test's run (or a run of its own, if run alone)."""
+    if not LAST_RUN:
+        fill_and_start(page, "browserstar2", stars, steps=6, preview_every=3, preview_steps=2)
+        assert "finished at step 6" in wait_result(page, server)
+        LAST_RUN.update(seen=progress_bar_gone(page), progress=page.by_id("scal_sdt_ti_progress").text,
+                        result=page.by_id("scal_sdt_ti_result").text)
+    assert LAST_RUN["seen"].get("info"), f"no live textinfo arrived, nothing to check: {LAST_RUN}"
+    return LAST_RUN
+
+
+def test_the_result_shows_the_timing_after_live_progress(page, server, stars):
+    """The live text goes to a block that is no output; the result (the call's last output) gets the timing."""
+    run = last_run(page, server, stars)
+    assert "Time taken" in run["result"], run["result"]
+
+
+def test_the_progress_bar_shows_no_raw_html(page, server, stars):
+    texts = last_run(page, server, stars)["seen"]["texts"]
+    assert not [t for t in texts if "<svg" in t or "<div" in t], texts

@@ -187,9 +187,10 @@ class WebUIReporter(Reporter):
 
     def step(self, info):
         shared.state.job_no = info["step"]
-        shared.state.textinfo = f"step {info['step']}/{shared.state.job_count}: loss {info['loss']:.5f}"
         if self.on_step:
             self.on_step(info)
+        else:
+            shared.state.textinfo = f"step {info['step']}/{shared.state.job_count}: loss {info['loss']:.5f}"
 
     def message(self, text):
         self.lines.append(text)

@@ -43,11 +43,14 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
     """Train on the loaded model; the result is in the WebUI's embedding list when this returns."""
     cfg = effective_config(cfg)
     losses: list[float] = []
+    svg = [""]
 
     def on_step(info):
+        """Progress text with a live loss curve; multi-line, so the WebUI shows it as HTML under its bar."""
         losses.append(info["loss"])
         if len(losses) % 5 == 0 or len(losses) < 5:
-            shared.state.textinfo = f"step {info['step']}/{cfg.steps}" + loss_svg(losses[-2000:])
+            svg[0] = loss_svg(losses[-2000:])
+        shared.state.textinfo = f"step {info['step']}/{cfg.steps}: loss {info['loss']:.5f}\n<br>{svg[0]}"
 
     webui_reporter = WebUIReporter(on_step=on_step)
     reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter

@@ -14,7 +14,9 @@ from ..training.dataset import LatentDataset
 from ..training.images import scan_folder
 from ..training.loop import LoopResult, resolve_precision, run_loop
 from ..training.report import ConsoleReporter, Reporter
+from ..training.state import as_tuple
 from ..training.templates import load_template, process_tags, render
+from ..training.validation import heldout_loss
 from .config import EmbeddingConfig
 from .create import _file_keys, embedding_path, existing_embeddings, init_vectors
 from .format import Embedding, save_embedding
@@ -24,8 +26,9 @@ def run_dir_for(cfg: EmbeddingConfig) -> Path:
     return Path(cfg.log_dir) if cfg.log_dir else Path("scal-sdt-runs") / cfg.name
 
 
-def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> LatentDataset:
-    """Scan the folder, report what was skipped, cache the latents with the VAE on the device."""
+def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[LatentDataset, LatentDataset | None]:
+    """Scan the folder, report what was skipped, hold out the validation images, cache the latents with the VAE
+    on the device. Returns the training set and the validation set (or None)."""
     data = cfg.data
     if data == "demo":
         from ..demo_data import make_concept_folder
@@ -37,15 +40,29 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> Latent
     scan = scan_folder(Path(data))
     for path, reason in scan.skipped:
         reporter.message(f"skipped {path}: {reason}")
+    items, held = scan.items, []
+    if cfg.validation_data:
+        held = scan_folder(Path(cfg.validation_data)).items
+    elif cfg.validation_images:
+        if cfg.validation_images >= len(items):
+            raise ValueError(f"validation_images: {cfg.validation_images} of {len(items)} images would leave none "
+                             f"to train on")
+        ordered = sorted(items, key=lambda item: str(item.path))
+        held = ordered[-cfg.validation_images:]
+        items = [item for item in items if item not in held]
+    common = dict(resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
+                  alpha_as_weight=cfg.alpha_weight, device=host.device)
     with host.on_device("vae"):
-        dataset = LatentDataset(scan.items, resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
-                                cache_mode=cfg.latent_sampling, batch_size=cfg.batch_size, seed=cfg.seed, flip=cfg.flip,
-                                alpha_as_weight=cfg.alpha_weight, device=host.device)
+        dataset = LatentDataset(items, cache_mode=cfg.latent_sampling, batch_size=cfg.batch_size, seed=cfg.seed,
+                                flip=cfg.flip, **common)
+        validation = LatentDataset(held, cache_mode="deterministic", batch_size=1, seed=cfg.seed, **common) if held else None
     for path, reason in getattr(dataset, "skipped", []):
         reporter.message(f"skipped {path}: {reason}")
+    if validation is not None:
+        reporter.message(f"validation loss on {len(held)} held-out image(s) every {cfg.validation_every} steps")
     if cfg.offload_vae:
         host.park("vae")
-    return dataset
+    return dataset, validation
 
 
 @dataclass
@@ -58,6 +75,7 @@ class EmbeddingJob:
     vectors: dict[str, torch.nn.Parameter]
     templates: list[str]
     run_dir: Path
+    validation: LatentDataset | None = None
 
     def __post_init__(self):
         self.name = self.cfg.name
@@ -107,8 +125,10 @@ class EmbeddingJob:
         prompt = self.cfg.preview_prompt or render(self.templates[0], self.name, "")
         seed = self.cfg.preview_seed if self.cfg.preview_seed >= 0 else self.cfg.seed
         vectors = {k: v.detach() for k, v in self.vectors.items()}
+        size = self.cfg.resolution or self.host.native_resolution  # previews at the training size
         images = self.host.sample([prompt], negative=self.cfg.preview_negative, steps=self.cfg.preview_steps,
-                                  cfg_scale=self.cfg.preview_cfg, seed=seed, embeddings={self.name: vectors})
+                                  cfg_scale=self.cfg.preview_cfg, seed=seed, width=size, height=size,
+                                  embeddings={self.name: vectors})
         paths = []
         for i, img in enumerate(images):
             path = self.run_dir / "images" / f"{self.name}-{step}{'' if i == 0 else f'-{i}'}.png"
@@ -117,6 +137,19 @@ class EmbeddingJob:
             paths.append(path)
         return images, paths
 
+    def validation_loss(self) -> float | None:
+        """Held-out images with their first-template prompts, at fixed timesteps and noises."""
+        if self.validation is None:
+            return None
+        batches = [self.validation.next_batch() for _ in range(self.validation.len_epoch)]
+        self.validation.load_state_dict({"epoch": 0, "position": 0, "seed": self.cfg.seed})
+        losses = []
+        for batch in batches:
+            prompts = [render(self.templates[0], self.name, caption) for caption in batch.captions]
+            losses.append(heldout_loss(self.host, batch.latents, prompts, {self.name: dict(self.vectors)},
+                                       seed=self.cfg.seed))
+        return sum(losses) / len(losses)
+
     def state_dict(self) -> dict:
         return {"data": self.dataset.state_dict(), "noise": self.noise.get_state(),
                 "prompt_rng": self.prompt_rng.getstate()}
@@ -124,7 +157,7 @@ class EmbeddingJob:
     def load_state_dict(self, state: dict) -> None:
         self.dataset.load_state_dict(state["data"])
         self.noise.set_state(state["noise"])
-        self.prompt_rng.setstate(_as_tuple(state["prompt_rng"]))
+        self.prompt_rng.setstate(as_tuple(state["prompt_rng"]))
 
 
 def templates_with_name(template: str, reporter: Reporter) -> list[str]:
@@ -139,10 +172,6 @@ def templates_with_name(template: str, reporter: Reporter) -> list[str]:
     return usable
 
 
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
 def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None = None) -> LoopResult:
     """Create (or resume) the embedding ``cfg.name`` and train it on ``cfg.data``."""
     reporter = reporter or ConsoleReporter()
@@ -152,14 +181,14 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
         raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name, pass "
                               f"--overwrite to replace it, or --resume to continue its run")
     resolution = cfg.resolution or host.native_resolution
-    dataset = prepare_data(cfg, host, reporter, resolution)
+    dataset, validation = prepare_data(cfg, host, reporter, resolution)
     start = init_vectors(host, cfg.init_text, cfg.vectors)
     vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
     if cfg.gradient_checkpointing:
         host.set_gradient_checkpointing(True)
-    job = EmbeddingJob(cfg, host, dataset, vectors, templates_with_name(cfg.template, reporter), run_dir)
+    job = EmbeddingJob(cfg, host, dataset, vectors, templates_with_name(cfg.template, reporter), run_dir, validation)
     reporter.message(f"training embedding {cfg.name!r} ({cfg.vectors} vector(s), widths {host.widths}) on "
-                     f"{host.model_name} [{host.family.name}, {host.device}], {len(dataset.items) if hasattr(dataset, 'items') else ''} images at {resolution}px")
+                     f"{host.model_name} [{host.family.name}, {host.device}], {len(dataset.items)} images at {resolution}px")
     precision = resolve_precision(cfg.precision, host.device)
     try:
         return run_loop(cfg, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))

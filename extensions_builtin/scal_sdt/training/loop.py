@@ -10,12 +10,14 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from .checkpoints import CheckpointError, CheckpointStore
+from .control import ControlChannel
 from .lr import lr_at
 from .optimizers import make_optimizer
 from .options import TrainingOptions
 from .report import Reporter
 from .run_log import RunLog
-from .state import load_state, rng_state, save_state, set_rng_state
+from .state import rng_state, set_rng_state
 
 
 class TrainingJob(Protocol):
@@ -36,6 +38,9 @@ class TrainingJob(Protocol):
         """What besides the parameters must be restored for an exact resume (data order, generators)."""
 
     def load_state_dict(self, state: dict) -> None: ...
+
+    def validation_loss(self) -> float | None:
+        """Loss on held-out images at fixed timesteps, noises and seed (None when there is no validation set)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -89,9 +94,12 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
     autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
                                                    else torch.bfloat16, enabled=precision != "fp32"))
 
+    store = CheckpointStore(run_dir, opts.keep_checkpoints, opts.keep_every_minutes, report=reporter.message)
+    control = ControlChannel(run_dir)
+    control.poll()  # requests left over from an earlier run do not count
     step, lr_scale = 0, 1.0
     if opts.resume:
-        state = load_state(run_dir)
+        ckpt, state = store.load_latest()
         with torch.no_grad():
             for p, v in zip(params, state["params"]):
                 if p.shape != v.shape:
@@ -103,15 +111,30 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
         job.load_state_dict(state["job"])
         set_rng_state(state["rng"])
         step, lr_scale = int(state["step"]), float(state["lr_scale"])
-        reporter.message(f"resumed {job.name} at step {step} from {run_dir}")
+        reporter.message(f"resumed {job.name} at step {step} from {ckpt.path}")
     log = RunLog(run_dir, resume_from=step if opts.resume else None)
-    if not opts.resume:
-        log.rows = []
 
-    def checkpoint(at_step: int) -> None:
-        save_state(run_dir, {"step": at_step, "lr_scale": lr_scale, "params": [p.detach().cpu() for p in params],
-                             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
-                             "job": job.state_dict(), "rng": rng_state()})
+    def checkpoint(at_step: int, keep: bool = False) -> Path:
+        return store.save(at_step, {"step": at_step, "lr_scale": lr_scale, "params": [p.detach().cpu() for p in params],
+                                    "optimizer": optimizer.state_dict(),
+                                    "scaler": scaler.state_dict() if scaler else {},
+                                    "job": job.state_dict(), "rng": rng_state()}, keep=keep)
+
+    def validate(at_step: int) -> None:
+        value = job.validation_loss() if hasattr(job, "validation_loss") else None
+        if value is not None:
+            log.set_validation(at_step, value)
+            reporter.message(f"step {at_step}: validation loss {value:.5f}")
+
+    def preview(at_step: int) -> None:
+        images, paths = job.preview(at_step)
+        reporter.preview(at_step, images, paths)
+
+    def save(at_step: int) -> None:
+        path = job.save(at_step, final=False)
+        checkpoint(at_step)
+        log.write()
+        reporter.message(f"step {at_step}: saved {path}")
 
     good = _snapshot(params, optimizer)
     bad_in_row = bad_total = 0
@@ -173,14 +196,21 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
             losses.append(total)
             log.append(step, total, lr, time.monotonic() - started)
             reporter.step({"step": step, "loss": total, "lr": lr})
-            if opts.save_every and step % opts.save_every == 0 and step < opts.steps:
-                path = job.save(step, final=False)
-                checkpoint(step)
-                log.write()
-                reporter.message(f"step {step}: saved {path}")
-            if opts.preview_every and step % opts.preview_every == 0:
-                images, paths = job.preview(step)
-                reporter.preview(step, images, paths)
+            requests = control.poll()
+            for unknown in sorted(r for r in requests if r.startswith("unknown:")):
+                reporter.message(f"ignored control request {unknown[8:]!r}; use sample, save, backup or stop")
+            if (opts.save_every and step % opts.save_every == 0 and step < opts.steps) or "save" in requests:
+                save(step)
+            if "backup" in requests:
+                reporter.message(f"step {step}: backup kept at {checkpoint(step, keep=True)}")
+            if (opts.preview_every and step % opts.preview_every == 0) or "sample" in requests:
+                preview(step)
+            if opts.validation_every and step % opts.validation_every == 0:
+                validate(step)
+            if "stop" in requests:
+                interrupted = True
+                reporter.message(f"stopping after step {step} as asked")
+                break
     except KeyboardInterrupt:
         interrupted = True
         reporter.message(f"interrupted at step {step}; saving the last state")
@@ -189,8 +219,18 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
         log.write()
         reporter.end()
         raise
-    final_path = job.save(step, final=True) if step > 0 else None
-    checkpoint(step)
-    log.write()
-    reporter.end()
+    except CheckpointError as e:
+        reporter.message(str(e))
+        log.write()
+        reporter.end()
+        raise
+    try:
+        final_path = job.save(step, final=True) if step > 0 else None
+        checkpoint(step)
+    except CheckpointError as e:
+        reporter.message(str(e))
+        raise
+    finally:
+        log.write()
+        reporter.end()
     return LoopResult(step=step, final_path=final_path, interrupted=interrupted, losses=losses, bad_steps=bad_total)

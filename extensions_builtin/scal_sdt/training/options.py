@@ -69,7 +69,16 @@ class TrainingOptions:
     preview_steps: int = option(20, "sampling steps for previews", min=1, group="output")
     preview_cfg: float = option(7.0, "CFG scale for previews", min=0.0, group="output")
     preview_seed: int = option(-1, "seed for previews; -1 = the training seed", group="output")
-    resume: bool = option(False, "continue the run in the log folder from its last checkpoint", group="output")
+    resume: bool = option(False, "continue the run in the log folder from its newest complete checkpoint",
+                          group="output")
+    keep_checkpoints: int = option(3, "rolling checkpoints to keep (older ones are deleted)", min=1, group="output")
+    keep_every_minutes: float = option(0.0, "also keep one checkpoint every N minutes for good (0 = off)", min=0.0,
+                                       group="output")
+    validation_images: int = option(0, "hold out this many images of the data set for a validation loss", min=0,
+                                    group="output")
+    validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output")
+    validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
+                                   group="output")
 
     def __post_init__(self):
         check_bounds(self)

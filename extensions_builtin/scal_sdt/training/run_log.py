@@ -1,4 +1,4 @@
-"""The loss log of a run: a CSV file and a plot, both rewritten atomically."""
+"""The loss log of a run: a CSV file and a plot (training loss, smoothed, and validation loss), written atomically."""
 from __future__ import annotations
 
 import csv
@@ -7,7 +7,11 @@ from pathlib import Path
 
 from ..files import atomic_path, atomic_write_text
 
-COLUMNS = ("step", "loss", "lr", "seconds")
+COLUMNS = ("step", "loss", "lr", "seconds", "val_loss")
+
+
+def _float(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
 
 
 class RunLog:
@@ -17,17 +21,24 @@ class RunLog:
         self.rows: list[dict] = []
         if resume_from is not None and self.csv_path.exists():
             with open(self.csv_path, newline="") as f:
-                self.rows = [dict(step=int(r["step"]), loss=float(r["loss"]), lr=float(r["lr"]), seconds=float(r["seconds"]))
+                self.rows = [dict(step=int(r["step"]), loss=float(r["loss"]), lr=float(r["lr"]),
+                                  seconds=float(r["seconds"]), val_loss=_float(r.get("val_loss", "")))
                              for r in csv.DictReader(f) if int(r["step"]) <= resume_from]
 
     def append(self, step: int, loss: float, lr: float, seconds: float) -> None:
-        self.rows.append(dict(step=step, loss=loss, lr=lr, seconds=seconds))
+        self.rows.append(dict(step=step, loss=loss, lr=lr, seconds=seconds, val_loss=None))
+
+    def set_validation(self, step: int, value: float) -> None:
+        for row in reversed(self.rows):
+            if row["step"] == step:
+                row["val_loss"] = value
+                return
 
     def write(self) -> None:
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=COLUMNS)
         writer.writeheader()
-        writer.writerows(self.rows)
+        writer.writerows({**r, "val_loss": "" if r["val_loss"] is None else r["val_loss"]} for r in self.rows)
         atomic_write_text(self.csv_path, buf.getvalue())
         if self.rows:
             self.plot()
@@ -48,6 +59,10 @@ class RunLog:
         ax = fig.add_subplot(1, 1, 1)
         ax.plot(steps, losses, color="#9ab", linewidth=0.8, label="loss")
         ax.plot(steps, smooth, color="#c33", linewidth=1.6, label="smoothed")
+        val = [(r["step"], r["val_loss"]) for r in self.rows if r["val_loss"] is not None]
+        if val:
+            ax.plot([s for s, _ in val], [v for _, v in val], "o-", color="#284", linewidth=1.4, markersize=3,
+                    label="validation")
         ax.set_xlabel("step")
         ax.set_ylabel("loss")
         ax.legend(loc="upper right")

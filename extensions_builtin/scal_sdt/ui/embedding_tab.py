@@ -28,13 +28,15 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
     with gr.Row():
         with gr.Column(scale=3):
             form = build_form(EmbeddingConfig, elem_prefix, exclude=exclude, values=defaults,
-                              open_groups=("embedding", "model and data"))
+                              open_groups=("embedding", "model and data", "optimisation"), first=("embedding",))
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
         with gr.Column(scale=2):
             with gr.Row():
                 start = gr.Button("Train embedding", variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
+            # live progress: written by the WebUI's progress bar hook (javascript/scal_sdt.js) or streamed by the page;
+            # never an output of the WebUI's wrapped call, whose last output gets the timing or the error
             progress = gr.HTML(elem_id=f"{elem_prefix}_progress")
             result = gr.HTML(elem_id=f"{elem_prefix}_result")
             plot = gr.Image(label="loss", interactive=False, elem_id=f"{elem_prefix}_plot")
@@ -55,10 +57,11 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
         return values_to_config(EmbeddingConfig, names, form_values)
 
     def outputs_of(out: dict) -> tuple:
-        return out.get("text", ""), out.get("plot"), out.get("preview"), out.get("progress", "")
+        first = (out.get("plot"), out.get("preview"), out.get("text", ""))
+        return first + (out.get("progress", ""),) if streaming else first
 
     def error(e: Exception) -> tuple:
-        return f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>', None, None, ""
+        return outputs_of({"text": f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>'})
 
     if streaming:
         def on_start(*values):
@@ -75,7 +78,7 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
                 return error(e)
 
     inputs = list(form.values()) + [use_txt2img] + extra
-    outputs = [result, plot, preview, progress]
+    outputs = [plot, preview, result] + ([progress] if streaming else [])  # result (a string) last
     if progress_js:
         dummy = gr.Textbox(visible=False, elem_id=f"{elem_prefix}_task")
         start.click(wrap(on_start), inputs=[dummy] + inputs, outputs=outputs,

@@ -47,15 +47,18 @@ def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None)
 
 
 def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = (), values: dict | None = None,
-               open_groups: typing.Collection[str] = ()) -> dict[str, typing.Any]:
-    """Create the components inside the current Blocks context; returns field name → component."""
+               open_groups: typing.Collection[str] = (), first: typing.Sequence[str] = ()) -> dict[str, typing.Any]:
+    """Create the components inside the current Blocks context; returns field name → component.
+    Groups appear in the order of their fields, except the ``first`` ones."""
     values = values or {}
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
     groups: dict[str, list[dataclasses.Field]] = {}
     for f in fields:
         groups.setdefault(f.metadata.get("group") or "options", []).append(f)
     components = {}
-    for group, members in groups.items():
+    order = [g for g in first if g in groups] + [g for g in groups if g not in first]
+    for group in order:
+        members = groups[group]
         with gr.Accordion(group, open=group in open_groups):
             for f in members:
                 components[f.name] = component_for(cls, f, elem_prefix, values.get(f.name))

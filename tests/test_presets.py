@@ -1,0 +1,87 @@
+"""Memory presets: each one makes a valid config, the user's own options win, and bigger cards never save more."""
+import dataclasses
+
+import pytest
+
+from scal_sdt.host.families import SD1, SD2, SDXL
+from scal_sdt.host.placement import MEMORY_MODES
+from scal_sdt.textual_inversion.config import EmbeddingConfig
+from scal_sdt.training.options import TrainingOptions
+from scal_sdt.training.presets import FAMILIES, PRESETS, apply_preset, preset_names
+
+COMBINATIONS = [(p, f) for p in preset_names() for f in FAMILIES]
+OPTION_NAMES = {f.name for f in dataclasses.fields(TrainingOptions)}
+
+
+def base(**kw):
+    return EmbeddingConfig(name="zq", **kw)
+
+
+def test_names_run_from_the_smallest_card_up():
+    assert preset_names() == ("6gb", "8gb", "12gb", "24gb")
+    assert all(set(PRESETS[p]) == set(FAMILIES) for p in preset_names())
+
+
+@pytest.mark.parametrize("preset,family", COMBINATIONS)
+def test_every_preset_builds_a_valid_embedding_config(preset, family):
+    overrides = PRESETS[preset][family]
+    assert set(overrides) <= OPTION_NAMES
+    cfg = apply_preset(base(), family, preset=preset)
+    assert isinstance(cfg, EmbeddingConfig) and cfg.name == "zq"
+    assert {k: getattr(cfg, k) for k in overrides} == overrides
+    assert cfg.optimizer == "adamw"  # a few vectors: an 8-bit optimizer would save nothing
+
+
+def test_the_result_is_validated(monkeypatch):
+    monkeypatch.setitem(PRESETS["6gb"], "sd1", dict(PRESETS["6gb"]["sd1"], memory_mode="tiny"))
+    with pytest.raises(ValueError, match="memory_mode must be one of"):
+        apply_preset(base(), "sd1", preset="6gb")
+
+
+def test_options_the_user_gave_win():
+    cfg = apply_preset(base(batch_size=3, gradient_checkpointing=True), "sd1",
+                       explicit={"batch_size", "gradient_checkpointing"}, preset="24gb")
+    assert (cfg.batch_size, cfg.gradient_checkpointing) == (3, True)
+    assert (cfg.grad_accum, cfg.precision, cfg.offload_vae) == (1, "bf16", False)  # the rest from the preset
+    # a default value the user did not name is the preset's to change
+    assert apply_preset(base(batch_size=3), "sd1", preset="24gb").batch_size == 8
+
+
+def test_unknown_preset_or_family_is_refused_by_name():
+    with pytest.raises(ValueError, match="preset must be one of 6gb, 8gb, 12gb, 24gb, not '4gb'"):
+        apply_preset(base(), "sd1", preset="4gb")
+    with pytest.raises(ValueError, match="family 'sd3'.*sd1, sd2, sdxl"):
+        apply_preset(base(), "sd3", preset="8gb")
+
+
+def test_the_preset_field_is_read_when_none_is_passed():
+    @dataclasses.dataclass(kw_only=True)
+    class WithPreset(EmbeddingConfig):
+        preset: str = ""
+
+    cfg = WithPreset(name="zq")
+    assert apply_preset(cfg, "sdxl") is cfg  # no preset: nothing changes
+    assert apply_preset(dataclasses.replace(cfg, preset="6gb"), "sdxl").memory_mode == "lowvram"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_bigger_card_never_saves_more_memory(family):
+    rows = [PRESETS[p][family] for p in preset_names()]
+    for small, big in zip(rows, rows[1:]):
+        assert small["batch_size"] * small["grad_accum"] <= big["batch_size"] * big["grad_accum"]
+        assert small["batch_size"] <= big["batch_size"]
+        assert small["gradient_checkpointing"] or not big["gradient_checkpointing"]
+        assert small["offload_vae"] or not big["offload_vae"]
+        assert MEMORY_MODES.index(small["memory_mode"]) >= MEMORY_MODES.index(big["memory_mode"])
+
+
+def test_bigger_models_never_get_less_help_on_the_same_card():
+    for p in preset_names():
+        sd1, sdxl = PRESETS[p]["sd1"], PRESETS[p]["sdxl"]
+        assert sdxl["batch_size"] <= sd1["batch_size"]
+        assert sdxl["gradient_checkpointing"] or not sd1["gradient_checkpointing"]
+        assert MEMORY_MODES.index(sdxl["memory_mode"]) >= MEMORY_MODES.index(sd1["memory_mode"])
+
+
+def test_the_families_are_the_hosts_family_names():
+    assert set(FAMILIES) == {SD1.name, SD2.name, SDXL.name}
