@@ -28,6 +28,7 @@ def on_ui_train_tabs(params):
                     f"{getattr(_missing, 'name', None) or 'the missing package'}</code>, then restart the WebUI.</p>")
             return
         embedding_tab(run=webui_service.run_embedding_training, interrupt=webui_service.interrupt,
+                      steer=webui_service.steer,
                       defaults=webui_service.webui_defaults(),
                       txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
                       wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))

@@ -50,3 +50,22 @@ def test_the_page_serves_on_localhost():
         assert "scal_sdt_ti_start" in ids and "scal_sdt_ti_lr" in ids
     finally:
         app.close()
+
+
+def test_the_steer_buttons_reach_the_running_training(tmp_path):
+    app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
+    trainer = app.scal_sdt_trainer
+    cfg = EmbeddingConfig(name="steered", data="demo", steps=400, out=str(tmp_path / "emb"),
+                          log_dir=str(tmp_path / "run"), save_every=0, preview_every=0, preview_steps=2)
+    asked = False
+    for update in trainer.run(cfg):
+        if not asked and "step " in update["progress"] and not update["progress"].startswith("step 0/"):
+            trainer.steer("save")
+            trainer.steer("sample")
+            asked = True
+        if asked and list((tmp_path / "run" / "images").glob("steered-*.png")):
+            trainer.interrupt()
+    assert asked
+    assert list((tmp_path / "run" / "embeddings").glob("steered-*.safetensors"))  # "save now"
+    assert list((tmp_path / "run" / "images").glob("steered-*.png"))  # "sample now"
+    assert "interrupted" in update["text"]

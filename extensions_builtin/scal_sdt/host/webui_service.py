@@ -16,6 +16,7 @@ from ..config import describe, from_dict
 from ..jobs import FanOut, JobRegistry
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import train_embedding
+from ..training import control
 from ..ui.loss_svg import loss_svg
 from .webui import WebUIHost, WebUIReporter, reload_embeddings
 
@@ -39,9 +40,19 @@ def effective_config(cfg: EmbeddingConfig) -> EmbeddingConfig:
     return dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
 
 
+_active_run: list[str] = []  # the log folder of the training running now (one at a time: the GPU queue)
+
+
+def steer(word: str) -> None:
+    """The tab's "Sample now" / "Save now" / "Backup now" buttons."""
+    if _active_run:
+        control.request(Path(_active_run[-1]), word)
+
+
 def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
     """Train on the loaded model; the result is in the WebUI's embedding list when this returns."""
     cfg = effective_config(cfg)
+    _active_run.append(cfg.log_dir)
     losses: list[float] = []
     svg = [""]
 
@@ -58,6 +69,7 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
     try:
         result = train_embedding(cfg, host, reporter)
     finally:
+        _active_run.remove(cfg.log_dir)
         host.restore()
         reload_embeddings()
     run_dir = Path(cfg.log_dir)

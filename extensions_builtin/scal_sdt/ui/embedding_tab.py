@@ -16,14 +16,16 @@ PREVIEW_FROM_TXT2IMG = ("preview_prompt", "preview_negative", "preview_steps", "
 def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[], None], elem_prefix: str = "scal_sdt_ti",
                   exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
                   txt2img_preview_params: list | None = None, progress_js: bool = False,
-                  wrap: Callable = lambda fn: fn, streaming: bool = False) -> dict:
+                  wrap: Callable = lambda fn: fn, streaming: bool = False,
+                  steer: Callable[[str], None] | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
     ``txt2img_preview_params`` (the WebUI's [prompt, negative, steps, sampler, cfg, seed, width, height]) lets the
     user take the preview settings from txt2img. ``wrap`` wraps the click handler (the WebUI's GPU queue);
     ``progress_js`` hooks the WebUI's progress bar (javascript/scal_sdt.js). With ``streaming``, ``run(cfg)``
-    yields such dicts while it works (plus "progress" HTML) and the page updates live. Returns field name → component.
+    yields such dicts while it works (plus "progress" HTML) and the page updates live. ``steer(word)`` asks the
+    running training to "sample", "save" or "backup" after its current step. Returns field name → component.
     """
     with gr.Row():
         with gr.Column(scale=3):
@@ -35,6 +37,9 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
             with gr.Row():
                 start = gr.Button("Train embedding", variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
+            with gr.Row(visible=steer is not None):
+                steer_buttons = {word: gr.Button(f"{word.capitalize()} now", size="sm", elem_id=f"{elem_prefix}_{word}")
+                                 for word in ("sample", "save", "backup")}
             # live progress: written by the WebUI's progress bar hook (javascript/scal_sdt.js) or streamed by the page;
             # never an output of the WebUI's wrapped call, whose last output gets the timing or the error
             progress = gr.HTML(elem_id=f"{elem_prefix}_progress")
@@ -86,4 +91,7 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
     else:
         start.click(wrap(on_start), inputs=inputs, outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    if steer is not None:
+        for word, button in steer_buttons.items():
+            button.click(lambda w=word: steer(w), inputs=[], outputs=[])
     return form

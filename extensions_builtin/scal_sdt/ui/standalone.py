@@ -12,6 +12,7 @@ from ..ui_config import UiConfig
 from ..jobs import Job, JobReporter
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import run_dir_for, train_embedding
+from ..training import control
 from .embedding_tab import embedding_tab
 from .loss_svg import loss_svg
 
@@ -23,6 +24,7 @@ class StandaloneTrainer:
         self.ui = ui
         self._host = None
         self._reporter: JobReporter | None = None
+        self._run_dir: Path | None = None
         self._lock = threading.Lock()
 
     def host(self):
@@ -37,6 +39,7 @@ class StandaloneTrainer:
             raise RuntimeError("a training is already running; interrupt it or wait")
         try:
             cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
+            self._run_dir = run_dir_for(cfg)
             job = Job(id="page", kind="train-embedding")
             self._reporter = reporter = JobReporter(job)
             losses = reporter.losses
@@ -70,6 +73,10 @@ class StandaloneTrainer:
         return {"text": text, "progress": f"step {job.step}/{cfg.steps}" + loss_svg(losses[-2000:]),
                 "plot": str(plot) if plot.exists() else None, "preview": str(previews[-1]) if previews else None}
 
+    def steer(self, word: str):
+        if self._run_dir is not None and self._lock.locked():
+            control.request(self._run_dir, word)
+
     def interrupt(self):
         if self._reporter is not None:
             self._reporter.stop_requested.set()
@@ -80,7 +87,7 @@ def build_app(ui: UiConfig) -> gr.Blocks:
     with gr.Blocks(title="SCAL-SDT") as app:
         gr.Markdown(f"## SCAL-SDT — model `{ui.model}`")
         with gr.Tab("Embedding"):
-            embedding_tab(run=trainer.run, interrupt=trainer.interrupt, streaming=True,
+            embedding_tab(run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
                           defaults={"out": ui.out, "data": "demo", "name": "my-embedding"})
     app.scal_sdt_trainer = trainer
     return app
