@@ -164,3 +164,19 @@ def test_validation_loss_is_deterministic_across_runs(tmp_path, tiny_hosts):
 def test_holding_out_every_image_is_refused(tmp_path, tiny_hosts):
     with pytest.raises(ValueError, match="validation_images"):
         train_embedding(config(tmp_path, validation_images=4), tiny_hosts("tiny-sd1"), Collect())
+
+
+def test_previews_are_a_fixed_seed_grid_of_the_users_prompts(tmp_path, tiny_hosts):
+    from PIL import Image
+
+    host = tiny_hosts("tiny-sd1")
+    cfg = config(tmp_path, steps=2, save_every=0, preview_every=2, preview_steps=2, resolution=64,
+                 preview_prompt="a zq | zq on a white background | a red circle")
+    train_embedding(cfg, host, Collect())
+    grid = Image.open(tmp_path / "run" / "images" / "zq-2.png")
+    assert grid.size == (3 * 64, 64)
+    # image i of a batch gets seed + i, as in the WebUI: the same picture as when sampled alone
+    again = host.sample(["a red circle"], steps=2, cfg_scale=cfg.preview_cfg, seed=cfg.seed + 2, width=64, height=64)[0]
+    diff = max(abs(a - b) for pa, pb in zip(grid.crop((128, 0, 192, 64)).getdata(), again.getdata())
+               for a, b in zip(pa, pb))
+    assert diff <= 2  # batch vs single CPU kernels may differ in the last bits

@@ -167,10 +167,10 @@ class StandaloneHost(Host):
         with self.on_device("text"):  # one batch, so prompt and negative get the same number of windows
             both = self.encode_prompts(list(prompts) + [negative] * n, embeddings, size=(height, width))
         cond, uncond = both.split(n)
-        gen = torch.Generator("cpu").manual_seed(seed)
         latent_channels = self.components.unet.config.in_channels
-        factor = self.latent_factor
-        x = torch.randn((len(prompts), latent_channels, height // factor, width // factor), generator=gen)
+        shape = (1, latent_channels, height // self.latent_factor, width // self.latent_factor)
+        # image i gets seed + i, as in the WebUI: a prompt's picture does not depend on its place in the batch
+        x = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(seed + i)) for i in range(n)])
         x = x.to(self.device, torch.float32)
 
         def model(x_t, t, use_uncond):

@@ -122,20 +122,19 @@ class EmbeddingJob:
         return save_embedding(self.embedding(step), path, self.cfg.format)
 
     def preview(self, step: int):
-        prompt = self.cfg.preview_prompt or render(self.templates[0], self.name, "")
+        """A fixed-seed grid of the preview prompts ('|' separates several), rendered by the host's own sampler."""
+        prompts = [p.strip() for p in self.cfg.preview_prompt.split("|") if p.strip()]
+        prompts = prompts or [render(self.templates[0], self.name, "")]
         seed = self.cfg.preview_seed if self.cfg.preview_seed >= 0 else self.cfg.seed
         vectors = {k: v.detach() for k, v in self.vectors.items()}
         size = self.cfg.resolution or self.host.native_resolution  # previews at the training size
-        images = self.host.sample([prompt], negative=self.cfg.preview_negative, steps=self.cfg.preview_steps,
+        images = self.host.sample(prompts, negative=self.cfg.preview_negative, steps=self.cfg.preview_steps,
                                   cfg_scale=self.cfg.preview_cfg, seed=seed, width=size, height=size,
                                   embeddings={self.name: vectors})
-        paths = []
-        for i, img in enumerate(images):
-            path = self.run_dir / "images" / f"{self.name}-{step}{'' if i == 0 else f'-{i}'}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            img.save(path)
-            paths.append(path)
-        return images, paths
+        path = self.run_dir / "images" / f"{self.name}-{step}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images).save(path)
+        return images, [path]
 
     def validation_loss(self) -> float | None:
         """Held-out images with their first-template prompts, at fixed timesteps and noises."""
@@ -158,6 +157,21 @@ class EmbeddingJob:
         self.dataset.load_state_dict(state["data"])
         self.noise.set_state(state["noise"])
         self.prompt_rng.setstate(as_tuple(state["prompt_rng"]))
+
+
+def image_grid(images: list, columns: int = 4):
+    """Images side by side, ``columns`` to a row."""
+    from PIL import Image
+
+    if len(images) == 1:
+        return images[0]
+    w, h = images[0].size
+    cols = min(columns, len(images))
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, im in enumerate(images):
+        grid.paste(im, ((i % cols) * w, (i // cols) * h))
+    return grid
 
 
 def templates_with_name(template: str, reporter: Reporter) -> list[str]:

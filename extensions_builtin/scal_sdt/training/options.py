@@ -63,8 +63,8 @@ class TrainingOptions:
                           group="output")
     save_every: int = option(500, "save a checkpoint every N steps (0 = only at the end)", min=0, group="output")
     preview_every: int = option(500, "render preview images every N steps (0 = never)", min=0, group="output")
-    preview_prompt: str = option("", "prompt for previews; default: the first template line with the name filled in",
-                                 group="output")
+    preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; default: the "
+                                     "first template line with the name filled in", group="output")
     preview_negative: str = option("", "negative prompt for previews", group="output")
     preview_steps: int = option(20, "sampling steps for previews", min=1, group="output")
     preview_cfg: float = option(7.0, "CFG scale for previews", min=0.0, group="output")
