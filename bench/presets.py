@@ -67,8 +67,8 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_one(a) -> dict:
-    """Child: train ``a.steps`` steps of ``a.model`` under ``a.preset`` and measure the steps' peak memory."""
+def run_one(a, work: Path) -> dict:
+    """Child: train ``a.steps`` steps of ``a.model`` under ``a.preset`` in ``work``; measure the steps' peak memory."""
     from scal_sdt.demo_data import make_concept_folder
     from scal_sdt.host.standalone import load_host
     from scal_sdt.textual_inversion.config import EmbeddingConfig
@@ -76,7 +76,6 @@ def run_one(a) -> dict:
     from scal_sdt.training.presets import apply_preset
     from scal_sdt.training.report import Reporter
 
-    work = Path(tempfile.mkdtemp(prefix="scal-bench-presets-"))
     data = make_concept_folder(work / "data", count=a.images, size=a.resolution)
     cfg = EmbeddingConfig(name=NAME, model=a.model, data=str(data), steps=a.steps, resolution=a.resolution, lr="0.005",
                           template="subject", seed=a.seed, save_every=0, preview_every=0, out=str(work / "out"),
@@ -159,7 +158,8 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.child:
-        print("RESULT " + json.dumps(run_one(a)), flush=True)
+        with tempfile.TemporaryDirectory(prefix="scal-bench-presets-") as work:
+            print("RESULT " + json.dumps(run_one(a, Path(work))), flush=True)
         return 0
 
     models = a.model.split(",")

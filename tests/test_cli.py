@@ -61,3 +61,18 @@ def test_a_value_outside_the_choices_is_refused_by_the_parser(tmp_path):
     with pytest.raises(SystemExit) as exc:
         cli.main(["train-embedding", "--name", "x", "--precision", "fp8"])
     assert exc.value.code == 2
+
+
+def test_a_preset_fills_in_only_what_the_user_did_not_give(tmp_path, capsys):
+    code = cli.main(["train-embedding", "--model", "tiny-sd1", "--data", "demo", "--name", "presetted", "--steps", "1",
+                     "--out", str(tmp_path / "emb"), "--log-dir", str(tmp_path / "run"), "--preview-every", "0",
+                     "--preset", "6gb", "--batch-size", "2"])
+    assert code == 0
+    out = capsys.readouterr().out
+    # 6gb for SD1: batch 1 x 4, checkpointing, medvram; the user's batch 2 wins; precision stays fp32 on the CPU
+    assert "preset 6gb for sd1: batch 2 x 4, auto, memory medvram, checkpointing True" in out
+
+
+def test_given_options_reads_the_command_line():
+    given = cli.given_options(EmbeddingConfig, ["--name", "x", "--batch-size=2", "--no-flip", "--lr", "1"])
+    assert given == {"name", "batch_size", "flip", "lr"}

@@ -3,9 +3,13 @@ import dataclasses
 
 import pytest
 
+from recording import RecordingReporter
+from scal_sdt.demo_data import make_concept_folder
 from scal_sdt.host.families import SD1, SD2, SDXL
 from scal_sdt.host.placement import MEMORY_MODES
+from scal_sdt.host.standalone import load_host
 from scal_sdt.textual_inversion.config import EmbeddingConfig
+from scal_sdt.textual_inversion.trainer import train_embedding
 from scal_sdt.training.options import TrainingOptions
 from scal_sdt.training.presets import FAMILIES, PRESETS, apply_preset, preset_names
 
@@ -85,3 +89,15 @@ def test_bigger_models_never_get_less_help_on_the_same_card():
 
 def test_the_families_are_the_hosts_family_names():
     assert set(FAMILIES) == {SD1.name, SD2.name, SDXL.name}
+
+
+def test_the_smallest_card_preset_trains(tmp_path):
+    """SDXL on 6 GB (lowvram, checkpointing, 1 x 4 accumulation) runs end to end; fp32 as on any CPU."""
+    cfg = base(model="tiny-sdxl", data=str(make_concept_folder(tmp_path / "data", count=4)), steps=1, precision="fp32",
+               resolution=64, template="subject", save_every=0, preview_every=0, out=str(tmp_path / "emb"),
+               log_dir=str(tmp_path / "run"))
+    cfg = apply_preset(cfg, "sdxl", explicit={"precision"}, preset="6gb")
+    assert (cfg.memory_mode, cfg.gradient_checkpointing, cfg.precision) == ("lowvram", True, "fp32")
+    host = load_host(cfg.model, "cpu", memory_mode=cfg.memory_mode, precision=cfg.precision)
+    result = train_embedding(cfg, host, RecordingReporter())
+    assert result.step == 1 and result.final_path.exists()

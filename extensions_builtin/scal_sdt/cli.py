@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .config import add_arguments, from_namespace
+from .config import add_arguments, flag_name, from_namespace
 
 
 @dataclass
@@ -19,13 +19,21 @@ class Command:
     run: Callable
 
 
-def _train_embedding(cfg) -> int:
-    from .host.standalone import load_host
+def _train_embedding(cfg, explicit: set[str]) -> int:
+    from .host.standalone import load_components, load_host, resolve_device
     from .textual_inversion.trainer import run_dir_for, train_embedding
     from .training.control import install_signal_handlers
+    from .training.presets import apply_preset
 
     install_signal_handlers()
-    host = load_host(cfg.model, cfg.device, cfg.memory_mode, cfg.precision)
+    components = load_components(cfg.model)
+    if cfg.preset:
+        if resolve_device(cfg.device).type == "cpu":
+            explicit = explicit | {"precision"}  # reduced precision only slows a CPU down
+        cfg = apply_preset(cfg, components.family.name, explicit)
+        print(f"preset {cfg.preset} for {components.family.name}: batch {cfg.batch_size} x {cfg.grad_accum}, "
+              f"{cfg.precision}, memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
+    host = load_host(components, cfg.device, cfg.memory_mode, cfg.precision)
     result = train_embedding(cfg, host)
     run_dir = run_dir_for(cfg)
     state = "interrupted" if result.interrupted else "finished"
@@ -34,7 +42,7 @@ def _train_embedding(cfg) -> int:
     return 0
 
 
-def _create_embedding(cfg) -> int:
+def _create_embedding(cfg, explicit: set[str]) -> int:
     from .host.standalone import load_host
     from .textual_inversion.create import create_embedding
 
@@ -44,7 +52,7 @@ def _create_embedding(cfg) -> int:
     return 0
 
 
-def _ui(cfg) -> int:
+def _ui(cfg, explicit: set[str]) -> int:
     try:
         from .ui.standalone import serve
     except ImportError as e:
@@ -53,7 +61,7 @@ def _ui(cfg) -> int:
     return 0
 
 
-def _control(cfg) -> int:
+def _control(cfg, explicit: set[str]) -> int:
     from .training.control import write_request
 
     path = write_request(Path(cfg.run_dir), cfg.request)
@@ -75,6 +83,18 @@ def commands() -> list[Command]:
     ]
 
 
+def given_options(cls: type, argv: list[str]) -> set[str]:
+    """The fields the user set on the command line (argparse fills in the rest): a preset never overrides them."""
+    import dataclasses
+
+    given = set()
+    for f in dataclasses.fields(cls):
+        flag = flag_name(f)
+        if any(a == flag or a.startswith(flag + "=") or a == "--no-" + flag[2:] for a in argv):
+            given.add(f.name)
+    return given
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="scal-sdt", description="Dataset tagging and personalisation training for "
                                                                   "Stable Diffusion (WebUI extension and command line).")
@@ -94,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     cmd: Command = args._command
     try:
         cfg = from_namespace(cmd.config, args)
-        return cmd.run(cfg)
+        return cmd.run(cfg, given_options(cmd.config, sys.argv[1:] if argv is None else argv))
     except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, nothing lost
         print(f"scal-sdt {cmd.name}: error: {e}", file=sys.stderr)
         return 2

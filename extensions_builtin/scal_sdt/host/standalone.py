@@ -183,9 +183,15 @@ class StandaloneHost(Host):
         return to_pil(pixels)
 
 
-def load_host(model: str, device: str = "auto", memory_mode: str = "normal", precision: str = "auto") -> StandaloneHost:
+def load_host(model: str | Components, device: str = "auto", memory_mode: str = "normal",
+              precision: str = "auto") -> StandaloneHost:
+    """A host on ``model`` (a name, a path, or components already loaded). Frozen weights: fp32 on the CPU or with
+    precision fp32, bf16 with precision bf16, else fp16."""
     dev = resolve_device(device)
     dtype = None
     if precision == "fp32" or dev.type == "cpu":
         dtype = torch.float32
-    return StandaloneHost(load_components(model), device=dev, dtype=dtype, memory_mode=memory_mode)
+    elif precision == "bf16":
+        dtype = torch.bfloat16
+    components = model if isinstance(model, Components) else load_components(model)
+    return StandaloneHost(components, device=dev, dtype=dtype, memory_mode=memory_mode)

@@ -17,6 +17,7 @@ from ..jobs import FanOut, JobRegistry
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import train_embedding
 from ..training import control
+from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
 from .webui import WebUIHost, WebUIReporter, reload_embeddings
 
@@ -49,8 +50,15 @@ def steer(word: str) -> None:
         control.request(Path(_active_run[-1]), word)
 
 
-def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
-    """Train on the loaded model; the result is in the WebUI's embedding list when this returns."""
+def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None, explicit: frozenset | None = None) -> dict:
+    """Train on the loaded model; the result is in the WebUI's embedding list when this returns.
+    ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
+    their defaults (the form sends every field)."""
+    host = WebUIHost()
+    if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
+        given = set(explicit) if explicit is not None else changed_options(cfg)
+        given |= {"memory_mode", "device"} | ({"precision"} if host.device.type == "cpu" else set())
+        cfg = apply_preset(cfg, host.family.name, given)
     cfg = effective_config(cfg)
     _active_run.append(cfg.log_dir)
     losses: list[float] = []
@@ -65,7 +73,6 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
 
     webui_reporter = WebUIReporter(on_step=on_step)
     reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter
-    host = WebUIHost()
     try:
         result = train_embedding(cfg, host, reporter)
     finally:
@@ -81,6 +88,16 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None) -> dict:
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
             "step": result.step, "interrupted": result.interrupted}
+
+
+def changed_options(cfg) -> set[str]:
+    """Fields whose value differs from the config's default."""
+    out = set()
+    for f in dataclasses.fields(cfg):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if getattr(cfg, f.name) != default:
+            out.add(f.name)
+    return out
 
 
 def interrupt() -> None:
@@ -119,7 +136,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         def work(reporter):
             shared.state.begin(job="scal-sdt-train-embedding")
             try:
-                return run_embedding_training(cfg, reporter)
+                return run_embedding_training(cfg, reporter, explicit=frozenset(body))
             finally:
                 shared.state.end()
 

@@ -12,6 +12,7 @@ from ..config import to_dict
 from ..host.base import Host
 from ..training.dataset import LatentDataset
 from ..training.images import scan_folder
+from ..training.mask_preview import write_mask_previews
 from ..training.loop import LoopResult, resolve_precision, run_loop
 from ..training.report import ConsoleReporter, Reporter
 from ..training.state import as_tuple
@@ -50,6 +51,8 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
         ordered = sorted(items, key=lambda item: str(item.path))
         held = ordered[-cfg.validation_images:]
         items = [item for item in items if item not in held]
+    for sheet in write_mask_previews(items, run_dir_for(cfg), cfg.alpha_weight):
+        reporter.message(f"loss weights (red = not trained on): {sheet}")
     common = dict(resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
                   alpha_as_weight=cfg.alpha_weight, device=host.device)
     with host.on_device("vae"):

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ..config import check_bounds, option
 from ..host.placement import MEMORY_MODES
 from .lr import PiecewiseLR, SCHEDULES
+from .presets import preset_names
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLIP_MODES = ("none", "value", "norm")
@@ -49,6 +50,9 @@ class TrainingOptions:
     max_bad_steps: int = option(5, "stop after this many non-finite steps in a row (each is rolled back and halves the lr)",
                                 min=1, group="optimisation")
     # memory and speed
+    preset: str = option("", "memory preset by card size: 6gb | 8gb | 12gb | 24gb (batch, precision, checkpointing, "
+                             "memory mode for the model family); options you give yourself win",
+                         choices=("",) + preset_names(), group="memory")
     device: str = option("auto", "cuda, cpu, cuda:1, ... or auto", group="memory")
     precision: str = option("auto", "fp32, fp16 (autocast + grad scaler), bf16; auto = fp16 on CUDA, fp32 on CPU",
                             choices=PRECISIONS, group="memory")
