@@ -15,9 +15,12 @@ MISSING = dataclasses.MISSING
 
 
 def option(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, flag: str | None = None, positional: bool = False, group: str = "") -> Any:
-    """Declare a config field. ``flag`` overrides the derived ``--kebab-name`` (keep issue-given names stable)."""
-    meta = dict(help=help, choices=choices, min=min, max=max, flag=flag, positional=positional, group=group)
+           max: float | None = None, flag: str | None = None, positional: bool = False, group: str = "",
+           suggestions: Any = None) -> Any:
+    """Declare a config field. ``flag`` overrides the derived ``--kebab-name`` (keep issue-given names stable).
+    ``suggestions`` (a tuple, or a function giving one) are values a form offers while still accepting others."""
+    meta = dict(help=help, choices=choices, min=min, max=max, flag=flag, positional=positional, group=group,
+                suggestions=suggestions)
     if default is MISSING:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -93,7 +96,7 @@ def describe(cls: type) -> list[dict]:
         required = f.default is MISSING and f.default_factory is MISSING
         out.append(dict(name=f.name, type=_field_type(cls, f).__name__, required=required,
                         default=None if required else (f.default if f.default is not MISSING else f.default_factory()),
-                        **{k: v for k, v in f.metadata.items() if k not in ("flag", "positional")}))
+                        **{k: v for k, v in f.metadata.items() if k not in ("flag", "positional", "suggestions")}))
     return out
 
 

@@ -161,11 +161,12 @@ def stars(tmp_path_factory):
 
 def test_a_user_trains_an_embedding_in_the_tab(page, server, stars, tmp_path):
     t0 = time.monotonic()
-    fill_and_start(page, "browserstar", stars, steps=6, preview_every=3, preview_steps=2)
+    # long enough (a few seconds) for the WebUI's progress poll to see the live text
+    fill_and_start(page, "browserstar", stars, steps=80, preview_every=40, preview_steps=2)
     t1 = time.monotonic()
     try:
         result = wait_result(page, server)
-        assert "browserstar" in result and "finished at step 6" in result, f"{result}\nWebUI log:\n{server.log_tail()}"
+        assert "browserstar" in result and "finished at step 80" in result, f"{result}\nWebUI log:\n{server.log_tail()}"
         print(f"form filled in {t1 - t0:.1f} s, click -> result {time.monotonic() - t1:.1f} s; result: {result!r}")
 
         assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_plot"), 10, "the loss plot")
@@ -187,8 +188,8 @@ def test_a_user_trains_an_embedding_in_the_tab(page, server, stars, tmp_path):
 def last_run(page, server, stars) -> dict:
     """What the page showed during and after the training test's run (or a run of its own, if run alone)."""
     if not LAST_RUN:
-        fill_and_start(page, "browserstar2", stars, steps=6, preview_every=3, preview_steps=2)
-        assert "finished at step 6" in wait_result(page, server)
+        fill_and_start(page, "browserstar2", stars, steps=80, preview_every=40, preview_steps=2)
+        assert "finished at step 80" in wait_result(page, server)
         LAST_RUN.update(seen=progress_bar_gone(page), progress=page.by_id("scal_sdt_ti_progress").text,
                         result=page.by_id("scal_sdt_ti_result").text)
     assert LAST_RUN["seen"].get("info"), f"no live textinfo arrived, nothing to check: {LAST_RUN}"

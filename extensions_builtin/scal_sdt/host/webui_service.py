@@ -10,7 +10,7 @@ from secrets import compare_digest
 from fastapi import Body, Depends, FastAPI, HTTPException
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from modules import call_queue, paths, shared  # noqa: the WebUI
+from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
 from ..config import describe, from_dict
 from ..jobs import FanOut, JobRegistry
@@ -54,7 +54,7 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None, explicit: 
     """Train on the loaded model; the result is in the WebUI's embedding list when this returns.
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
-    host = WebUIHost()
+    host = training_host()
     if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
         given = set(explicit) if explicit is not None else changed_options(cfg)
         given |= {"memory_mode", "device"} | ({"precision"} if host.device.type == "cpu" else set())
@@ -77,7 +77,8 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None, explicit: 
         result = train_embedding(cfg, host, reporter)
     finally:
         _active_run.remove(cfg.log_dir)
-        host.restore()
+        if hasattr(host, "restore"):
+            host.restore()
         reload_embeddings()
     run_dir = Path(cfg.log_dir)
     previews = sorted((run_dir / "images").glob("*.png"), key=os.path.getmtime)
@@ -88,6 +89,22 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None, explicit: 
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
             "step": result.step, "interrupted": result.interrupted}
+
+
+def is_forge(sd_model) -> bool:
+    """Forge keeps its model parts in ``forge_objects`` and has no ``cond_stage_model``: no gradients through it."""
+    return getattr(sd_model, "cond_stage_model", None) is None and hasattr(sd_model, "forge_objects")
+
+
+def training_host():
+    """The WebUI's loaded model; on Forge a trainable copy of the selected checkpoint file (and say so)."""
+    if not is_forge(shared.sd_model):
+        return WebUIHost()
+    from .standalone import load_host
+
+    path = shared.sd_model.sd_checkpoint_info.filename
+    print(f"[SCAL-SDT] Forge cannot give gradients through its own model: training on a trainable copy of {path}")
+    return load_host(path, device=str(devices.device))
 
 
 def changed_options(cfg) -> set[str]:

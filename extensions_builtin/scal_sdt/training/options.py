@@ -8,6 +8,7 @@ from ..config import check_bounds, option
 from ..host.placement import MEMORY_MODES
 from .lr import PiecewiseLR, SCHEDULES
 from .presets import preset_names
+from .templates import list_templates
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLIP_MODES = ("none", "value", "norm")
@@ -25,7 +26,8 @@ class TrainingOptions:
     resolution: int = option(0, "training resolution in pixels; 0 = the model's native size", min=0, group="model and data")
     buckets: bool = option(False, "aspect-ratio buckets instead of square centre crops", group="model and data")
     template: str = option("subject_filewords", "prompt template: a shipped name (none, style, style_filewords, subject, "
-                                                "subject_filewords, hypernetwork) or a .txt file", group="model and data")
+                                                "subject_filewords, hypernetwork) or a .txt file", group="model and data",
+                             suggestions=list_templates)
     shuffle_tags: bool = option(False, "shuffle the comma-separated tags of each caption", group="model and data")
     tag_dropout: float = option(0.0, "drop each tag with this probability", min=0.0, max=1.0, group="model and data")
     keep_tokens: int = option(0, "keep the first N tags in place when shuffling or dropping", min=0, group="model and data")

@@ -41,6 +41,9 @@ def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None)
         return gr.Checkbox(value=bool(value), **kwargs)
     if meta.get("choices"):
         return gr.Dropdown(choices=list(meta["choices"]), value=value, **kwargs)
+    if meta.get("suggestions"):
+        offered = meta["suggestions"]() if callable(meta["suggestions"]) else meta["suggestions"]
+        return gr.Dropdown(choices=list(offered), value=value, allow_custom_value=True, **kwargs)
     if tp in (int, float):
         return gr.Number(value=value, precision=0 if tp is int else None, **kwargs)
     return gr.Textbox(value="" if value is None else str(value), lines=1, **kwargs)
