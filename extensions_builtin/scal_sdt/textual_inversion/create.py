@@ -40,12 +40,12 @@ def create_embedding(host: Host, name: str, num_vectors: int, init_text: str, ou
     clash = existing_embeddings(out_dir, name)
     if clash and not overwrite:
         raise FileExistsError(f"embedding {name!r} already exists ({clash[0]}); choose another name or pass --overwrite")
-    emb = Embedding(name=name, vectors=_file_keys(host, init_vectors(host, init_text, num_vectors)), step=0,
+    emb = Embedding(name=name, vectors=file_vectors(host, init_vectors(host, init_text, num_vectors)), step=0,
                     sd_checkpoint=host.model_hash, sd_checkpoint_name=host.model_name)
     return save_embedding(emb, embedding_path(out_dir, name, fmt), fmt)
 
 
-def _file_keys(host: Host, vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def file_vectors(host: Host, vectors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One-encoder models store a single tensor ('*'); SDXL stores clip_l and clip_g."""
     if len(vectors) == 1:
         return {"*": next(iter(vectors.values()))}

@@ -12,14 +12,14 @@ from ..config import to_dict
 from ..host.base import Host
 from ..training.dataset import LatentDataset
 from ..training.images import scan_folder
-from ..training.mask_preview import write_mask_previews
 from ..training.loop import LoopResult, resolve_precision, run_loop
+from ..training.mask_preview import write_mask_previews
 from ..training.report import ConsoleReporter, Reporter
 from ..training.state import as_tuple
 from ..training.templates import load_template, process_tags, render
 from ..training.validation import heldout_loss
 from .config import EmbeddingConfig
-from .create import _file_keys, embedding_path, existing_embeddings, init_vectors
+from .create import file_vectors, embedding_path, existing_embeddings, init_vectors
 from .format import Embedding, save_embedding
 
 
@@ -112,7 +112,7 @@ class EmbeddingJob:
         return err.mean()
 
     def embedding(self, step: int) -> Embedding:
-        vectors = _file_keys(self.host, {k: v.detach().float().cpu().clone() for k, v in self.vectors.items()})
+        vectors = file_vectors(self.host, {k: v.detach().float().cpu().clone() for k, v in self.vectors.items()})
         meta = {"scal_sdt": json.dumps(to_dict(self.cfg)), "trainer": "scal-sdt textual inversion"}
         return Embedding(name=self.name, vectors=vectors, step=step, sd_checkpoint=self.host.model_hash,
                          sd_checkpoint_name=self.host.model_name, meta=meta)
