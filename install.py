@@ -8,16 +8,17 @@ import os
 import sys
 import tempfile
 
-# (import name, pip requirement) of what the extension needs beyond a stock WebUI
+# (import name, pip requirement) of what the extension needs beyond a stock WebUI. Not diffusers: inside the WebUI
+# training uses the WebUI's own model (A1111) or Forge's bundled diffusers, and a new diffusers could pull a
+# huggingface_hub that the WebUI's pinned transformers cannot use.
 REQUIREMENTS = [
     ("safetensors", "safetensors>=0.4"),
-    ("diffusers", "diffusers>=0.27"),
     ("open_clip", "open_clip_torch>=2.20"),
     ("matplotlib", "matplotlib>=3.7"),
     ("tqdm", "tqdm>=4.60"),
     ("yaml", "pyyaml>=6"),
 ]
-PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy")
+PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi")
 
 
 def _installed_version(dist):

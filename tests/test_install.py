@@ -24,7 +24,7 @@ def fake_launch(installed, fail=False):
 
 def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
     mod = load_install()
-    present = {"safetensors", "open_clip", "matplotlib", "tqdm", "yaml"}
+    present = {"safetensors", "matplotlib", "tqdm", "yaml"}
     monkeypatch.setitem(mod["install"].__globals__, "_is_installed", lambda launch, m: m in present)
     captured = {}
 
@@ -34,7 +34,7 @@ def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
 
     launch = types.SimpleNamespace(is_installed=lambda m: False, run_pip=run_pip)
     done = mod["install"](launch)
-    assert done == ["diffusers>=0.27"]
+    assert done == ["open_clip_torch>=2.20"]
     (command, constraints), = captured.items()
     for protected in ("torch", "torchvision", "gradio", "transformers", "numpy"):
         assert f'"{protected}' not in command
