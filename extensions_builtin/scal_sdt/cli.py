@@ -61,6 +61,16 @@ def _ui(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _generate(cfg, explicit: set[str]) -> int:
+    from .generate.sample import generate
+    from .host.standalone import load_host
+
+    host = load_host(cfg.model, cfg.device, cfg.memory_mode)
+    for path in generate(cfg, host, report=lambda text: print(text, file=sys.stderr)):
+        print(path)
+    return 0
+
+
 def _control(cfg, explicit: set[str]) -> int:
     from .training.control import write_request
 
@@ -71,6 +81,7 @@ def _control(cfg, explicit: set[str]) -> int:
 
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
+    from .generate.config import GenerateConfig
     from .training.control import ControlConfig
     from .ui_config import UiConfig
 
@@ -78,6 +89,8 @@ def commands() -> list[Command]:
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
         Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
+        Command("generate", "sample PNG images from a model; embeddings in --embeddings work by name in the prompt",
+                GenerateConfig, _generate),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
     ]

@@ -1,0 +1,1 @@
+"""Sampling images from any model on the command line, with embeddings usable by name as in the WebUI."""

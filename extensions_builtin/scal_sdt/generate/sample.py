@@ -1,0 +1,62 @@
+"""`scal-sdt generate`: PNG files from a prompt, with the WebUI's generation parameters in their text chunk."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL.PngImagePlugin import PngInfo
+
+from ..files import atomic_path
+from ..host.base import Host
+from ..textual_inversion.format import EmbeddingError, check_fits, load_embedding
+from .config import GenerateConfig
+
+EMBEDDING_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
+
+
+def load_embedding_folder(folder: Path, host: Host, report=print) -> dict[str, dict]:
+    """Every embedding in ``folder`` (recursively) that fits ``host``, by name; the others are reported and skipped."""
+    found: dict[str, dict] = {}
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() not in EMBEDDING_SUFFIXES or path.name.lower().endswith(".preview.png"):
+            continue
+        try:
+            emb = load_embedding(path)
+            check_fits(emb, host.widths)
+        except EmbeddingError as e:
+            if path.suffix.lower() in (".png", ".webp") and "holds no embedding" in str(e):
+                continue  # just a picture
+            report(f"skipped {path}: {e}")
+            continue
+        found[emb.name] = emb.for_encoders(list(host.widths))
+    return found
+
+
+def generation_parameters(cfg: GenerateConfig, seed: int, width: int, height: int, model_name: str, model_hash: str) -> str:
+    """The WebUI's infotext layout, so PNG Info and "send to txt2img" read our files."""
+    lines = [cfg.prompt]
+    if cfg.negative:
+        lines.append(f"Negative prompt: {cfg.negative}")
+    lines.append(f"Steps: {cfg.steps}, Sampler: DDIM, CFG scale: {cfg.cfg_scale:g}, Seed: {seed}, "
+                 f"Size: {width}x{height}, Model hash: {model_hash}, Model: {model_name}")
+    return "\n".join(lines)
+
+
+def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
+    embeddings = load_embedding_folder(Path(cfg.embeddings), host, report) if cfg.embeddings else {}
+    used = {name: vec for name, vec in embeddings.items() if name in cfg.prompt or name in cfg.negative}
+    width = cfg.width or host.native_resolution
+    height = cfg.height or host.native_resolution
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(cfg.n):
+        image = host.sample([cfg.prompt], negative=cfg.negative, steps=cfg.steps, cfg_scale=cfg.cfg_scale,
+                            seed=cfg.seed + i, width=width, height=height, embeddings=used)[0]
+        info = PngInfo()
+        info.add_text("parameters", generation_parameters(cfg, cfg.seed + i, width, height, host.model_name,
+                                                          host.model_hash))
+        path = out / f"{cfg.seed + i:06d}.png"
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=info)
+        paths.append(path)
+    return paths
