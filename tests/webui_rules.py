@@ -214,6 +214,7 @@ def load_embedding_file(path: str | os.PathLike) -> WebUIEmbedding | None:
             name = data.get("name", name)
         elif ext in (".BIN", ".PT"):
             check_pt(path)  # inside the WebUI torch.load is safe.load: a refused file reads as None
+            # only after check_pt accepted it, as the WebUI's safe.load does; test files only
             data = torch.load(path, map_location="cpu", weights_only=False)
         elif ext == ".SAFETENSORS":
             data = safetensors.torch.load_file(path, device="cpu")

@@ -68,7 +68,7 @@ class CheckpointStore:
         """Write a checkpoint; raises :class:`CheckpointError` (naming sizes) when the disk cannot hold it,
         leaving every earlier checkpoint untouched."""
         buffer = io.BytesIO()
-        torch.save(state, buffer)
+        torch.save(state, buffer)  # our own resume state, read back with weights_only=True; never a WebUI file
         data = buffer.getbuffer()
         self.root.mkdir(parents=True, exist_ok=True)
         need = len(data) + (1 << 20)
