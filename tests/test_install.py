@@ -1,6 +1,5 @@
 """install.py adds only what is missing, never touches the WebUI's own packages, never fails the start."""
 import runpy
-import sys
 import types
 from pathlib import Path
 

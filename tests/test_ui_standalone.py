@@ -2,8 +2,6 @@
 import dataclasses
 import json
 import socket
-import threading
-import time
 import urllib.request
 
 import pytest

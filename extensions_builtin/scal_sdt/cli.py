@@ -21,7 +21,8 @@ class Command:
 
 def _train_embedding(cfg, explicit: set[str]) -> int:
     from .host.standalone import load_components, load_host, resolve_device
-    from .textual_inversion.trainer import run_dir_for, train_embedding
+    from .textual_inversion.trainer import train_embedding
+    from .training.run_setup import run_dir_for
     from .training.control import install_signal_handlers
     from .training.presets import apply_preset
 

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from .base import Conditioning, Host, TextEncoderInfo, to_pil
+from .checkpoint import load_checkpoint, load_diffusers_folder
 from .components import Components
 from .placement import Mover, Placement, move
 from .prompt import PlaceholderEmbedding, splice_plan, tokenize, with_padding
@@ -31,12 +32,8 @@ def load_components(model: str) -> Components:
         return build_tiny(model)
     path = Path(model)
     if path.is_dir():
-        from .checkpoint import load_diffusers_folder
-
         return load_diffusers_folder(path)
     if path.is_file():
-        from .checkpoint import load_checkpoint
-
         return load_checkpoint(path)
     raise FileNotFoundError(f"model {model!r} is neither a built-in ({', '.join(TINY_NAMES)}), a checkpoint file "
                             f"nor a diffusers folder")

@@ -11,61 +11,15 @@ import torch
 from ..config import to_dict
 from ..host.base import Host
 from ..training.dataset import LatentDataset
-from ..training.images import scan_folder
 from ..training.loop import LoopResult, resolve_precision, run_loop
-from ..training.mask_preview import write_mask_previews
 from ..training.report import ConsoleReporter, Reporter
+from ..training.run_setup import prepare_data, run_dir_for
 from ..training.state import as_tuple
 from ..training.templates import load_template, process_tags, render
 from ..training.validation import heldout_loss
 from .config import EmbeddingConfig
 from .create import file_vectors, embedding_path, existing_embeddings, init_vectors
 from .format import Embedding, save_embedding
-
-
-def run_dir_for(cfg: EmbeddingConfig) -> Path:
-    return Path(cfg.log_dir) if cfg.log_dir else Path("scal-sdt-runs") / cfg.name
-
-
-def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[LatentDataset, LatentDataset | None]:
-    """Scan the folder, report what was skipped, hold out the validation images, cache the latents with the VAE
-    on the device. Returns the training set and the validation set (or None)."""
-    data = cfg.data
-    if data == "demo":
-        from ..demo_data import make_concept_folder
-
-        data = str(make_concept_folder(run_dir_for(cfg) / "demo-data"))
-        reporter.message(f"demo data set: orange stars on plain backgrounds in {data}")
-    if not data:
-        raise ValueError("data is required: a folder of images (with .txt captions), or 'demo'")
-    scan = scan_folder(Path(data))
-    for path, reason in scan.skipped:
-        reporter.message(f"skipped {path}: {reason}")
-    items, held = scan.items, []
-    if cfg.validation_data:
-        held = scan_folder(Path(cfg.validation_data)).items
-    elif cfg.validation_images:
-        if cfg.validation_images >= len(items):
-            raise ValueError(f"validation_images: {cfg.validation_images} of {len(items)} images would leave none "
-                             f"to train on")
-        ordered = sorted(items, key=lambda item: str(item.path))
-        held = ordered[-cfg.validation_images:]
-        items = [item for item in items if item not in held]
-    for sheet in write_mask_previews(items, run_dir_for(cfg), cfg.alpha_weight):
-        reporter.message(f"loss weights (red = not trained on): {sheet}")
-    common = dict(resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
-                  alpha_as_weight=cfg.alpha_weight, device=host.device)
-    with host.on_device("vae"):
-        dataset = LatentDataset(items, cache_mode=cfg.latent_sampling, batch_size=cfg.batch_size, seed=cfg.seed,
-                                flip=cfg.flip, **common)
-        validation = LatentDataset(held, cache_mode="deterministic", batch_size=1, seed=cfg.seed, **common) if held else None
-    for path, reason in getattr(dataset, "skipped", []):
-        reporter.message(f"skipped {path}: {reason}")
-    if validation is not None:
-        reporter.message(f"validation loss on {len(held)} held-out image(s) every {cfg.validation_every} steps")
-    if cfg.offload_vae:
-        host.park("vae")
-    return dataset, validation
 
 
 @dataclass

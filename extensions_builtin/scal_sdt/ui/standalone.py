@@ -11,8 +11,9 @@ import gradio as gr
 from ..ui_config import UiConfig
 from ..jobs import Job, JobReporter
 from ..textual_inversion.config import EmbeddingConfig
-from ..textual_inversion.trainer import run_dir_for, train_embedding
+from ..textual_inversion.trainer import train_embedding
 from ..training import control
+from ..training.run_setup import run_dir_for
 from .embedding_tab import embedding_tab
 from .loss_svg import loss_svg
 

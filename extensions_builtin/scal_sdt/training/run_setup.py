@@ -1,0 +1,56 @@
+"""Setting up a run's data, shared by every trainer: scan the folder, hold out validation images, show the
+loss weights, cache the latents once with the VAE on the device."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..demo_data import make_concept_folder
+from ..host.base import Host
+from .dataset import LatentDataset
+from .images import scan_folder
+from .mask_preview import write_mask_previews
+from .report import Reporter
+
+
+def run_dir_for(cfg) -> Path:
+    """The run's log folder: --log-dir, else scal-sdt-runs/NAME."""
+    return Path(cfg.log_dir) if cfg.log_dir else Path("scal-sdt-runs") / cfg.name
+
+
+def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[LatentDataset, LatentDataset | None]:
+    """Scan the folder, report what was skipped, hold out the validation images, cache the latents with the VAE
+    on the device. Returns the training set and the validation set (or None)."""
+    data = cfg.data
+    if data == "demo":
+        data = str(make_concept_folder(run_dir_for(cfg) / "demo-data"))
+        reporter.message(f"demo data set: orange stars on plain backgrounds in {data}")
+    if not data:
+        raise ValueError("data is required: a folder of images (with .txt captions), or 'demo'")
+    scan = scan_folder(Path(data))
+    for path, reason in scan.skipped:
+        reporter.message(f"skipped {path}: {reason}")
+    items, held = scan.items, []
+    if cfg.validation_data:
+        held = scan_folder(Path(cfg.validation_data)).items
+    elif cfg.validation_images:
+        if cfg.validation_images >= len(items):
+            raise ValueError(f"validation_images: {cfg.validation_images} of {len(items)} images would leave none "
+                             f"to train on")
+        ordered = sorted(items, key=lambda item: str(item.path))
+        held = ordered[-cfg.validation_images:]
+        items = [item for item in items if item not in held]
+    for sheet in write_mask_previews(items, run_dir_for(cfg), cfg.alpha_weight):
+        reporter.message(f"loss weights (red = not trained on): {sheet}")
+    common = dict(resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
+                  alpha_as_weight=cfg.alpha_weight, device=host.device)
+    with host.on_device("vae"):
+        dataset = LatentDataset(items, cache_mode=cfg.latent_sampling, batch_size=cfg.batch_size, seed=cfg.seed,
+                                flip=cfg.flip, **common)
+        validation = LatentDataset(held, cache_mode="deterministic", batch_size=1, seed=cfg.seed, **common) if held else None
+    for path, reason in getattr(dataset, "skipped", []):
+        reporter.message(f"skipped {path}: {reason}")
+    if validation is not None:
+        reporter.message(f"validation loss on {len(held)} held-out image(s) every {cfg.validation_every} steps")
+    if cfg.offload_vae:
+        host.park("vae")
+    return dataset, validation
