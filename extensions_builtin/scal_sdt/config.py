@@ -28,7 +28,7 @@ def option(default: Any = MISSING, help: str = "", *, choices: tuple | None = No
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _field_type(cls: type, f: dataclasses.Field) -> type:
+def field_type(cls: type, f: dataclasses.Field) -> type:
     hints = typing.get_type_hints(cls)
     tp = hints[f.name]
     args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         target = parser
         if meta.get("group"):
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        tp = _field_type(cls, f)
+        tp = field_type(cls, f)
         required = f.default is MISSING and f.default_factory is MISSING
         default = None if required else (f.default if f.default is not MISSING else f.default_factory())
         help_text = meta.get("help", "")
@@ -94,7 +94,7 @@ def describe(cls: type) -> list[dict]:
     out = []
     for f in dataclasses.fields(cls):
         required = f.default is MISSING and f.default_factory is MISSING
-        out.append(dict(name=f.name, type=_field_type(cls, f).__name__, required=required,
+        out.append(dict(name=f.name, type=field_type(cls, f).__name__, required=required,
                         default=None if required else (f.default if f.default is not MISSING else f.default_factory()),
                         **{k: v for k, v in f.metadata.items() if k not in ("flag", "positional", "suggestions")}))
     return out

@@ -9,7 +9,7 @@ import typing
 
 import gradio as gr
 
-from ..config import MISSING, _field_type
+from ..config import MISSING, field_type
 
 
 def gradio_major() -> int:
@@ -30,7 +30,7 @@ def _default(f: dataclasses.Field):
 
 
 def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None):
-    tp = _field_type(cls, f)
+    tp = field_type(cls, f)
     meta = f.metadata
     label = f.name.replace("_", " ")
     value = _default(f) if value is None else value
@@ -70,7 +70,7 @@ def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = ()
 
 def values_to_config(cls: type, names: list[str], values: list, fixed: dict | None = None):
     """Turn the form's values (in ``names`` order) back into a config; numbers get their field's type."""
-    types = {f.name: _field_type(cls, f) for f in dataclasses.fields(cls)}
+    types = {f.name: field_type(cls, f) for f in dataclasses.fields(cls)}
     data = dict(fixed or {})
     for name, value in zip(names, values):
         tp = types[name]
