@@ -17,6 +17,7 @@ REQUIREMENTS = [
     ("matplotlib", "matplotlib>=3.7"),
     ("tqdm", "tqdm>=4.60"),
     ("yaml", "pyyaml>=6"),
+    ("onnxruntime", "onnxruntime>=1.16"),  # the taggers; skipped when onnxruntime-gpu (same module) is there
 ]
 PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi")
 

@@ -13,7 +13,7 @@ from modules import call_queue, script_callbacks  # noqa: E402
 
 try:
     from scal_sdt.host import webui_service  # noqa: E402
-    from scal_sdt.ui.embedding_tab import embedding_tab  # noqa: E402
+    from scal_sdt.ui.training_tab import EMBEDDING, HYPERNETWORK, training_tab  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
@@ -22,16 +22,17 @@ except ImportError as e:  # an optional dependency failed to install: say so in 
 def on_ui_train_tabs(params):
     import gradio as gr
 
-    with gr.Tab(label="SCAL-SDT Embedding", id="scal_sdt_ti", elem_id="scal_sdt_ti_tab"):
-        if _missing is not None:
-            gr.HTML(f"<p>SCAL-SDT cannot start: {_missing}. Fix it with: <code>{sys.executable} -m pip install "
-                    f"{getattr(_missing, 'name', None) or 'the missing package'}</code>, then restart the WebUI.</p>")
-            return
-        embedding_tab(run=webui_service.run_embedding_training, interrupt=webui_service.interrupt,
-                      steer=webui_service.steer,
-                      defaults=webui_service.webui_defaults(),
-                      txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
-                      wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
+    for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn")):
+        with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
+            if _missing is not None:
+                gr.HTML(f"<p>SCAL-SDT cannot start: {_missing}. Fix it with: <code>{sys.executable} -m pip install "
+                        f"{getattr(_missing, 'name', None) or 'the missing package'}</code>, then restart the WebUI.</p>")
+                continue
+            kind = EMBEDDING if prefix == EMBEDDING.elem_prefix else HYPERNETWORK
+            training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
+                         steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
+                         txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
+                         wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
 
 
 def on_app_started(demo, app):

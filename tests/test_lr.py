@@ -30,3 +30,14 @@ def test_cosine_with_warmup_matches_hand_computed_values():
     assert lr_at(60, "cosine", "0.1", 110, warmup_steps=10) == pytest.approx(0.05)
     assert lr_at(110, "cosine", "0.1", 110, warmup_steps=10) == pytest.approx(0.0, abs=1e-12)
     assert lr_at(35, "cosine", "0.1", 110, 10) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 0.25)))
+
+
+def test_cosine_restarts_and_exponential():
+    from scal_sdt.training.lr import lr_at
+
+    restarts = [lr_at(s, "cosine_restarts", "1.0", 90, cycles=3) for s in range(90)]
+    assert restarts[0] == restarts[30] == restarts[60] == 1.0  # each cycle starts at the first rate
+    assert restarts[15] == pytest.approx(0.5) and restarts[29] < 0.01
+    assert lr_at(50, "exponential", "1.0", 100) == pytest.approx(0.1)
+    assert lr_at(100, "exponential", "1.0", 100) == pytest.approx(0.01)
+    assert lr_at(0, "exponential", "2e-3", 100, warmup_steps=10) == pytest.approx(2e-4)

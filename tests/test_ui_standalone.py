@@ -67,3 +67,26 @@ def test_the_steer_buttons_reach_the_running_training(tmp_path):
     assert list((tmp_path / "run" / "embeddings").glob("steered-*.safetensors"))  # "save now"
     assert list((tmp_path / "run" / "images").glob("steered-*.png"))  # "sample now"
     assert "interrupted" in update["text"]
+
+
+def test_generate_tab_uses_a_new_embedding_at_once(tmp_path):
+    """The demo as a user does it on the toy model: generate, train on the demo data, generate with the name."""
+    import numpy as np
+    from PIL import Image
+
+    from scal_sdt.generate.config import GenerateConfig
+
+    app = build_app(UiConfig(out=str(tmp_path / "emb")))  # the default model: toy
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_gen_start", "scal_sdt_gen_gallery", "scal_sdt_gen_prompt", "scal_sdt_gen_embeddings"} <= ids
+    trainer = app.scal_sdt_trainer
+    prompt = "a large demo-pink circle on a white background"
+    gen = GenerateConfig(prompt=prompt, n=1, seed=3, embeddings=str(tmp_path / "emb"), out=str(tmp_path / "out"))
+    before, _ = trainer.generate(gen)
+    cfg = EmbeddingConfig(name="demo-pink", data="demo", template="filewords", steps=40, out=str(tmp_path / "emb"),
+                          log_dir=str(tmp_path / "run"), save_every=0, preview_every=0)
+    list(trainer.run(cfg))
+    after, text = trainer.generate(dataclasses.replace(gen, out=str(tmp_path / "out2")))
+    assert "1 image(s)" in text
+    a, b = (np.asarray(Image.open(p[0]), dtype=np.float32) for p in (before, after))
+    assert np.abs(a - b).mean() > 2.0  # the name now means the learned vectors

@@ -19,10 +19,9 @@ class Command:
     run: Callable
 
 
-def _train_embedding(cfg, explicit: set[str]) -> int:
+def _training_host(cfg, explicit: set[str]):
+    """The model for a training run, with the memory preset applied: (cfg, host)."""
     from .host.standalone import load_components, load_host, resolve_device
-    from .textual_inversion.trainer import train_embedding
-    from .training.run_setup import run_dir_for
     from .training.control import install_signal_handlers
     from .training.presets import apply_preset
 
@@ -34,13 +33,35 @@ def _train_embedding(cfg, explicit: set[str]) -> int:
         cfg = apply_preset(cfg, components.family.name, explicit)
         print(f"preset {cfg.preset} for {components.family.name}: batch {cfg.batch_size} x {cfg.grad_accum}, "
               f"{cfg.precision}, memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
-    host = load_host(components, cfg.device, cfg.memory_mode, cfg.precision)
-    result = train_embedding(cfg, host)
+    return cfg, load_host(components, cfg.device, cfg.memory_mode, cfg.precision)
+
+
+def _report_run(cfg, result) -> int:
+    from .training.run_setup import run_dir_for
+
     run_dir = run_dir_for(cfg)
     state = "interrupted" if result.interrupted else "finished"
     print(f"{state} at step {result.step}: {result.final_path}")
     print(f"loss log {run_dir / 'loss.csv'}, plot {run_dir / 'loss.png'}, previews {run_dir / 'images'}")
     return 0
+
+
+def _train_embedding(cfg, explicit: set[str]) -> int:
+    from .textual_inversion.trainer import train_embedding
+
+    cfg, host = _training_host(cfg, explicit)
+    return _report_run(cfg, train_embedding(cfg, host))
+
+
+def _train_hypernetwork(cfg, explicit: set[str]) -> int:
+    from .hypernetwork.trainer import find_learning_rate, train_hypernetwork
+
+    cfg, host = _training_host(cfg, explicit)
+    if cfg.find_lr:
+        result = find_learning_rate(cfg, host)
+        print(f"proposed learning rate: {result.proposal:.2g} (train with --lr {result.proposal:.2g})")
+        return 0
+    return _report_run(cfg, train_hypernetwork(cfg, host))
 
 
 def _create_embedding(cfg, explicit: set[str]) -> int:
@@ -80,18 +101,56 @@ def _control(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _save_checkpoint(cfg, explicit: set[str]) -> int:
+    import torch
+
+    from .host.checkpoint import save_checkpoint
+    from .host.standalone import load_components
+
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    path = save_checkpoint(load_components(cfg.model), out, dtype=torch.float16 if cfg.fp16 else None)
+    print(f"wrote {path} and {path.with_suffix('.yaml')}")
+    return 0
+
+
+def _make_toy_world(cfg, explicit: set[str]) -> int:
+    from .toy_world.build import make_toy_world
+
+    manifest = make_toy_world(cfg)
+    if cfg.check:
+        differ = [name for name, same in manifest["identical"].items() if not same]
+        print("identical to the shipped files" if not differ else f"differ from the shipped files: {', '.join(differ)} "
+              f"(shipped with torch {manifest['shipped_torch']}, rebuilt with {manifest['torch']}; bit-for-bit "
+              f"needs the same torch and --threads)")
+        return 1 if differ else 0
+    print(f"wrote {cfg.out}/manifest.json")
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
+    from .hypernetwork.config import HypernetworkConfig
     from .training.control import ControlConfig
+    from .checkpoint_config import SaveCheckpointConfig
+    from .toy_world.build import ToyWorldConfig
     from .ui_config import UiConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
         Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
+        Command("train-hypernetwork", "train a hypernetwork (the WebUI's .pt format)", HypernetworkConfig,
+                _train_hypernetwork),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
         Command("generate", "sample PNG images from a model; embeddings in --embeddings work by name in the prompt",
                 GenerateConfig, _generate),
+        Command("save-checkpoint", "write any model as an original-layout .safetensors with the WebUI's yaml",
+                SaveCheckpointConfig, _save_checkpoint),
+        Command("make-toy-world", "train the toy world's CLIP, VAE, UNet, judge and tagger from a seed (minutes on a CPU)",
+                ToyWorldConfig, _make_toy_world),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
     ]

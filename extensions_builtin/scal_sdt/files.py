@@ -36,3 +36,20 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` as a ``.safetensors`` file atomically, with the header's keys in sorted order: the library
+    orders metadata keys by a per-process hash, so the same weights would otherwise give different bytes (and
+    sha256) from run to run."""
+    import json
+    import struct
+
+    from safetensors.torch import save
+
+    raw = save(tensors, metadata=metadata)
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
+    atomic_write_bytes(path, struct.pack("<Q", len(header)) + header + raw[8 + n:])
+    return Path(path)

@@ -253,7 +253,7 @@ def webui_dir_snapshot(webui_install) -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory):
-    """``tiny_checkpoint(name)``: tiny-sd1/sd2/sdxl saved (once) by our ``save_checkpoint`` into the session's
+    """``tiny_checkpoint(name)``: tiny-sd1/sd2/sdxl or the trained toy model saved (once) by our ``save_checkpoint`` into the session's
     ``models/Stable-diffusion`` folder (``tiny_checkpoint.folder``), with the yaml and text-encoder files."""
     folder = tmp_path_factory.mktemp("webui-models") / "Stable-diffusion"
     folder.mkdir()
@@ -262,9 +262,9 @@ def tiny_checkpoint(tmp_path_factory):
     def get(name: str = "tiny-sd1") -> Path:
         if name not in made:
             from scal_sdt.host.checkpoint import save_checkpoint
-            from scal_sdt.host.tiny import build_tiny
+            from scal_sdt.host.standalone import load_components
 
-            made[name] = save_checkpoint(build_tiny(name), folder / f"{name}.safetensors")
+            made[name] = save_checkpoint(load_components(name), folder / f"{name}.safetensors")
         return made[name]
 
     get.folder = folder

@@ -36,8 +36,11 @@ def generation_parameters(cfg: GenerateConfig, seed: int, width: int, height: in
     lines = [cfg.prompt]
     if cfg.negative:
         lines.append(f"Negative prompt: {cfg.negative}")
-    lines.append(f"Steps: {cfg.steps}, Sampler: DDIM, CFG scale: {cfg.cfg_scale:g}, Seed: {seed}, "
-                 f"Size: {width}x{height}, Model hash: {model_hash}, Model: {model_name}")
+    params = (f"Steps: {cfg.steps}, Sampler: DDIM, CFG scale: {cfg.cfg_scale:g}, Seed: {seed}, "
+              f"Size: {width}x{height}, Model hash: {model_hash}, Model: {model_name}")
+    if cfg.hypernetwork:
+        params += f", Hypernet: {Path(cfg.hypernetwork).stem}, Hypernet strength: {cfg.hypernetwork_strength:g}"
+    lines.append(params)
     return "\n".join(lines)
 
 
@@ -48,6 +51,18 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
     height = cfg.height or host.native_resolution
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.hypernetwork:
+        from ..hypernetwork.trainer import apply_hypernetwork, remove_hypernetwork
+
+        name = apply_hypernetwork(host, cfg.hypernetwork, cfg.hypernetwork_strength).name
+        try:
+            return _sample(cfg, host, used, width, height, out)
+        finally:
+            remove_hypernetwork(host, name)
+    return _sample(cfg, host, used, width, height, out)
+
+
+def _sample(cfg: GenerateConfig, host: Host, used: dict, width: int, height: int, out: Path) -> list[Path]:
     paths = []
     for i in range(cfg.n):
         image = host.sample([cfg.prompt], negative=cfg.negative, steps=cfg.steps, cfg_scale=cfg.cfg_scale,

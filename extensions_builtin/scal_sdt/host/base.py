@@ -102,6 +102,10 @@ class Host(abc.ABC):
     def park(self, part: str) -> None:
         """Move ``part`` off the device until a later ``on_device`` asks for it (a memory saver)."""
 
+    def kv_projections(self) -> list:
+        """(to_k, to_v) of every attention layer of the UNet: where hypernetworks apply."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its attention layers")
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Trade compute for memory in the UNet and text encoders."""
 

@@ -19,7 +19,7 @@ import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-from ..files import atomic_path
+from ..files import save_safetensors
 from .architecture import (Architecture, architecture_from_record, architecture_record, configs_from_tensors,
                            merge_yaml)
 from .components import Components
@@ -221,7 +221,6 @@ def save_checkpoint(components: Components, path, dtype: torch.dtype | None = No
     yaml cannot say (text-encoder heads of small models, an SD2 encoder's layer) survives a round trip.
     ``dtype`` (e.g. ``torch.float16``) casts the floating-point tensors.
     """
-    from safetensors.torch import save_file
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: checkpoints are written as .safetensors")
@@ -232,8 +231,7 @@ def save_checkpoint(components: Components, path, dtype: torch.dtype | None = No
             value = value.to(dtype)
         sd[key] = value.contiguous()
     metadata = {METADATA_KEY: json.dumps(architecture_record(components)), "format": "pt"}
-    with atomic_path(path) as tmp:
-        save_file(sd, str(tmp), metadata=metadata)
+    save_safetensors(sd, path, metadata)
     if with_yaml:
         write_yaml(components, path.with_suffix(".yaml"))
     return path

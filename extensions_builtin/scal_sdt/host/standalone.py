@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .attention import kv_projections
 from .base import Conditioning, Host, TextEncoderInfo, to_pil
 from .checkpoint import load_checkpoint, load_diffusers_folder
 from .components import Components
@@ -15,6 +16,7 @@ from .prompt import PlaceholderEmbedding, splice_plan, tokenize, with_padding
 from .sampler import sample_ddim
 from .schedule import NoiseSchedule, scaled_linear_alphas_cumprod
 from .tiny import TINY_NAMES, build_tiny
+from .toy import TOY_NAME, toy_checkpoint
 from .tokenizer import clip_tokenizer
 
 
@@ -26,8 +28,16 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+BUILTIN_NAMES = (TOY_NAME, *TINY_NAMES)
+
+
 def load_components(model: str) -> Components:
-    """``tiny-sd1`` / ``tiny-sd2`` / ``tiny-sdxl``, a single-file checkpoint, or a diffusers folder."""
+    """``toy`` (the toy world's trained SD1 model), ``tiny-sd1`` / ``tiny-sd2`` / ``tiny-sdxl`` (random weights),
+    a single-file checkpoint, or a diffusers folder."""
+    if model == TOY_NAME:
+        components = load_checkpoint(toy_checkpoint())
+        components.name = TOY_NAME
+        return components
     if model in TINY_NAMES:
         return build_tiny(model)
     path = Path(model)
@@ -35,7 +45,7 @@ def load_components(model: str) -> Components:
         return load_diffusers_folder(path)
     if path.is_file():
         return load_checkpoint(path)
-    raise FileNotFoundError(f"model {model!r} is neither a built-in ({', '.join(TINY_NAMES)}), a checkpoint file "
+    raise FileNotFoundError(f"model {model!r} is neither a built-in ({', '.join(BUILTIN_NAMES)}), a checkpoint file "
                             f"nor a diffusers folder")
 
 
@@ -142,6 +152,9 @@ class StandaloneHost(Host):
 
     def park(self, part: str) -> None:
         self.placement.park(part)
+
+    def kv_projections(self) -> list:
+        return kv_projections(self.components.unet)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         unet = self.components.unet

@@ -18,6 +18,7 @@ from modules import devices, lowvram, processing, prompt_parser, sd_hijack, shar
 from modules.textual_inversion.textual_inversion import Embedding as WebUIEmbedding
 
 from ..training.report import Reporter
+from .attention import kv_projections
 from .base import Conditioning, Host, TextEncoderInfo
 from .families import SD1, SD2, SDXL
 from .schedule import NoiseSchedule
@@ -149,6 +150,9 @@ class WebUIHost(Host):
     def autocast(self, precision: str):
         return devices.autocast(disable=precision == "fp32")
 
+    def kv_projections(self) -> list:
+        return kv_projections(self.sd_model.model.diffusion_model)
+
     # -- previews ---------------------------------------------------------------------------------------------
     def sample(self, prompts, negative="", steps=20, cfg_scale=7.0, seed=0, width=None, height=None,
                embeddings=None) -> list[Image.Image]:
@@ -212,3 +216,8 @@ def reload_embeddings() -> None:
     sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
     for cache in (processing.StableDiffusionProcessing.cached_c, processing.StableDiffusionProcessing.cached_uc):
         cache[0] = cache[1] = None
+
+
+def reload_hypernetworks() -> None:
+    """New hypernetwork files appear in the WebUI's list (Settings, the extra-networks page) without a restart."""
+    shared.reload_hypernetworks()

@@ -14,12 +14,14 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
 from ..config import describe, from_dict
 from ..jobs import FanOut, JobRegistry
+from ..hypernetwork.config import HypernetworkConfig
+from ..hypernetwork.trainer import train_hypernetwork
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import train_embedding
 from ..training import control
 from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
-from .webui import WebUIHost, WebUIReporter, reload_embeddings
+from .webui import WebUIHost, WebUIReporter, reload_embeddings, reload_hypernetworks
 
 API_PREFIX = "/scal-sdt/v1"
 RESULT_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
@@ -29,15 +31,20 @@ def embeddings_dir() -> str:
     return shared.cmd_opts.embeddings_dir
 
 
-def webui_defaults() -> dict:
-    """Form defaults that come from the WebUI: where its embeddings live."""
-    return {"out": embeddings_dir()}
+def hypernetworks_dir() -> str:
+    return shared.cmd_opts.hypernetwork_dir
 
 
-def effective_config(cfg: EmbeddingConfig) -> EmbeddingConfig:
+def webui_defaults(kind: type = EmbeddingConfig) -> dict:
+    """Form defaults that come from the WebUI: where its embeddings / hypernetworks live."""
+    return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
+
+
+def effective_config(cfg):
     """The run's folders inside the WebUI's data folder unless the user chose others (relative paths too)."""
-    log_dir = cfg.log_dir or os.path.join("textual_inversion", "scal-sdt", cfg.name)
-    out = cfg.out or embeddings_dir()
+    what = "hypernetworks" if isinstance(cfg, HypernetworkConfig) else "textual_inversion"
+    log_dir = cfg.log_dir or os.path.join(what, "scal-sdt", cfg.name)
+    out = cfg.out or webui_defaults(type(cfg))["out"]
     return dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
 
 
@@ -50,8 +57,9 @@ def steer(word: str) -> None:
         control.request(Path(_active_run[-1]), word)
 
 
-def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None, explicit: frozenset | None = None) -> dict:
-    """Train on the loaded model; the result is in the WebUI's embedding list when this returns.
+def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) -> dict:
+    """Train an embedding or a hypernetwork (by the config's type) on the loaded model; the result is in the
+    WebUI's embedding or hypernetwork list when this returns.
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
     host = training_host()
@@ -73,18 +81,28 @@ def run_embedding_training(cfg: EmbeddingConfig, extra_reporter=None, explicit: 
 
     webui_reporter = WebUIReporter(on_step=on_step)
     reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter
+    hypernetwork = isinstance(cfg, HypernetworkConfig)
+    loaded = list(getattr(shared, "loaded_hypernetworks", []))
     try:
-        result = train_embedding(cfg, host, reporter)
+        if hypernetwork:  # the WebUI applies its loaded ones inside attention: none but ours while training
+            shared.loaded_hypernetworks.clear()
+            result = train_hypernetwork(cfg, host, reporter)
+        else:
+            result = train_embedding(cfg, host, reporter)
     finally:
         _active_run.remove(cfg.log_dir)
+        if hypernetwork:
+            shared.loaded_hypernetworks[:] = loaded
         if hasattr(host, "restore"):
             host.restore()
-        reload_embeddings()
+        reload_hypernetworks() if hypernetwork else reload_embeddings()
     run_dir = Path(cfg.log_dir)
     previews = sorted((run_dir / "images").glob("*.png"), key=os.path.getmtime)
     state = "interrupted" if result.interrupted else "finished"
-    text = (f"<p>Embedding <b>{html.escape(cfg.name)}</b> {state} at step {result.step}: "
-            f"{html.escape(str(result.final_path))}. Write <code>{html.escape(cfg.name)}</code> in a prompt.</p>"
+    use = (f"Pick it in Settings or write <code>&lt;hypernet:{html.escape(cfg.name)}:1&gt;</code>" if hypernetwork
+           else f"Write <code>{html.escape(cfg.name)}</code> in a prompt")
+    text = (f"<p>{'Hypernetwork' if hypernetwork else 'Embedding'} <b>{html.escape(cfg.name)}</b> {state} at step "
+            f"{result.step}: {html.escape(str(result.final_path))}. {use}.</p>"
             + "".join(f"<p>{html.escape(m)}</p>" for m in webui_reporter.lines[-8:]))
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
@@ -142,22 +160,24 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
     registry = JobRegistry(lock=call_queue.queue_lock)
     deps = _auth_dependency()
 
-    def start_embedding(body: dict = Body(...)):
-        try:
-            cfg = from_dict(EmbeddingConfig, {**webui_defaults(), **body})
-        except (TypeError, ValueError) as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
-        if not os.path.isdir(cfg.data):
-            raise HTTPException(status_code=422, detail=f"data: dataset folder does not exist: {cfg.data}")
-
-        def work(reporter):
-            shared.state.begin(job="scal-sdt-train-embedding")
+    def starter(kind: type, name: str):
+        def start(body: dict = Body(...)):
             try:
-                return run_embedding_training(cfg, reporter, explicit=frozenset(body))
-            finally:
-                shared.state.end()
+                cfg = from_dict(kind, {**webui_defaults(kind), **body})
+            except (TypeError, ValueError) as e:
+                raise HTTPException(status_code=422, detail=str(e)) from None
+            if not os.path.isdir(cfg.data):
+                raise HTTPException(status_code=422, detail=f"data: dataset folder does not exist: {cfg.data}")
 
-        return registry.start("train-embedding", work).to_dict()
+            def work(reporter):
+                shared.state.begin(job=f"scal-sdt-{name}")
+                try:
+                    return run_training(cfg, reporter, explicit=frozenset(body))
+                finally:
+                    shared.state.end()
+
+            return registry.start(name, work).to_dict()
+        return start
 
     def get_job(job_id: str):
         job = registry.get(job_id)
@@ -179,10 +199,19 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                        and not p.name.lower().endswith(".preview.png"))
         return {"dir": str(root), "files": [str(p.relative_to(root)) for p in files]}
 
-    def options():
-        return {"train-embedding": describe(EmbeddingConfig)}
+    def list_hypernetworks():
+        reload_hypernetworks()  # files dropped into the folder become usable by name, as after a refresh
+        root = Path(hypernetworks_dir())
+        return {"dir": str(root), "files": [str(p.relative_to(root)) for p in sorted(root.rglob("*.pt"))]}
 
-    app.add_api_route(f"{API_PREFIX}/train/embedding", start_embedding, methods=["POST"], dependencies=deps)
+    def options():
+        return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig)}
+
+    app.add_api_route(f"{API_PREFIX}/train/embedding", starter(EmbeddingConfig, "train-embedding"), methods=["POST"],
+                      dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/train/hypernetwork", starter(HypernetworkConfig, "train-hypernetwork"),
+                      methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/hypernetworks", list_hypernetworks, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs", list_jobs, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs/{{job_id}}", get_job, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs/{{job_id}}/interrupt", interrupt_job, methods=["POST"], dependencies=deps)

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import check_bounds, option
+from ..host.toy import MODEL_HELP, TOY_NAME
 from ..training.options import TrainingOptions
 
 FORMATS = ("safetensors", "pt", "png")
@@ -28,8 +29,7 @@ class CreateEmbeddingConfig:
     overwrite: bool = option(False, "replace an existing embedding of that name", group="embedding")
     format: str = option("safetensors", "file format: safetensors, pt (the WebUI's layout) or png (embedded in a "
                                         "picture)", choices=FORMATS, group="embedding")
-    model: str = option("tiny-sd1", "model: tiny-sd1 | tiny-sd2 | tiny-sdxl | a checkpoint file | a diffusers folder",
-                        group="embedding")
+    model: str = option(TOY_NAME, "model: " + MODEL_HELP, group="embedding")
     out: str = option("embeddings", "embeddings folder", group="embedding")
     device: str = option("auto", "cuda, cpu or auto", group="embedding")
 

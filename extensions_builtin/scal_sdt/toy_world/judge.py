@@ -18,6 +18,8 @@ from PIL import Image
 from torch import nn
 from torch.nn import functional as F
 
+from ..files import save_safetensors
+from .optim import conv_features, pooled
 from .world import COLOURS, SHAPES, Scene, render, sample_scene
 
 FORMAT = "scal_sdt.toy_world.judge/1"
@@ -28,17 +30,12 @@ class JudgeNet(nn.Module):
 
     def __init__(self, n_shapes: int, n_colours: int, width: int = 32):
         super().__init__()
-        chans = [3, width, width * 2, width * 3, width * 4]
-        layers = []
-        for a, b in zip(chans, chans[1:]):
-            layers += [nn.Conv2d(a, b, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
-        self.features = nn.Sequential(*layers)
-        self.shape_head = nn.Linear(chans[-1] * 2, n_shapes)
-        self.colour_head = nn.Linear(chans[-1] * 2, n_colours)
+        self.features, out = conv_features(width)
+        self.shape_head = nn.Linear(out * 2, n_shapes)
+        self.colour_head = nn.Linear(out * 2, n_colours)
 
     def forward(self, x):
-        h = self.features(x)
-        h = torch.cat([h.mean((2, 3)), h.amax((2, 3))], 1)
+        h = pooled(self.features(x))
         return self.shape_head(h), self.colour_head(h)
 
 
@@ -76,13 +73,11 @@ class Judge:
                 "both": sum(p == (s.shape, s.colour) for p, s in zip(pred, scenes)) / n}
 
     def save(self, path) -> Path:
-        from safetensors.torch import save_file
-
         path = Path(path)
         meta = {"format": FORMAT, "shapes": list(self.shapes), "colours": list(self.colours), "px": self.px,
                 "width": self.net.features[0].out_channels, "info": self.info}
-        save_file({k: v.contiguous() for k, v in self.net.state_dict().items()}, str(path),
-                  metadata={"toy_world_judge": json.dumps(meta)})
+        save_safetensors({k: v.contiguous() for k, v in self.net.state_dict().items()}, path,
+                         metadata={"toy_world_judge": json.dumps(meta)})
         return path
 
     @classmethod

@@ -42,6 +42,8 @@ class TrainingJob(Protocol):
     def validation_loss(self) -> float | None:
         """Loss on held-out images at fixed timesteps, noises and seed (None when there is no validation set)."""
 
+    # optional: bind_optimizer(optimizer) is called once with the loop's optimizer
+
 
 class TrainingDiverged(RuntimeError):
     pass
@@ -90,6 +92,8 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
     base_scales = [g.get("lr_scale", 1.0) for g in groups]
     optimizer = make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
                                weight_decay=opts.weight_decay)
+    if hasattr(job, "bind_optimizer"):  # a job that saves the optimizer state in its own files
+        job.bind_optimizer(optimizer)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
                                                    else torch.bfloat16, enabled=precision != "fp32"))
@@ -147,7 +151,8 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
             if reporter.should_stop():
                 interrupted = True
                 break
-            lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps) * lr_scale
+            lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps,
+                       cycles=opts.lr_cycles) * lr_scale
             for g, scale in zip(optimizer.param_groups, base_scales):
                 g["lr"] = lr * scale
             optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-SCHEDULES = ("piecewise", "cosine", "constant")
+SCHEDULES = ("piecewise", "cosine", "cosine_restarts", "exponential", "constant")
 
 
 @dataclass(frozen=True)
@@ -47,18 +47,29 @@ class PiecewiseLR:
         return self.pieces[-1][0]  # past the last ':STEP': keep the last rate
 
 
-def lr_at(step: int, schedule: str, lr: str, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0) -> float:
-    """The learning rate for ``step`` (0-based). ``cosine`` decays from the first rate of ``lr`` to min_ratio of it."""
+def lr_at(step: int, schedule: str, lr: str, total_steps: int, warmup_steps: int = 0, min_ratio: float = 0.0,
+          cycles: int = 1, final_ratio: float = 0.01) -> float:
+    """The learning rate for ``step`` (0-based), after ``warmup_steps`` of linear warm-up.
+
+    ``piecewise``: the WebUI's syntax as written. ``cosine``: from the first rate of ``lr`` down to ``min_ratio`` of
+    it. ``cosine_restarts``: the same in ``cycles`` equal cycles, each restarting at the first rate (SGDR).
+    ``exponential``: from the first rate down to ``final_ratio`` of it at the last step, by a constant factor per step.
+    ``constant``: the first rate."""
     pieces = PiecewiseLR.parse(lr)
     if schedule == "piecewise":
         base = pieces(step)
     elif schedule == "constant":
         base = pieces.pieces[0][0]
-    elif schedule == "cosine":
+    elif schedule in ("cosine", "cosine_restarts", "exponential"):
         peak = pieces.pieces[0][0]
         span = max(1, total_steps - warmup_steps)
         progress = min(1.0, max(0.0, (step - warmup_steps) / span))
-        base = peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        if schedule == "exponential":
+            base = peak * final_ratio ** progress
+        else:
+            if schedule == "cosine_restarts" and progress < 1.0:
+                progress = (progress * max(1, cycles)) % 1.0  # the position within the current cycle
+            base = peak * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
     else:
         raise ValueError(f"lr_schedule must be one of {', '.join(SCHEDULES)}, not {schedule!r}")
     if warmup_steps and step < warmup_steps:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..config import check_bounds, option
+from ..host.toy import MODEL_HELP, TOY_NAME
 from ..host.placement import MEMORY_MODES
 from .lr import PiecewiseLR, SCHEDULES
 from .presets import preset_names
@@ -19,14 +20,13 @@ LATENT_SAMPLING = ("once", "deterministic", "random")
 @dataclass(kw_only=True)
 class TrainingOptions:
     # model and data
-    model: str = option("tiny-sd1", "model: tiny-sd1 | tiny-sd2 | tiny-sdxl | a checkpoint file | a diffusers folder",
-                        group="model and data")
+    model: str = option(TOY_NAME, "model: " + MODEL_HELP, group="model and data")
     data: str = option("", "dataset folder: images with .txt captions beside them (kohya 'N_name' folders repeat N times); "
                            "'demo' makes a small built-in data set", group="model and data")
     resolution: int = option(0, "training resolution in pixels; 0 = the model's native size", min=0, group="model and data")
     buckets: bool = option(False, "aspect-ratio buckets instead of square centre crops", group="model and data")
     template: str = option("subject_filewords", "prompt template: a shipped name (none, style, style_filewords, subject, "
-                                                "subject_filewords, hypernetwork) or a .txt file", group="model and data",
+                                                "subject_filewords, hypernetwork, filewords) or a .txt file", group="model and data",
                              suggestions=list_templates)
     shuffle_tags: bool = option(False, "shuffle the comma-separated tags of each caption", group="model and data")
     tag_dropout: float = option(0.0, "drop each tag with this probability", min=0.0, max=1.0, group="model and data")
@@ -42,7 +42,9 @@ class TrainingOptions:
     lr: str = option("0.005", "learning rate, or the WebUI's schedule syntax '0.005:100, 1e-3:1000, 1e-5'",
                      group="optimisation")
     lr_schedule: str = option("piecewise", "piecewise (the lr syntax as written), cosine (from the first rate down), "
-                                           "constant", choices=SCHEDULES, group="optimisation")
+                                           "cosine_restarts (cosine in --lr-cycles cycles), exponential (down to a hundredth "
+                                           "of the first rate), constant", choices=SCHEDULES, group="optimisation")
+    lr_cycles: int = option(3, "cycles of cosine_restarts", min=1, group="optimisation")
     warmup_steps: int = option(0, "linear warm-up steps", min=0, group="optimisation")
     optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA)", choices=OPTIMIZERS, group="optimisation")
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, group="optimisation")
@@ -70,7 +72,8 @@ class TrainingOptions:
     save_every: int = option(500, "save a checkpoint every N steps (0 = only at the end)", min=0, group="output")
     preview_every: int = option(500, "render preview images every N steps (0 = never)", min=0, group="output")
     preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; default: the "
-                                     "first template line with the name filled in", group="output")
+                                     "first template line filled in with the name and the first image's caption",
+                                 group="output")
     preview_negative: str = option("", "negative prompt for previews", group="output")
     preview_steps: int = option(20, "sampling steps for previews", min=1, group="output")
     preview_cfg: float = option(7.0, "CFG scale for previews", min=0.0, group="output")
@@ -86,8 +89,13 @@ class TrainingOptions:
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 
+    #: a trainer that works out a rate itself accepts lr "auto" (it replaces it before the loop runs)
+    LR_AUTO = False
+
     def __post_init__(self):
         check_bounds(self)
+        if self.LR_AUTO and self.lr.strip().lower() == "auto":
+            return
         try:
             PiecewiseLR.parse(self.lr)
         except ValueError as e:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..demo_data import make_concept_folder
 from ..host.base import Host
+from ..toy_world.concepts import make_held_out_colour_set
 from .dataset import LatentDataset
 from .images import scan_folder
 from .mask_preview import write_mask_previews
@@ -22,8 +22,10 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
     on the device. Returns the training set and the validation set (or None)."""
     data = cfg.data
     if data == "demo":
-        data = str(make_concept_folder(run_dir_for(cfg) / "demo-data"))
-        reporter.message(f"demo data set: orange stars on plain backgrounds in {data}")
+        data = run_dir_for(cfg) / "demo-data"
+        make_held_out_colour_set(data)
+        reporter.message(f"demo data set: shapes in the toy world's held-out colour (pink), captioned with [name] "
+                         f"where the colour goes, in {data}")
     if not data:
         raise ValueError("data is required: a folder of images (with .txt captions), or 'demo'")
     scan = scan_folder(Path(data))

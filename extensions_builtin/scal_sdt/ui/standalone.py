@@ -8,14 +8,24 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..generate.config import GenerateConfig
+from ..generate.sample import generate
 from ..ui_config import UiConfig
 from ..jobs import Job, JobReporter
+from ..hypernetwork.config import HypernetworkConfig
+from ..hypernetwork.trainer import train_hypernetwork
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import train_embedding
 from ..training import control
 from ..training.run_setup import run_dir_for
-from .embedding_tab import embedding_tab
+from .training_tab import EMBEDDING, HYPERNETWORK, training_tab
+from .generate_tab import generate_tab
 from .loss_svg import loss_svg
+
+
+# the embedding tab's settings for the demo on the toy model (the held-out colour is learned in about 25 s on a CPU)
+TOY_DEMO = {"init_text": "red", "steps": 400, "lr": "0.02", "batch_size": 8, "preview_every": 100,
+            "save_every": 200}
 
 
 class StandaloneTrainer:
@@ -35,13 +45,13 @@ class StandaloneTrainer:
             self._host = load_host(self.ui.model, self.ui.device, self.ui.memory_mode)
         return self._host
 
-    def run(self, cfg: EmbeddingConfig):
+    def run(self, cfg: EmbeddingConfig | HypernetworkConfig):
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("a training is already running; interrupt it or wait")
         try:
             cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
             self._run_dir = run_dir_for(cfg)
-            job = Job(id="page", kind="train-embedding")
+            job = Job(id="page", kind="train-" + self._what(cfg))
             self._reporter = reporter = JobReporter(job)
             losses = reporter.losses
             box: dict = {}
@@ -56,9 +66,14 @@ class StandaloneTrainer:
         finally:
             self._lock.release()
 
+    @staticmethod
+    def _what(cfg) -> str:
+        return "hypernetwork" if isinstance(cfg, HypernetworkConfig) else "embedding"
+
     def _train(self, cfg, reporter, box):
         try:
-            box["result"] = train_embedding(cfg, self.host(), reporter)
+            trainer = train_hypernetwork if isinstance(cfg, HypernetworkConfig) else train_embedding
+            box["result"] = trainer(cfg, self.host(), reporter)
         except Exception as e:  # shown on the page
             box["error"] = e
 
@@ -69,10 +84,26 @@ class StandaloneTrainer:
         text = "<br>".join(job.messages[-6:])
         if result is not None:
             state = "interrupted" if result.interrupted else "finished"
-            text = f"<p>Embedding <b>{cfg.name}</b> {state} at step {result.step}: {result.final_path}</p>" + text
+            text = (f"<p>{self._what(cfg).capitalize()} <b>{cfg.name}</b> {state} at step {result.step}: "
+                    f"{result.final_path}</p>" + text)
         plot = run_dir / "loss.png"
         return {"text": text, "progress": f"step {job.step}/{cfg.steps}" + loss_svg(losses[-2000:]),
                 "plot": str(plot) if plot.exists() else None, "preview": str(previews[-1]) if previews else None}
+
+    def generate(self, cfg: GenerateConfig) -> tuple[list[str], str]:
+        """Sample on the page's model; refused while a training uses it."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("a training is running on this model; interrupt it or wait, then generate")
+        try:
+            cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
+            named = Path(self.ui.hypernetworks) / f"{cfg.hypernetwork}.pt"
+            if cfg.hypernetwork and not Path(cfg.hypernetwork).is_file() and named.is_file():
+                cfg = dataclasses.replace(cfg, hypernetwork=str(named))  # a name from the page's folder
+            notes: list[str] = []
+            paths = generate(cfg, self.host(), report=notes.append)
+            return [str(p) for p in paths], "<br>".join(notes + [f"{len(paths)} image(s) in {cfg.out}"])
+        finally:
+            self._lock.release()
 
     def steer(self, word: str):
         if self._run_dir is not None and self._lock.locked():
@@ -88,8 +119,16 @@ def build_app(ui: UiConfig) -> gr.Blocks:
     with gr.Blocks(title="SCAL-SDT") as app:
         gr.Markdown(f"## SCAL-SDT — model `{ui.model}`")
         with gr.Tab("Embedding"):
-            embedding_tab(run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
-                          defaults={"out": ui.out, "data": "demo", "name": "my-embedding"})
+            training_tab(EMBEDDING, run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
+                         defaults={"out": ui.out, "data": "demo", "name": "my-embedding", "template": "filewords",
+                                   **TOY_DEMO})
+        with gr.Tab("Hypernetwork"):
+            training_tab(HYPERNETWORK, run=trainer.run, interrupt=trainer.interrupt, streaming=True,
+                         steer=trainer.steer, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"})
+        with gr.Tab("Generate"):
+            generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
+                                                         "hypernetwork": "",
+                                                         "prompt": "a red star on a white background"})
     app.scal_sdt_trainer = trainer
     return app
 

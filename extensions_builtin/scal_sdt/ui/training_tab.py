@@ -1,10 +1,13 @@
-"""The Embedding (Textual Inversion) tab: a form from EmbeddingConfig, Start / Interrupt, loss plot, preview."""
+"""A training tab (Embedding, Hypernetwork): a form from the trainer's config, Start / Interrupt, loss plot,
+preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import gradio as gr
 
+from ..hypernetwork.config import HypernetworkConfig
 from ..textual_inversion.config import EmbeddingConfig
 from .form import build_form, js_kwarg, values_to_config
 
@@ -13,11 +16,25 @@ HOST_FIELDS = ("model", "device", "memory_mode")
 PREVIEW_FROM_TXT2IMG = ("preview_prompt", "preview_negative", "preview_steps", "preview_cfg", "preview_seed")
 
 
-def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[], None], elem_prefix: str = "scal_sdt_ti",
-                  exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
-                  txt2img_preview_params: list | None = None, progress_js: bool = False,
-                  wrap: Callable = lambda fn: fn, streaming: bool = False,
-                  steer: Callable[[str], None] | None = None) -> dict:
+@dataclass(frozen=True)
+class TrainerKind:
+    """What differs between the training tabs."""
+
+    config: type  # the trainer's config dataclass
+    elem_prefix: str  # elem_id prefix of every component (javascript/scal_sdt.js knows it)
+    button: str  # the start button's label
+    first_group: str  # the form's first, open group
+
+
+EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding")
+HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork")
+
+
+def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
+                 exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
+                 txt2img_preview_params: list | None = None, progress_js: bool = False,
+                 wrap: Callable = lambda fn: fn, streaming: bool = False,
+                 steer: Callable[[str], None] | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -27,15 +44,17 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
     yields such dicts while it works (plus "progress" HTML) and the page updates live. ``steer(word)`` asks the
     running training to "sample", "save" or "backup" after its current step. Returns field name → component.
     """
+    elem_prefix = kind.elem_prefix
     with gr.Row():
         with gr.Column(scale=3):
-            form = build_form(EmbeddingConfig, elem_prefix, exclude=exclude, values=defaults,
-                              open_groups=("embedding", "model and data", "optimisation"), first=("embedding",))
+            form = build_form(kind.config, elem_prefix, exclude=exclude, values=defaults,
+                              open_groups=(kind.first_group, "model and data", "optimisation"),
+                              first=(kind.first_group,))
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
         with gr.Column(scale=2):
             with gr.Row():
-                start = gr.Button("Train embedding", variant="primary", elem_id=f"{elem_prefix}_start")
+                start = gr.Button(kind.button, variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
             with gr.Row(visible=steer is not None):
                 steer_buttons = {word: gr.Button(f"{word.capitalize()} now", size="sm", elem_id=f"{elem_prefix}_{word}")
@@ -50,16 +69,16 @@ def embedding_tab(run: Callable[[EmbeddingConfig], dict], interrupt: Callable[[]
     names = list(form)
     extra = list(txt2img_preview_params or [])
 
-    def config_from(values) -> EmbeddingConfig:
+    def config_from(values):
         values = list(values)
         if progress_js:  # the WebUI's progress bar puts the task id first
             values = values[1:]
         form_values, use_t2i, t2i = values[:len(names)], values[len(names)], values[len(names) + 1:]
         if use_t2i and t2i:
             prompt, negative, steps, _sampler, cfg_scale, seed, _w, _h = t2i
-            return values_to_config(EmbeddingConfig, names + list(PREVIEW_FROM_TXT2IMG),
+            return values_to_config(kind.config, names + list(PREVIEW_FROM_TXT2IMG),
                                     form_values + [prompt, negative, int(steps), float(cfg_scale), int(seed)])
-        return values_to_config(EmbeddingConfig, names, form_values)
+        return values_to_config(kind.config, names, form_values)
 
     def outputs_of(out: dict) -> tuple:
         first = (out.get("plot"), out.get("preview"), out.get("text", ""))
