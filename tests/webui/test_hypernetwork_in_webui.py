@@ -105,7 +105,7 @@ def test_a_hypernetwork_trained_through_our_api_is_listed_at_once(server, tmp_pa
         assert time.monotonic() < deadline, job
         time.sleep(0.5)
         job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
-    assert job["status"] == "done", job
+    assert job["status"] == "finished", job
     assert "apitrained" in listed(server)
     saved = torch.load(hypernetwork_dir(server) / "apitrained.pt", weights_only=True)
     assert saved["step"] == 4 and 64 in saved
