@@ -91,15 +91,16 @@ def test_old_key_names_and_missing_metadata_load(tmp_path):
 
 def _unet_out(host, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, 4, 8, 8, generator=gen)
+    x = torch.randn(2, 4, host.native_resolution // 8, host.native_resolution // 8, generator=gen)
     t = torch.tensor([300, 700])
     with torch.no_grad():
         cond = host.encode_prompts(["a red star on a white background", "a blue circle"], size=(64, 64))
         return host.predict(x, t, cond)
 
 
-def test_strength_zero_is_the_unpatched_model_and_removal_restores_it(tiny_hosts):
-    host = tiny_hosts("tiny-sd1")
+@pytest.mark.parametrize("family", ["tiny-sd1", "tiny-sdxl"])  # SDXL: through our hook, which the WebUI lacks
+def test_strength_zero_is_the_unpatched_model_and_removal_restores_it(tiny_hosts, family):
+    host = tiny_hosts(family)
     base = _unet_out(host)
     widths = context_widths(host.kv_projections())
     hn = create_hypernetwork("hn", widths, structure="1, 2, 1", activation="relu", weight_init="XavierNormal", seed=1)

@@ -110,3 +110,19 @@ def test_a_hypernetwork_trained_through_our_api_is_listed_at_once(server, tmp_pa
     saved = torch.load(hypernetwork_dir(server) / "apitrained.pt", weights_only=True)
     assert saved["step"] == 4 and 64 in saved
     assert pixels(server, PROMPT + "<hypernet:apitrained:1>")[0]  # the WebUI applies it without error
+
+
+def test_a_file_the_webui_made_loads_here(server):
+    """The WebUI's own create/hypernetwork writes the file (its Hypernetwork.save); our loader reads the same
+    structure and weights, and applying it changes our UNet's output."""
+    from scal_sdt.hypernetwork.format import load_hypernetwork
+
+    server.post("/sdapi/v1/create/hypernetwork", {
+        "name": "webuimade", "enable_sizes": [64], "overwrite_old": True, "layer_structure": [1, 2, 1],
+        "activation_func": "relu", "weight_init": "XavierNormal", "add_layer_norm": True, "use_dropout": False})
+    path = hypernetwork_dir(server) / "webuimade.pt"
+    raw = torch.load(path, weights_only=True)
+    hn = load_hypernetwork(path)
+    assert hn.name == "webuimade" and hn.widths == [64] and hn.activation == "relu" and hn.layer_norm
+    for ours, (name, theirs) in zip(hn.layers[64][0].state_dict().values(), raw[64][0].items()):
+        assert torch.equal(ours, theirs), name
