@@ -41,8 +41,9 @@ def encode_pool(vae: AutoencoderKL, pool: ScenePool, batch: int = 128) -> tuple[
 
 
 def train_unet(pool: ScenePool, vae: AutoencoderKL, text_encoder, steps: int, seed: int, batch_size: int = 64,
-               lr: float = 1e-3, ema_decay: float = 0.999, log=None) -> UNet2DConditionModel:
-    """Train a fresh SD1-layout UNet; returns its EMA weights. Deterministic for a seed and thread count."""
+               lr: float = 1e-3, ema_decay: float = 0.999, log=None, every=None) -> UNet2DConditionModel:
+    """Train a fresh SD1-layout UNet; returns its EMA weights. Deterministic for a seed and thread count.
+    ``every`` = (n, fn): ``fn(step, ema)`` after every n steps (for measuring while it trains)."""
     unet = build_unet(text_encoder.config.hidden_size, seed)
     ema = copy.deepcopy(unet).requires_grad_(False)
     schedule = NoiseSchedule(scaled_linear_alphas_cumprod(), SD1.prediction_type)
@@ -85,4 +86,6 @@ def train_unet(pool: ScenePool, vae: AutoencoderKL, text_encoder, steps: int, se
                 pe.lerp_(p, 1 - d)
         if log and (step % 100 == 0 or step == steps - 1):
             log(f"unet step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
+        if every and (step + 1) % every[0] == 0:
+            every[1](step + 1, ema)
     return ema.eval()
