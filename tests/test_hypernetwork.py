@@ -173,3 +173,20 @@ def test_cli_trains_and_writes_the_webui_file(tmp_path):
     hn = load_hypernetwork(tmp_path / "hn" / "clihn.pt")
     assert hn.step == 3 and hn.activation == "relu" and hn.layer_norm and hn.widths == [32, 64]
     assert cli.main(["train-hypernetwork", "--name", "x", "--layer-structure", "2,1", "--data", "demo"]) == 2
+
+
+def test_resume_continues_an_existing_file_with_its_optimizer_state(tmp_path):
+    """The WebUI's flow: train a hypernetwork file further; its step count goes on and .pt.optim is restored."""
+    make_dataset(tmp_path / "d", 6, seed=0)
+    common = ["train-hypernetwork", "--model", "tiny-sd1", "--data", str(tmp_path / "d"), "--name", "more",
+              "--lr", "1e-4", "--out", str(tmp_path / "hn"), "--preview-every", "0", "--save-every", "0",
+              "--device", "cpu"]
+    assert cli.main([*common, "--steps", "3", "--log-dir", str(tmp_path / "run1")]) == 0
+    first = load_hypernetwork(tmp_path / "hn" / "more.pt")
+    assert cli.main([*common, "--steps", "2", "--log-dir", str(tmp_path / "run2")]) == 2  # exists: refused
+    assert cli.main([*common, "--steps", "2", "--log-dir", str(tmp_path / "run2"), "--resume"]) == 0
+    more = load_hypernetwork(tmp_path / "hn" / "more.pt")
+    assert more.step == 5
+    assert not torch.equal(first.parameters()[0], more.parameters()[0])
+    optim = load_optimizer_state(tmp_path / "hn" / "more.pt")["optimizer_state_dict"]
+    assert int(optim["state"][0]["step"]) == 5  # AdamW's own count went on from the file's

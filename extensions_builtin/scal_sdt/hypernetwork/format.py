@@ -90,7 +90,8 @@ def load_hypernetwork(path) -> Hypernetwork:
         last_layer_dropout=bool(data.get("last_layer_dropout", False)), dropout=[float(v) for v in dropout],
         step=int(data.get("step") or 0), sd_checkpoint=data.get("sd_checkpoint"),
         sd_checkpoint_name=data.get("sd_checkpoint_name"), optional_info=data.get("optional_info"))
-    for width, pair in sorted((k, v) for k, v in data.items() if isinstance(k, int)):
+    # in the file's order: the WebUI's optimizer state (.pt.optim) numbers the parameters in that order
+    for width, pair in ((k, v) for k, v in data.items() if isinstance(k, int)):
         modules = []
         for state in pair:
             state = {_OLD_NAMES.get(k, k): v for k, v in state.items()}

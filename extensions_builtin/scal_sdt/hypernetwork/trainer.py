@@ -17,6 +17,7 @@ import torch
 from ..config import to_dict
 from ..host.attention import context_widths
 from ..host.base import Conditioning, Host
+from ..training.checkpoints import CheckpointStore
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
 from ..training.loop import LoopResult, resolve_precision, run_loop
@@ -26,7 +27,7 @@ from ..training.templates import load_template, render
 from ..training.validation import heldout_loss
 from .apply import hooks_for
 from .config import HypernetworkConfig, safe_lr
-from .format import load_hypernetwork, save_hypernetwork
+from .format import load_hypernetwork, load_optimizer_state, save_hypernetwork
 from .module import Hypernetwork, create_hypernetwork, parse_structure
 
 COND_CACHE_LIMIT = 4096  # cached conditionings (one per distinct prompt)
@@ -46,6 +47,9 @@ class HypernetworkJob(FrozenModelJob):
     run_dir: Path
     validation: LatentDataset | None = None
 
+    start_step: int = 0  # continuing a hypernetwork file: its step count so far
+    start_optimizer: dict | None = None  # and its optimizer state (.pt.optim), when the hash matched
+
     def __post_init__(self):
         self.start_generators()
         self.cache_conditioning = not self.cfg.shuffle_tags and self.cfg.tag_dropout == 0
@@ -55,6 +59,8 @@ class HypernetworkJob(FrozenModelJob):
 
     def bind_optimizer(self, optimizer) -> None:
         self.optimizer = optimizer
+        if self.start_optimizer is not None:
+            optimizer.load_state_dict(self.start_optimizer)
 
     def param_groups(self):
         return [{"params": self.hypernetwork.parameters()}]
@@ -97,7 +103,7 @@ class HypernetworkJob(FrozenModelJob):
 
     def stamped(self, step: int) -> Hypernetwork:
         hn = self.hypernetwork
-        hn.step = step
+        hn.step = self.start_step + step
         hn.sd_checkpoint, hn.sd_checkpoint_name = self.host.model_hash, self.host.model_name
         hn.optional_info = json.dumps({"trainer": "scal-sdt", "options": to_dict(self.cfg)})
         return hn
@@ -144,7 +150,12 @@ def prepare_job(cfg: HypernetworkConfig, host: Host, reporter: Reporter) -> Hype
                          f"{sum(host.widths.values())}-wide context (--find-lr measures one on your data)")
     resolution = cfg.resolution or host.native_resolution
     dataset, validation = prepare_data(cfg, host, reporter, resolution)
-    hn = new_hypernetwork(cfg, host)
+    continuing = cfg.resume and out.exists() and not CheckpointStore(run_dir_for(cfg)).complete()
+    if continuing:  # the WebUI's way: train an existing hypernetwork further, with its optimizer state
+        hn, start_optimizer = continue_from_file(out, reporter)
+        cfg = dataclasses.replace(cfg, resume=False)
+    else:
+        hn, start_optimizer = new_hypernetwork(cfg, host), None
     model_widths = set(context_widths(host.kv_projections()))
     unused = sorted(set(hn.widths) - model_widths)
     if unused:
@@ -155,7 +166,25 @@ def prepare_job(cfg: HypernetworkConfig, host: Host, reporter: Reporter) -> Hype
     reporter.message(f"training hypernetwork {cfg.name!r} (structure {hn.structure}, {hn.activation}, widths "
                      f"{hn.widths}, {sum(p.numel() for p in hn.parameters()):,} parameters) on {host.model_name} "
                      f"[{host.family.name}, {host.device}], {len(dataset.items)} images at {resolution}px")
-    return HypernetworkJob(cfg, host, dataset, hn, templates, run_dir_for(cfg), validation)
+    return HypernetworkJob(cfg, host, dataset, hn, templates, run_dir_for(cfg), validation,
+                           start_step=hn.step if continuing else 0, start_optimizer=start_optimizer)
+
+
+def continue_from_file(path: Path, reporter: Reporter) -> tuple[Hypernetwork, dict | None]:
+    """An existing ``NAME.pt`` (ours or the WebUI's) and its optimizer state when ``.pt.optim`` still matches it."""
+    hn = load_hypernetwork(path)
+    saved = load_optimizer_state(path)
+    state = saved.get("optimizer_state_dict") if saved else None
+    if saved and saved.get("optimizer_name", "AdamW").lower() != "adamw":
+        reporter.message(f"{path.name}.optim holds a {saved['optimizer_name']} state; AdamW starts fresh")
+        state = None
+    if state and sum(len(g["params"]) for g in state.get("param_groups", [])) != len(hn.parameters()):
+        reporter.message(f"{path.name}.optim does not fit the file's layers; the optimizer starts fresh")
+        state = None
+    reporter.message(f"continuing {path} from its step {hn.step} (structure {hn.structure}, {hn.activation}, widths "
+                     f"{hn.widths}; the file's structure wins over the form's), optimizer state "
+                     f"{'restored' if state else 'fresh'}")
+    return hn, state
 
 
 def train_hypernetwork(cfg: HypernetworkConfig, host: Host, reporter: Reporter | None = None) -> LoopResult:
