@@ -6,12 +6,11 @@ import torch
 
 from scal_sdt import cli
 from scal_sdt.host.attention import context_widths
-from scal_sdt.hypernetwork.apply import hooks_for
+from scal_sdt.hypernetwork.apply import apply_hypernetwork, hooks_for, remove_hypernetwork
 from scal_sdt.hypernetwork.config import HypernetworkConfig
 from scal_sdt.hypernetwork.format import file_sha10, load_hypernetwork, load_optimizer_state, save_hypernetwork
 from scal_sdt.hypernetwork.module import create_hypernetwork
-from scal_sdt.hypernetwork.trainer import (apply_hypernetwork, find_learning_rate, remove_hypernetwork,
-                                           train_hypernetwork)
+from scal_sdt.hypernetwork.trainer import find_learning_rate, train_hypernetwork
 from scal_sdt.toy_world.world import Scene, caption_sentence, make_dataset, render
 from scal_sdt.training.report import Reporter
 from scal_sdt.training.validation import heldout_loss

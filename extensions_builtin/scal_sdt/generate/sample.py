@@ -52,7 +52,7 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.hypernetwork:
-        from ..hypernetwork.trainer import apply_hypernetwork, remove_hypernetwork
+        from ..hypernetwork.apply import apply_hypernetwork, remove_hypernetwork
 
         name = apply_hypernetwork(host, cfg.hypernetwork, cfg.hypernetwork_strength).name
         try:

@@ -13,6 +13,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .format import load_hypernetwork
 from .module import Hypernetwork
 
 
@@ -63,3 +64,17 @@ def hooks_for(host) -> HypernetworkHooks:
         hooks = HypernetworkHooks(host.kv_projections())
         host._hypernetwork_hooks = hooks
     return hooks
+
+
+def apply_hypernetwork(host, path_or_hn, strength: float = 1.0) -> Hypernetwork:
+    """Apply a hypernetwork (a ``.pt`` path or one already loaded) to every generation of ``host`` until
+    :func:`remove_hypernetwork`; applying the same name again only changes its strength."""
+    hn = path_or_hn if isinstance(path_or_hn, Hypernetwork) else load_hypernetwork(path_or_hn)
+    hn.to(host.device)
+    hooks_for(host).set(hn.train(False), strength)
+    return hn
+
+
+def remove_hypernetwork(host, name: str | None = None) -> None:
+    hooks = hooks_for(host)
+    hooks.clear() if name is None else hooks.unset(name)

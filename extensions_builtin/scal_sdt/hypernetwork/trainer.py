@@ -223,17 +223,3 @@ def find_learning_rate(cfg: HypernetworkConfig, host: Host, reporter: Reporter |
     reporter.message(f"learning-rate range test over {len(result.lrs)} steps: probe loss {result.start:.5f} before, "
                      f"lowest {min(result.probe):.5f}; proposed lr {result.proposal:.2g} ({csv_path}, {png_path})")
     return result
-
-
-def apply_hypernetwork(host: Host, path_or_hn, strength: float = 1.0) -> Hypernetwork:
-    """Apply a hypernetwork (a ``.pt`` path or one already loaded) to every generation of ``host`` until
-    :func:`remove_hypernetwork`; applying the same name again only changes its strength."""
-    hn = path_or_hn if isinstance(path_or_hn, Hypernetwork) else load_hypernetwork(path_or_hn)
-    hn.to(host.device)
-    hooks_for(host).set(hn.train(False), strength)
-    return hn
-
-
-def remove_hypernetwork(host: Host, name: str | None = None) -> None:
-    hooks = hooks_for(host)
-    hooks.clear() if name is None else hooks.unset(name)
