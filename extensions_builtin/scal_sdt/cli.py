@@ -116,6 +116,40 @@ def _save_checkpoint(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _tag(cfg, explicit: set[str]) -> int:
+    import signal
+
+    from .tagging.run import tag_folder
+    from .training.report import ConsoleReporter
+
+    class StopOnCtrlC(ConsoleReporter):
+        """The first Ctrl+C ends the run after the current batch (captions so far are written); a second one
+        stops at once."""
+        stop = False
+
+        def should_stop(self):
+            return self.stop
+
+    reporter = StopOnCtrlC()
+
+    def on_sigint(*_):
+        if reporter.stop:
+            raise KeyboardInterrupt
+        reporter.stop = True
+        reporter.message("stopping after this batch (Ctrl+C again to stop now)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        report = tag_folder(cfg, reporter)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    print(report.summary())
+    top = ", ".join(f"{tag} ({n})" for tag, n in report.frequency.most_common(20))
+    if top:
+        print(f"most frequent tags: {top}")
+    return 130 if report.interrupted else 0
+
+
 def _make_toy_world(cfg, explicit: set[str]) -> int:
     from .toy_world.build import make_toy_world
 
@@ -137,6 +171,7 @@ def commands() -> list[Command]:
     from .training.control import ControlConfig
     from .checkpoint_config import SaveCheckpointConfig
     from .toy_world.build import ToyWorldConfig
+    from .tagging.config import TagConfig
     from .ui_config import UiConfig
 
     return [
@@ -144,6 +179,8 @@ def commands() -> list[Command]:
         Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
         Command("train-hypernetwork", "train a hypernetwork (the WebUI's .pt format)", HypernetworkConfig,
                 _train_hypernetwork),
+        Command("tag", "tag every image of a folder with ONNX taggers: a caption file beside each image", TagConfig,
+                _tag),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
         Command("generate", "sample PNG images from a model; embeddings in --embeddings work by name in the prompt",
                 GenerateConfig, _generate),

@@ -42,8 +42,9 @@ class JobReporter(Reporter):
         self.job.total, self.job.step = total, start
 
     def step(self, info):
-        self.job.step, self.job.loss = info["step"], info["loss"]
-        self.losses.append(info["loss"])
+        self.job.step, self.job.loss = info["step"], info.get("loss")
+        if "loss" in info:
+            self.losses.append(info["loss"])
 
     def message(self, text):
         self.job.messages.append(text)

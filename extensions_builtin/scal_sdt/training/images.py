@@ -106,6 +106,16 @@ def scan_folder(root, caption_ext: str = ".txt", *, word_regex: str = "", join_s
     return result
 
 
+def image_files(root, recursive: bool = True) -> list[Path]:
+    """The images under ``root`` in sorted order (not masks, hidden files or hidden folders)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise NotADirectoryError(f"folder does not exist: {root}")
+    files = _walk(root) if recursive else (p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS
+                  and not (p.stem.endswith(MASK_SUFFIX) and p.suffix.lower() == ".png"))
+
+
 def _walk(root: Path):
     seen = set()
     for folder, dirs, names in os.walk(root, followlinks=True):

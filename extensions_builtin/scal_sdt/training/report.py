@@ -40,7 +40,10 @@ class ConsoleReporter(Reporter):
     def step(self, info):
         if self.bar is not None:
             self.bar.update(info["step"] - self.bar.n)
-            self.bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info.get('lr', 0):.2e}")
+            if "loss" in info:
+                self.bar.set_postfix(loss=f"{info['loss']:.4f}", lr=f"{info.get('lr', 0):.2e}")
+            else:
+                self.bar.set_postfix({k: f"{v:.3g}" for k, v in info.items() if k != "step"})
 
     def message(self, text):
         if self.quiet:
