@@ -1,7 +1,7 @@
 """Run by the WebUI at start-up (and after an install from the Extensions tab) in its own Python.
 
 Installs only what the WebUI does not already have. It never installs, upgrades or downgrades torch, torchvision,
-gradio, transformers or numpy: those belong to the WebUI, and pip is held to the versions already there.
+gradio, transformers, numpy or protobuf: those belong to the WebUI, and pip is held to the versions already there.
 A failure is reported and never stops the WebUI from starting.
 """
 import os
@@ -19,7 +19,8 @@ REQUIREMENTS = [
     ("yaml", "pyyaml>=6"),
     ("onnxruntime", "onnxruntime>=1.16"),  # the taggers; skipped when onnxruntime-gpu (same module) is there
 ]
-PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi")
+PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi",
+             "protobuf")  # protobuf: the WebUI pins 3.20; a new onnxruntime would pull 7.x
 
 
 def _installed_version(dist):

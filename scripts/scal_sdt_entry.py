@@ -1,5 +1,5 @@
-"""WebUI entry point. Thin on purpose: it puts the extension's package on sys.path and registers the Train tab
-and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
+"""WebUI entry point. Thin on purpose: it puts the extension's package on sys.path and registers the Train tab,
+the Tagger tab and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
 The WebUI keeps the extension root on sys.path only while this file is imported, so everything is imported here."""
 import os
 import sys
@@ -14,9 +14,16 @@ from modules import call_queue, script_callbacks  # noqa: E402
 try:
     from scal_sdt.host import webui_service  # noqa: E402
     from scal_sdt.ui.training_tab import EMBEDDING, HYPERNETWORK, training_tab  # noqa: E402
+    from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
+    from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
+
+
+def _say_missing(gr, package):
+    gr.HTML(f"<p>SCAL-SDT cannot start: {package} is missing. Fix it with: <code>{sys.executable} -m pip install "
+            f"{package}</code>, then restart the WebUI.</p>")
 
 
 def on_ui_train_tabs(params):
@@ -25,8 +32,7 @@ def on_ui_train_tabs(params):
     for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
             if _missing is not None:
-                gr.HTML(f"<p>SCAL-SDT cannot start: {_missing}. Fix it with: <code>{sys.executable} -m pip install "
-                        f"{getattr(_missing, 'name', None) or 'the missing package'}</code>, then restart the WebUI.</p>")
+                _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
                 continue
             kind = EMBEDDING if prefix == EMBEDDING.elem_prefix else HYPERNETWORK
             training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
@@ -35,10 +41,26 @@ def on_ui_train_tabs(params):
                          wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
 
 
+def on_ui_tabs():
+    import importlib.util
+
+    import gradio as gr
+
+    with gr.Blocks(analytics_enabled=False) as tab:
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        elif importlib.util.find_spec("onnxruntime") is None:
+            _say_missing(gr, "onnxruntime")
+        else:
+            tagger_tab(TaggingRunner())
+    return [(tab, "SCAL-SDT Tagger", "scal_sdt_tagger")]
+
+
 def on_app_started(demo, app):
     if _missing is None:
         webui_service.add_api_routes(app)
 
 
 script_callbacks.on_ui_train_tabs(on_ui_train_tabs)
+script_callbacks.on_ui_tabs(on_ui_tabs)
 script_callbacks.on_app_started(on_app_started)

@@ -90,3 +90,27 @@ def test_generate_tab_uses_a_new_embedding_at_once(tmp_path):
     assert "1 image(s)" in text
     a, b = (np.asarray(Image.open(p[0]), dtype=np.float32) for p in (before, after))
     assert np.abs(a - b).mean() > 2.0  # the name now means the learned vectors
+
+
+def test_tagger_tab_tags_a_folder_and_streams_progress(tmp_path):
+    from scal_sdt.tagging.config import TagConfig
+    from scal_sdt.toy_world.world import make_dataset
+
+    app = build_app(UiConfig(model="tiny-sd1"))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_tag_start", "scal_sdt_tag_stop", "scal_sdt_tag_unload", "scal_sdt_tag_dir",
+            "scal_sdt_tag_general_threshold", "scal_sdt_tag_mcut_general"} <= ids
+    data = tmp_path / "data"
+    make_dataset(data, 12, seed=4)
+    for p in data.glob("*.txt"):
+        p.unlink()
+    (data / "bad.png").write_bytes(b"broken")
+    updates = list(app.scal_sdt_tagger.run(TagConfig(dir=str(data), model="toy", cache_dir="")))
+    job, report = updates[-1]
+    assert job.status == "finished" and report.written == 12 and len(report.failed) == 1
+    assert len(list(data.glob("*.txt"))) == 12
+    from scal_sdt.ui.tagger_tab import report_html
+
+    page = report_html(report)
+    assert "bad.png" in page and "simple background" in page and "images/s" in page
+    assert app.scal_sdt_tagger.unload().startswith("unloaded")

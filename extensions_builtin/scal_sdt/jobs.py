@@ -94,15 +94,17 @@ class JobRegistry:
         self.jobs: dict[str, Job] = {}
         self.reporters: dict[str, JobReporter] = {}
 
-    def start(self, kind: str, fn: Callable[[Reporter], dict]) -> Job:
+    def start(self, kind: str, fn: Callable[[Reporter], dict], locked: bool = True) -> Job:
+        """``locked=False`` for work that does not use the host's model (tagging with ONNX models)."""
         job = Job(id=uuid.uuid4().hex[:12], kind=kind)
         reporter = JobReporter(job)
         self.jobs[job.id], self.reporters[job.id] = job, reporter
-        threading.Thread(target=self._run, args=(job, reporter, fn), daemon=True, name=f"scal-sdt-{kind}").start()
+        threading.Thread(target=self._run, args=(job, reporter, fn, locked), daemon=True,
+                         name=f"scal-sdt-{kind}").start()
         return job
 
-    def _run(self, job: Job, reporter: JobReporter, fn: Callable[[Reporter], dict]) -> None:
-        lock = self.lock if self.lock is not None else _NoLock()
+    def _run(self, job: Job, reporter: JobReporter, fn: Callable[[Reporter], dict], locked: bool = True) -> None:
+        lock = self.lock if self.lock is not None and locked else _NoLock()
         with lock:
             job.status, job.started = "running", time.time()
             try:

@@ -18,6 +18,9 @@ from ..hypernetwork.config import HypernetworkConfig
 from ..hypernetwork.trainer import train_hypernetwork
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import train_embedding
+from ..tagging.config import TagConfig
+from ..tagging.model import POOL as TAGGERS
+from ..tagging.run import tag_folder
 from ..training import control
 from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
@@ -204,13 +207,29 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         root = Path(hypernetworks_dir())
         return {"dir": str(root), "files": [str(p.relative_to(root)) for p in sorted(root.rglob("*.pt"))]}
 
+    def start_tagging(body: dict = Body(...)):
+        try:
+            cfg = from_dict(TagConfig, body)
+        except (TypeError, ValueError) as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        if not os.path.isdir(cfg.dir):
+            raise HTTPException(status_code=422, detail=f"dir: folder does not exist: {cfg.dir}")
+        # ONNX models, not the WebUI's: no need to wait for the GPU queue
+        return registry.start("tag", lambda reporter: tag_folder(cfg, reporter).to_dict(), locked=False).to_dict()
+
+    def unload_taggers():
+        return {"unloaded": TAGGERS.unload()}
+
     def options():
-        return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig)}
+        return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
+                "tag": describe(TagConfig)}
 
     app.add_api_route(f"{API_PREFIX}/train/embedding", starter(EmbeddingConfig, "train-embedding"), methods=["POST"],
                       dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/train/hypernetwork", starter(HypernetworkConfig, "train-hypernetwork"),
                       methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/tag/unload", unload_taggers, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/hypernetworks", list_hypernetworks, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs", list_jobs, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs/{{job_id}}", get_job, methods=["GET"], dependencies=deps)

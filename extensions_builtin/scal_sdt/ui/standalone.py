@@ -20,6 +20,8 @@ from ..training import control
 from ..training.run_setup import run_dir_for
 from .training_tab import EMBEDDING, HYPERNETWORK, training_tab
 from .generate_tab import generate_tab
+from .tagger_tab import tagger_tab
+from ..tagging.runner import TaggingRunner
 from .loss_svg import loss_svg
 
 
@@ -129,7 +131,11 @@ def build_app(ui: UiConfig) -> gr.Blocks:
             generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
                                                          "hypernetwork": "",
                                                          "prompt": "a red star on a white background"})
+        with gr.Tab("Tagger"):
+            tagger = TaggingRunner()
+            tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"})
     app.scal_sdt_trainer = trainer
+    app.scal_sdt_tagger = tagger
     return app
 
 

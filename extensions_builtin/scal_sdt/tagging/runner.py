@@ -1,0 +1,59 @@
+"""One tagging run at a time for a page (standalone or the WebUI's Tagger tab): runs in a thread, streams its
+progress, stops on request, unloads the model on request."""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Callable, Iterator
+
+from ..jobs import FanOut, Job, JobReporter
+from ..training.report import Reporter
+from .config import TagConfig
+from .model import POOL, TaggerPool
+from .run import TagReport, tag_folder
+
+
+class TaggingRunner:
+    def __init__(self, pool: TaggerPool = POOL, extra_reporter: Callable[[], Reporter] | None = None):
+        self.pool = pool
+        self.extra_reporter = extra_reporter
+        self._reporter: JobReporter | None = None
+        self._lock = threading.Lock()
+
+    def run(self, cfg: TagConfig) -> Iterator[tuple[Job, TagReport | None]]:
+        """Yields (job, None) about twice a second while tagging, then (job, report)."""
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("a tagging run is already going; stop it or wait")
+        try:
+            job = Job(id="tag", kind="tag", status="running", started=time.time())
+            self._reporter = reporter = JobReporter(job)
+            both = FanOut(reporter, self.extra_reporter()) if self.extra_reporter else reporter
+            box: dict = {}
+
+            def work():
+                try:
+                    box["report"] = tag_folder(cfg, both, self.pool)
+                except Exception as e:  # shown on the page
+                    box["error"] = e
+
+            worker = threading.Thread(target=work, daemon=True, name="scal-sdt-tagging")
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.5)
+                yield job, None
+            if "error" in box:
+                job.status, job.error = "failed", str(box["error"])
+                raise box["error"]
+            report = box["report"]
+            job.status = "interrupted" if report.interrupted else "finished"
+            yield job, report
+        finally:
+            self._lock.release()
+
+    def stop(self) -> None:
+        if self._reporter is not None:
+            self._reporter.stop_requested.set()
+
+    def unload(self) -> str:
+        n = self.pool.unload()
+        return f"unloaded {n} tagger(s)" if n else "no tagger was loaded"
