@@ -43,7 +43,8 @@ class ScoreCache:
                 idx = np.nonzero(row >= FLOOR)[0]
                 sparse = {int(i): round(float(row[i]), 5) for i in idx}
                 self._scores[digest] = sparse
-                lines.append(json.dumps({"sha1": digest, "scores": sparse}, separators=(",", ":")))
+                if self.path:
+                    lines.append(json.dumps({"sha1": digest, "scores": sparse}, separators=(",", ":")))
             if self.path and lines:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 with open(self.path, "a", encoding="utf-8") as f:
