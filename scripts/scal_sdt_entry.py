@@ -52,7 +52,7 @@ def on_ui_tabs():
         elif importlib.util.find_spec("onnxruntime") is None:
             _say_missing(gr, "onnxruntime")
         else:
-            tagger_tab(TaggingRunner())
+            tagger_tab(TaggingRunner(captioner=webui_service.BlipCaptioner()))
     return [(tab, "SCAL-SDT Tagger", "scal_sdt_tagger")]
 
 

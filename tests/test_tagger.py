@@ -245,3 +245,28 @@ def test_cli_tag(tmp_path, capsys):
     assert (data / "001.txt").read_text() == "mychar, hatsune miku, long hair, smile, ^_^, blue (sky)"
     assert "3 caption(s) written" in capsys.readouterr().out
     assert main(["tag", str(tmp_path / "missing"), "--model", str(model)]) == 2
+
+
+def test_clip_terms_name_the_colour_and_a_host_captioner_comes_first(tmp_path):
+    """The toy CLIP ranks colour words against toy pictures (top-1 well above chance, 1/11); the host's captioner
+    (the WebUI's BLIP inside the WebUI) writes the caption's first part; without a host, blip is refused."""
+    from scal_sdt.toy_world.world import COLOURS, HELD_OUT, make_dataset
+
+    data = tmp_path / "toy"
+    scenes = make_dataset(data, 40, seed=11, style="tags")
+    for p in data.glob("*.txt"):
+        p.unlink()
+    colours = [c for c in COLOURS if c != HELD_OUT["colour"]]
+    seen = []
+    report = tag_folder(cfg(data, "toy", tmp_path, clip_model="toy", clip_terms=", ".join(colours), clip_top=1,
+                            exclude=",".join(colours), blip=True),
+                        captioner=lambda im: seen.append(im.size) or "a picture")
+    assert report.written == 40 and seen == [(64, 64)] * 40
+    captions = [(data / f"{i:05d}.txt").read_text().split(", ") for i in range(40)]
+    assert all(c[0] == "a picture" and c[-1] in colours for c in captions)
+    right = sum(c[-1] == s.colour for c, s in zip(captions, scenes))
+    assert right / 40 >= 0.45, right
+    with pytest.raises(ValueError, match="WebUI's interrogator"):
+        tag_folder(cfg(data, "toy", tmp_path, blip=True, existing="overwrite"))
+    with pytest.raises(ValueError, match="clip_terms is needed"):
+        cfg(data, "toy", tmp_path, clip_model="toy")

@@ -67,3 +67,22 @@ def test_bad_tagging_requests_get_the_reason(server, tmp_path):
         server.post("/scal-sdt/v1/tag", {"dir": str(tmp_path), "thresh": 0.3})
     with pytest.raises(WebUIError, match="422.*regular expression"):
         server.post("/scal-sdt/v1/tag", {"dir": str(tmp_path), "exclude_regex": "("})
+
+
+def test_blip_without_its_weights_fails_with_the_reason(server, tmp_path_factory):
+    """Offline and without models/BLIP, the WebUI's own BLIP cannot load: the job says so instead of hanging or
+    writing half captions."""
+    from scal_sdt.toy_world.world import make_dataset
+
+    folder = tmp_path_factory.mktemp("blip-data")
+    make_dataset(folder, 2, seed=1)
+    for p in folder.glob("*.txt"):
+        p.unlink()
+    job = server.post("/scal-sdt/v1/tag", {"dir": str(folder), "model": "toy", "cache_dir": "", "blip": True})
+    deadline = time.monotonic() + 180
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    assert job["status"] == "failed" and "BLIP could not load" in job["error"], job
+    assert not list(folder.glob("*.txt"))

@@ -221,3 +221,35 @@ def reload_embeddings() -> None:
 def reload_hypernetworks() -> None:
     """New hypernetwork files appear in the WebUI's list (Settings, the extra-networks page) without a restart."""
     shared.reload_hypernetworks()
+
+
+class BlipCaptioner:
+    """The WebUI's BLIP (its Interrogate model, from its models/BLIP folder) captioning one image at a time; loaded on
+    first use as the Interrogate button does, sent back to RAM by :meth:`release` when the run ends."""
+
+    def __init__(self):
+        self.loaded = False
+
+    def __call__(self, image: Image.Image) -> str:
+        it = shared.interrogator
+        if not self.loaded:
+            lowvram.send_everything_to_cpu()
+            devices.torch_gc()
+            try:
+                if it.blip_model is None:
+                    it.blip_model = it.load_blip_model()
+                    if not shared.cmd_opts.no_half and not it.running_on_cpu:
+                        it.blip_model = it.blip_model.half()
+            except Exception as e:  # no weights and no network, a broken file
+                raise RuntimeError(f"the WebUI's BLIP could not load ({type(e).__name__}: {e}); its Interrogate "
+                                   f"button needs the same files") from None
+            it.blip_model = it.blip_model.to(devices.device_interrogate)
+            it.dtype = next(it.blip_model.parameters()).dtype
+            self.loaded = True
+        return it.generate_caption(image.convert("RGB"))
+
+    def release(self) -> None:
+        if self.loaded:
+            shared.interrogator.send_blip_to_ram()
+            devices.torch_gc()
+            self.loaded = False

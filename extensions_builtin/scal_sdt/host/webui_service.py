@@ -24,7 +24,7 @@ from ..tagging.run import tag_folder
 from ..training import control
 from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
-from .webui import WebUIHost, WebUIReporter, reload_embeddings, reload_hypernetworks
+from .webui import BlipCaptioner, WebUIHost, WebUIReporter, reload_embeddings, reload_hypernetworks
 
 API_PREFIX = "/scal-sdt/v1"
 RESULT_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
@@ -215,6 +215,9 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         if not os.path.isdir(cfg.dir):
             raise HTTPException(status_code=422, detail=f"dir: folder does not exist: {cfg.dir}")
         # ONNX models, not the WebUI's: no need to wait for the GPU queue
+        if cfg.blip:  # BLIP runs on the WebUI's device: wait for its queue like any generation
+            return registry.start("tag", lambda reporter: tag_folder(cfg, reporter, captioner=BlipCaptioner()).to_dict()
+                                  ).to_dict()
         return registry.start("tag", lambda reporter: tag_folder(cfg, reporter).to_dict(), locked=False).to_dict()
 
     def unload_taggers():

@@ -48,6 +48,15 @@ class TagConfig:
     ensemble: str = option("union", "with several models: union or intersection of their tags",
                            choices=("union", "intersection"), group="tags")
 
+    clip_model: str = option("", "CLIP interrogation: an open_clip model you have (a local open_clip folder, 'toy', "
+                             "hf-hub:REPO or ARCH/PRETRAINED such as ViT-L-14/openai in your hub cache); '' = off",
+                             group="captions")
+    clip_terms: str = option("", "the terms CLIP ranks: a file with one per line, or a comma-separated list",
+                             group="captions")
+    blip: bool = option(False, "start each caption with a sentence from the WebUI's BLIP interrogator (inside the "
+                        "WebUI; it loads BLIP as its Interrogate button does)", group="captions")
+    clip_top: int = option(3, "how many of the best terms each caption gets", min=1, max=100, group="captions")
+
     provider: str = option("auto", "onnxruntime execution provider: auto (CUDA, ROCm, DirectML, CoreML, CPU, the "
                            "first this onnxruntime has), cuda, rocm, directml, coreml or cpu", group="speed")
     batch_size: int = option(8, "images per inference call", min=1, max=1024, group="speed")
@@ -65,6 +74,8 @@ class TagConfig:
             raise ValueError("model is required")
         if not self.caption_extension.startswith("."):
             raise ValueError(f"caption_extension must start with a dot, not {self.caption_extension!r}")
+        if self.clip_model and not self.clip_terms:
+            raise ValueError("clip_terms is needed with clip_model: the terms CLIP ranks against each image")
         self.rules(DEFAULT_GENERAL)  # refuses a bad regex or replacement now, not after loading the model
 
     def models(self) -> list[str]:

@@ -71,21 +71,25 @@ def content_hash(data: bytes) -> str:
     return hashlib.sha1(data).hexdigest()
 
 
-def load(path: Path, specs: list[tuple[int, Preprocess, Callable[[str], bool]]]) -> Loaded:
-    """Read and hash one file, then prepare a row for each model spec ``(side, preprocess, is_cached)`` whose
-    scores for this content are not cached. A corrupt or unreadable file gives ``error`` and never raises."""
+#: a model's way to make its input row from an image, and whether its result for a content hash is cached
+Spec = tuple[Callable[[Image.Image], np.ndarray], Callable[[str], bool]]
+
+
+def load(path: Path, specs: list[Spec]) -> Loaded:
+    """Read and hash one file, then make a row for each model spec whose result for this content is not cached.
+    A corrupt or unreadable file gives ``error`` and never raises."""
     try:
         data = path.read_bytes()
     except OSError as e:
         return Loaded(path, "", error=f"cannot read: {e.strerror or e}")
     digest = content_hash(data)
-    needed = [not is_cached(digest) for _, _, is_cached in specs]
+    needed = [not is_cached(digest) for _, is_cached in specs]
     if not any(needed):
         return Loaded(path, digest, [None] * len(specs))
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            rows = [prepare(im, side, pre) if need else None for (side, pre, _), need in zip(specs, needed)]
+            rows = [make(im) if need else None for (make, _), need in zip(specs, needed)]
         return Loaded(path, digest, rows)
     except UnidentifiedImageError:
         return Loaded(path, digest, error="not an image file (unknown or damaged format)")

@@ -10,8 +10,10 @@ from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from ..files import atomic_write_text
 from ..training.images import image_files
@@ -19,7 +21,8 @@ from ..training.report import Reporter
 from .cache import ScoreCache
 from .config import DEFAULT_GENERAL, TagConfig
 from .model import POOL, Tagger, TaggerPool, known_for
-from .preprocess import Loaded, load
+from .clip_terms import ClipTerms, read_terms
+from .preprocess import Loaded, load, on_white, prepare
 from .tags import caption_tags, combine, merge_caption, select
 
 
@@ -71,8 +74,21 @@ def _existing_caption(path: Path) -> str:
         return ""
 
 
-def tag_folder(cfg: TagConfig, reporter: Reporter | None = None, pool: TaggerPool = POOL) -> TagReport:
-    reporter = reporter or Reporter()
+def tag_folder(cfg: TagConfig, reporter: Reporter | None = None, pool: TaggerPool = POOL,
+               captioner: Callable[[Image.Image], str] | None = None) -> TagReport:
+    """``captioner``: the host's image captioner (the WebUI's BLIP), used when ``cfg.blip``; its ``release()``, if
+    it has one, is called at the end."""
+    if cfg.blip and captioner is None:
+        raise ValueError("blip: BLIP captions come from the WebUI's interrogator; use the WebUI's Tagger tab or API "
+                         "(or clip_model here)")
+    try:
+        return _tag_folder(cfg, reporter or Reporter(), pool, captioner)
+    finally:
+        if cfg.blip and hasattr(captioner, "release"):
+            captioner.release()
+
+
+def _tag_folder(cfg: TagConfig, reporter: Reporter, pool: TaggerPool, captioner) -> TagReport:
     t0 = time.time()
     taggers: list[Tagger] = [pool.get(m, cfg.provider, cfg.threads) for m in cfg.models()]
     rules = [cfg.rules(k.general if (k := known_for(t.name)) else DEFAULT_GENERAL) for t in taggers]
@@ -90,13 +106,22 @@ def tag_folder(cfg: TagConfig, reporter: Reporter | None = None, pool: TaggerPoo
         else:
             todo.append(path)
     reporter.begin("tag", len(todo))
-    specs = [(t.side, t.family.preprocess, c.__contains__) for t, c in zip(taggers, caches)]
+    specs = [(lambda im, t=t: prepare(im, t.side, t.family.preprocess), c.__contains__)
+             for t, c in zip(taggers, caches)]
+    clip = None
+    if cfg.clip_model:
+        clip = ClipTerms(cfg.clip_model, read_terms(cfg.clip_terms), cfg.clip_top)
+        specs.append((clip.prepare, lambda digest: False))
+        reporter.message(f"CLIP {cfg.clip_model}: the best {cfg.clip_top} of {len(clip.terms)} terms per image")
+    if cfg.blip:
+        specs.append((lambda im: on_white(im).copy(), lambda digest: False))  # the file closes after reading
     done = 0
 
-    def finish(item: Loaded, scores: list[np.ndarray]) -> None:
+    def finish(item: Loaded, scores: list[np.ndarray], terms: dict[str, float] | None = None,
+               sentence: str = "") -> None:
         nonlocal done
         chosen = combine([select(s, t.labels, r) for s, t, r in zip(scores, taggers, rules)], cfg.ensemble)
-        tags = caption_tags(chosen, rules[0])
+        tags = ([sentence] if sentence else []) + caption_tags(chosen, rules[0], extra=list(terms or ()))
         target = caption_path(item.path, cfg.caption_extension)
         old = _existing_caption(target)
         text = merge_caption(old, tags, cfg.existing)
@@ -114,9 +139,14 @@ def tag_folder(cfg: TagConfig, reporter: Reporter | None = None, pool: TaggerPoo
             if need:
                 scores = tagger.run(np.stack([item.rows[m] for item in need]))
                 cache.put([item.digest for item in need], scores)
-        report.inferred += sum(any(r is not None for r in item.rows) for item in batch)
-        for item in batch:
-            finish(item, [cache.get(item.digest) for cache in caches])
+        n = len(taggers)
+        ran = sum(any(r is not None for r in item.rows[:n]) for item in batch)
+        report.inferred += ran
+        report.from_cache += len(batch) - ran
+        terms = clip.best(np.stack([item.rows[n] for item in batch])) if clip else [None] * len(batch)
+        sentences = [captioner(item.rows[-1]).strip() for item in batch] if cfg.blip else [""] * len(batch)
+        for item, found, sentence in zip(batch, terms, sentences):
+            finish(item, [cache.get(item.digest) for cache in caches], found, sentence)
         progress()
 
     def progress() -> None:

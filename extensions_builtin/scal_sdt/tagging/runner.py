@@ -14,8 +14,10 @@ from .run import TagReport, tag_folder
 
 
 class TaggingRunner:
-    def __init__(self, pool: TaggerPool = POOL, extra_reporter: Callable[[], Reporter] | None = None):
-        self.pool = pool
+    def __init__(self, pool: TaggerPool = POOL, extra_reporter: Callable[[], Reporter] | None = None,
+                 captioner: Callable | None = None):
+        """``captioner``: the host's BLIP (the WebUI's), for ``blip``."""
+        self.pool, self.captioner = pool, captioner
         self.extra_reporter = extra_reporter
         self._reporter: JobReporter | None = None
         self._lock = threading.Lock()
@@ -32,7 +34,7 @@ class TaggingRunner:
 
             def work():
                 try:
-                    box["report"] = tag_folder(cfg, both, self.pool)
+                    box["report"] = tag_folder(cfg, both, self.pool, self.captioner)
                 except Exception as e:  # shown on the page
                     box["error"] = e
 

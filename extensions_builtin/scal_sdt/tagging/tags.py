@@ -121,8 +121,9 @@ def format_tag(tag: str, rules: TagRules) -> str:
     return tag
 
 
-def caption_tags(chosen: dict[str, float], rules: TagRules) -> list[str]:
-    """The caption's tags in order, after replacement, exclusion, added and first tags, formatting and weights."""
+def caption_tags(chosen: dict[str, float], rules: TagRules, extra: list[str] = ()) -> list[str]:
+    """The caption's tags in order, after replacement, exclusion, added and first tags, formatting and weights.
+    ``extra`` (CLIP terms) come after the tagger's tags, without weights."""
     excluded = {norm(t) for t in rules.exclude}
     pattern = re.compile(rules.exclude_regex) if rules.exclude_regex else None
     items: list[tuple[str, float | None]] = [(t, None) for t in rules.add]
@@ -131,6 +132,7 @@ def caption_tags(chosen: dict[str, float], rules: TagRules) -> list[str]:
         if not tag or norm(tag) in excluded or (pattern and (pattern.search(tag) or pattern.search(norm(tag)))):
             continue
         items.append((tag, score))
+    items += [(term, None) for term in extra]
     first = [norm(t) for t in rules.first]
     items.sort(key=lambda it: first.index(norm(it[0])) if norm(it[0]) in first else len(first))  # stable
     out, seen = [], set()
