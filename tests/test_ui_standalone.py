@@ -114,3 +114,21 @@ def test_tagger_tab_tags_a_folder_and_streams_progress(tmp_path):
     page = report_html(report)
     assert "bad.png" in page and "simple background" in page and "images/s" in page
     assert app.scal_sdt_tagger.unload().startswith("unloaded")
+
+
+def test_clean_section_of_the_tagger_tab(tmp_path):
+    from PIL import Image
+
+    from scal_sdt.tagging.clean import CleanConfig
+    from scal_sdt.ui.tagger_tab import clean_report_html
+
+    app = build_app(UiConfig(model="tiny-sd1"))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_clean_start", "scal_sdt_clean_face_crop", "scal_sdt_clean_duplicates"} <= ids
+    data = tmp_path / "data"
+    data.mkdir()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(data / "a.png")
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(data / "b.png")
+    job, report = list(app.scal_sdt_tagger.run(CleanConfig(dir=str(data), duplicates=True)))[-1]
+    assert job.status == "finished" and report.duplicate_groups == [[str(data / "a.png"), str(data / "b.png")]]
+    assert "Duplicates" in clean_report_html(report)

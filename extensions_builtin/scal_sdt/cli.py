@@ -150,6 +150,15 @@ def _tag(cfg, explicit: set[str]) -> int:
     return 130 if report.interrupted else 0
 
 
+def _clean(cfg, explicit: set[str]) -> int:
+    from .tagging.clean import clean_folder
+    from .training.report import ConsoleReporter
+
+    report = clean_folder(cfg, ConsoleReporter())
+    print(report.summary())
+    return 0
+
+
 def _make_toy_world(cfg, explicit: set[str]) -> int:
     from .toy_world.build import make_toy_world
 
@@ -172,6 +181,7 @@ def commands() -> list[Command]:
     from .checkpoint_config import SaveCheckpointConfig
     from .toy_world.build import ToyWorldConfig
     from .tagging.config import TagConfig
+    from .tagging.clean import CleanConfig
     from .ui_config import UiConfig
 
     return [
@@ -181,6 +191,8 @@ def commands() -> list[Command]:
                 _train_hypernetwork),
         Command("tag", "tag every image of a folder with ONNX taggers: a caption file beside each image", TagConfig,
                 _tag),
+        Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",
+                CleanConfig, _clean),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
         Command("generate", "sample PNG images from a model; embeddings in --embeddings work by name in the prompt",
                 GenerateConfig, _generate),

@@ -18,6 +18,7 @@ from ..hypernetwork.config import HypernetworkConfig
 from ..hypernetwork.trainer import train_hypernetwork
 from ..textual_inversion.config import EmbeddingConfig
 from ..textual_inversion.trainer import train_embedding
+from ..tagging.clean import CleanConfig, clean_folder
 from ..tagging.config import TagConfig
 from ..tagging.model import POOL as TAGGERS
 from ..tagging.run import tag_folder
@@ -220,18 +221,28 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                                   ).to_dict()
         return registry.start("tag", lambda reporter: tag_folder(cfg, reporter).to_dict(), locked=False).to_dict()
 
+    def start_cleaning(body: dict = Body(...)):
+        try:
+            cfg = from_dict(CleanConfig, body)
+        except (TypeError, ValueError) as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        if not os.path.isdir(cfg.dir):
+            raise HTTPException(status_code=422, detail=f"dir: folder does not exist: {cfg.dir}")
+        return registry.start("clean", lambda reporter: clean_folder(cfg, reporter).to_dict(), locked=False).to_dict()
+
     def unload_taggers():
         return {"unloaded": TAGGERS.unload()}
 
     def options():
         return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
-                "tag": describe(TagConfig)}
+                "tag": describe(TagConfig), "clean": describe(CleanConfig)}
 
     app.add_api_route(f"{API_PREFIX}/train/embedding", starter(EmbeddingConfig, "train-embedding"), methods=["POST"],
                       dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/train/hypernetwork", starter(HypernetworkConfig, "train-hypernetwork"),
                       methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/clean", start_cleaning, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag/unload", unload_taggers, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/hypernetworks", list_hypernetworks, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs", list_jobs, methods=["GET"], dependencies=deps)

@@ -1,5 +1,5 @@
-"""One tagging run at a time for a page (standalone or the WebUI's Tagger tab): runs in a thread, streams its
-progress, stops on request, unloads the model on request."""
+"""One tagging or cleaning run at a time for a page (standalone or the WebUI's Tagger tab): runs in a thread,
+streams its progress, stops on request, unloads the tagger on request."""
 from __future__ import annotations
 
 import threading
@@ -8,6 +8,7 @@ from typing import Callable, Iterator
 
 from ..jobs import FanOut, Job, JobReporter
 from ..training.report import Reporter
+from .clean import CleanConfig, CleanReport, clean_folder
 from .config import TagConfig
 from .model import POOL, TaggerPool
 from .run import TagReport, tag_folder
@@ -22,19 +23,23 @@ class TaggingRunner:
         self._reporter: JobReporter | None = None
         self._lock = threading.Lock()
 
-    def run(self, cfg: TagConfig) -> Iterator[tuple[Job, TagReport | None]]:
-        """Yields (job, None) about twice a second while tagging, then (job, report)."""
+    def run(self, cfg: TagConfig | CleanConfig) -> Iterator[tuple[Job, TagReport | CleanReport | None]]:
+        """Yields (job, None) about twice a second while tagging (or cleaning), then (job, report)."""
         if not self._lock.acquire(blocking=False):
-            raise RuntimeError("a tagging run is already going; stop it or wait")
+            raise RuntimeError("a tagging or cleaning run is already going; stop it or wait")
         try:
-            job = Job(id="tag", kind="tag", status="running", started=time.time())
+            kind = "clean" if isinstance(cfg, CleanConfig) else "tag"
+            job = Job(id=kind, kind=kind, status="running", started=time.time())
             self._reporter = reporter = JobReporter(job)
             both = FanOut(reporter, self.extra_reporter()) if self.extra_reporter else reporter
             box: dict = {}
 
             def work():
                 try:
-                    box["report"] = tag_folder(cfg, both, self.pool, self.captioner)
+                    if kind == "clean":
+                        box["report"] = clean_folder(cfg, both)
+                    else:
+                        box["report"] = tag_folder(cfg, both, self.pool, self.captioner)
                 except Exception as e:  # shown on the page
                     box["error"] = e
 

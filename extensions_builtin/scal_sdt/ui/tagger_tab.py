@@ -7,12 +7,14 @@ import time
 
 import gradio as gr
 
+from ..tagging.clean import CleanConfig, CleanReport
 from ..tagging.config import TagConfig
 from ..tagging.run import TagReport
 from ..tagging.runner import TaggingRunner
 from .form import build_form, values_to_config
 
 ELEM_PREFIX = "scal_sdt_tag"
+CLEAN_PREFIX = "scal_sdt_clean"
 
 
 def report_html(report: TagReport, top: int = 100) -> str:
@@ -32,6 +34,36 @@ def report_html(report: TagReport, top: int = 100) -> str:
     return "".join(out)
 
 
+def clean_report_html(report: CleanReport) -> str:
+    def items(title, rows):
+        return f"<p>{title}:</p><ul>" + "".join(f"<li>{r}</li>" for r in rows) + "</ul>" if rows else ""
+
+    e = html.escape
+    out = [f"<p><b>{'Stopped' if report.interrupted else 'Done'}</b>: {report.images} images; "
+           f"{len(report.crops)} face crop(s) and {len(report.inpainted)} cleaned copies in <code>{e(report.out)}</code>; "
+           f"{len(report.no_face)} without a face; {len(report.text)} with text; {len(report.watermark)} watermarked; "
+           f"{len(report.duplicate_groups)} duplicate group(s); {len(report.moved)} moved.</p>"]
+    out.append(items("Text", [f"<code>{e(p)}</code>" for p in report.text]))
+    out.append(items("Watermark", [f"<code>{e(p)}</code> ({s:.2f})" for p, s in report.watermark.items()]))
+    out.append(items("Duplicates (the first is kept)", [" = ".join(f"<code>{e(p)}</code>" for p in g)
+                                                        for g in report.duplicate_groups]))
+    out.append(items("Moved", [f"<code>{e(a)}</code> → <code>{e(b)}</code>" for a, b in report.moved]))
+    out.append(items("No face found", [f"<code>{e(p)}</code>" for p in report.no_face]))
+    out.append(items("Skipped (unreadable)", [f"<code>{e(p)}</code>: {e(m)}" for p, m in report.failed]))
+    return "".join(out)
+
+
+def _stream(runner: TaggingRunner, cfg, render):
+    for job, report in runner.run(cfg):
+        rate = job.step / max(1e-9, time.time() - job.started)
+        line = f"<p>{job.step}/{job.total} images, {rate:.1f} images/s</p>"
+        yield line, render(report) if report else "<br>".join(html.escape(m) for m in job.messages[-4:])
+
+
+def _error(e: Exception) -> tuple[str, str]:
+    return "", f'<p class="scal-sdt-error">{type(e).__name__}: {html.escape(str(e))}</p>'
+
+
 def tagger_tab(runner: TaggingRunner, defaults: dict | None = None) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
@@ -48,15 +80,33 @@ def tagger_tab(runner: TaggingRunner, defaults: dict | None = None) -> dict:
 
     def on_start(*values):
         try:
-            cfg = values_to_config(TagConfig, names, list(values))
-            for job, report in runner.run(cfg):
-                rate = job.step / max(1e-9, time.time() - job.started)
-                line = f"<p>{job.step}/{job.total} images, {rate:.1f} images/s</p>"
-                yield line, report_html(report) if report else "<br>".join(html.escape(m) for m in job.messages[-4:])
+            yield from _stream(runner, values_to_config(TagConfig, names, list(values)), report_html)
         except (ValueError, OSError, RuntimeError) as e:
-            yield "", f'<p class="scal-sdt-error">{type(e).__name__}: {html.escape(str(e))}</p>'
+            yield _error(e)
 
     start.click(on_start, inputs=[form[n] for n in names], outputs=[progress, result])
     stop.click(lambda: runner.stop(), inputs=[], outputs=[])
     unload.click(lambda: runner.unload(), inputs=[], outputs=[progress])
-    return form
+
+    gr.Markdown("### Clean the dataset: face crops, text and watermarks, duplicates")
+    with gr.Row():
+        with gr.Column(scale=3):
+            clean_form = build_form(CleanConfig, CLEAN_PREFIX, values={"dir": (defaults or {}).get("dir", "")},
+                                    open_groups=("dataset", "faces"), first=("dataset",))
+        with gr.Column(scale=2):
+            with gr.Row():
+                clean = gr.Button("Clean folder", variant="primary", elem_id=f"{CLEAN_PREFIX}_start")
+                clean_stop = gr.Button("Stop", elem_id=f"{CLEAN_PREFIX}_stop")
+            clean_progress = gr.HTML(elem_id=f"{CLEAN_PREFIX}_progress")
+            clean_result = gr.HTML(elem_id=f"{CLEAN_PREFIX}_result")
+    clean_names = list(clean_form)
+
+    def on_clean(*values):
+        try:
+            yield from _stream(runner, values_to_config(CleanConfig, clean_names, list(values)), clean_report_html)
+        except (ValueError, OSError, RuntimeError) as e:
+            yield _error(e)
+
+    clean.click(on_clean, inputs=[clean_form[n] for n in clean_names], outputs=[clean_progress, clean_result])
+    clean_stop.click(lambda: runner.stop(), inputs=[], outputs=[])
+    return {**form, **{f"clean_{k}": v for k, v in clean_form.items()}}
