@@ -13,3 +13,26 @@ function scalSdtProgressStarter(prefix) {
 
 var scalSdtStart_scal_sdt_ti = scalSdtProgressStarter('scal_sdt_ti');  // Embedding
 var scalSdtStart_scal_sdt_hn = scalSdtProgressStarter('scal_sdt_hn');  // Hypernetwork
+
+// The dataset editor's keyboard shortcuts (Tagger → Edit tags), when it is on screen and no text field has focus:
+// n or → next image, p or ← previous, u first untagged; Ctrl+Z undo, Ctrl+Y or Ctrl+Shift+Z redo.
+document.addEventListener('keydown', function(e) {
+    var root = typeof gradioApp === 'function' ? gradioApp() : document;
+    var gallery = root.getElementById('scal_sdt_edit_gallery');
+    if (!gallery || gallery.offsetParent === null) return;
+    var t = e.target;
+    var typing = t && (t.tagName === 'INPUT' || t.tagName === 'TEXTAREA' || t.isContentEditable);
+    if (typing) return;
+    var click = function(name) {
+        var b = root.getElementById('scal_sdt_edit_' + name);
+        if (b) { b.click(); e.preventDefault(); }
+    };
+    if (e.ctrlKey || e.metaKey) {
+        if (e.key === 'z' && !e.shiftKey) click('undo');
+        else if (e.key === 'y' || (e.key.toLowerCase() === 'z' && e.shiftKey)) click('redo');
+        return;
+    }
+    if (e.key === 'n' || e.key === 'ArrowRight') click('next');
+    else if (e.key === 'p' || e.key === 'ArrowLeft') click('prev');
+    else if (e.key === 'u') click('untagged');
+});

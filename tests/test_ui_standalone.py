@@ -132,3 +132,55 @@ def test_clean_section_of_the_tagger_tab(tmp_path):
     job, report = list(app.scal_sdt_tagger.run(CleanConfig(dir=str(data), duplicates=True)))[-1]
     assert job.status == "finished" and report.duplicate_groups == [[str(data / "a.png"), str(data / "b.png")]]
     assert "Duplicates" in clean_report_html(report)
+
+
+def _handler(app, elem_id, event="click"):
+    """The function the page runs when ``elem_id`` fires ``event`` (what a click in the browser calls)."""
+    ids = {block_id: getattr(block, "elem_id", None) for block_id, block in app.blocks.items()}
+    for fn in app.fns.values():
+        if any(ids.get(t) == elem_id and ev == event for t, ev in fn.targets):
+            return fn.fn
+    raise KeyError(f"no {event} handler on {elem_id}")
+
+
+def test_dataset_editor_from_the_page(tmp_path):
+    """Load a folder, filter, bulk-add to the filtered set, click a tag in the frequency panel, edit one caption,
+    undo — through the page's own handlers, as the buttons call them."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    data = tmp_path / "d"
+    data.mkdir()
+    for i, text in enumerate(["1girl, smile", "1boy, smile", "1girl, frown", None]):
+        Image.new("RGB", (64, 48), (40 * i, 90, 90)).save(data / f"{i}.png")
+        if text:
+            (data / f"{i}.txt").write_text(text)
+    vocab = tmp_path / "tags.csv"
+    vocab.write_text("smiling_face,0,10,\nsmile,0,900,\n")
+    app = build_app(UiConfig(model="tiny-sd1"))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_edit_gallery", "scal_sdt_edit_filter", "scal_sdt_edit_frequency", "scal_sdt_edit_undo",
+            "scal_sdt_edit_scope", "scal_sdt_edit_untagged"} <= ids
+
+    s, gallery, freq, caption, label, status, page = _handler(app, "scal_sdt_edit_load")(None, str(data), ".txt",
+                                                                                         str(vocab))
+    assert len(gallery) == 4 and "4 of 4 images match" in status and ["smile", 2] in freq
+    s, gallery, *_ = _handler(app, "scal_sdt_edit_apply_filter")(s, "smile and not 1boy")
+    assert len(gallery) == 1
+    s, *_, status, _ = _handler(app, "scal_sdt_edit_add_end")(s, "filtered", "happy")
+    assert (data / "0.txt").read_text() == "1girl, smile, happy" and (data / "1.txt").read_text() == "1boy, smile"
+    s, gallery, freq, *_ = _handler(app, "scal_sdt_edit_apply_filter")(s, "")
+    row = [t for t, _ in freq].index("frown")
+    s, gallery, *_ = _handler(app, "scal_sdt_edit_frequency", "select")(s, SimpleNamespace(index=[row, 0]))
+    assert len(gallery) == 1 and s.query == "frown"
+    s, *_ = _handler(app, "scal_sdt_edit_untagged")(s)
+    s, _, _, caption, label, *_ = _handler(app, "scal_sdt_edit_save")(s, "new, caption")
+    assert (data / "3.txt").read_text() == "new, caption" and label.startswith("4/4")
+    s, *_, status, _ = _handler(app, "scal_sdt_edit_undo")(s)
+    assert (data / "3.txt").read_text() == "" and "undid edit caption" in status
+    suggestions = _handler(app, "scal_sdt_edit_tags", "change")(s, "1girl, smi")
+    choices = suggestions["choices"] if isinstance(suggestions, dict) else suggestions.choices
+    assert [c[0] if isinstance(c, (list, tuple)) else c for c in choices][:2] == ["smile", "smiling face"]
+    s, *_, status, _ = _handler(app, "scal_sdt_edit_add_end")(s, "selection", "x")
+    assert "selection is empty" in status  # refused with the reason; nothing written

@@ -86,3 +86,25 @@ def test_blip_without_its_weights_fails_with_the_reason(server, tmp_path_factory
         job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
     assert job["status"] == "failed" and "BLIP could not load" in job["error"], job
     assert not list(folder.glob("*.txt"))
+
+
+def test_cleaning_through_the_api(server, tmp_path_factory):
+    """Duplicates found and moved in the WebUI's Python (OpenCV beside its numpy)."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("clean-data")
+    Image.new("RGB", (48, 48), (10, 200, 10)).save(folder / "a.png")
+    (folder / "b.png").write_bytes((folder / "a.png").read_bytes())
+    (folder / "b.txt").write_text("green")
+    job = server.post("/scal-sdt/v1/clean", {"dir": str(folder), "duplicates": True, "move_flagged": True,
+                                             "text": True})
+    deadline = time.monotonic() + 120
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    assert job["status"] == "finished", job
+    assert job["result"]["duplicate_groups"] == [[str(folder / "a.png"), str(folder / "b.png")]]
+    assert (folder / "flagged" / "duplicate" / "b.txt").read_text() == "green"
+    with pytest.raises(WebUIError, match="422.*nothing to do"):
+        server.post("/scal-sdt/v1/clean", {"dir": str(folder)})

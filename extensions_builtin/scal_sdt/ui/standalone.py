@@ -139,9 +139,19 @@ def build_app(ui: UiConfig) -> gr.Blocks:
     return app
 
 
+#: the extension's page script (the editor's keyboard shortcuts), beside the package in a checkout or editable install
+PAGE_SCRIPT = Path(__file__).resolve().parents[3] / "javascript" / "scal_sdt.js"
+
+
 def serve(ui: UiConfig) -> None:
+    import inspect
+
     app = build_app(ui)
     app.queue()
-    app.launch(server_name=ui.host, server_port=ui.port, inbrowser=False, allowed_paths=[str(Path.cwd())])
+    extra = {}
+    if PAGE_SCRIPT.is_file() and "head" in inspect.signature(app.launch).parameters:
+        extra["head"] = f"<script>{PAGE_SCRIPT.read_text(encoding='utf-8')}</script>"
+    app.launch(server_name=ui.host, server_port=ui.port, inbrowser=False,
+               allowed_paths=[str(Path.cwd()), str(Path("~/.cache/scal-sdt").expanduser())], **extra)
     while True:  # launch() returns in scripts on some Gradio versions
         time.sleep(3600)

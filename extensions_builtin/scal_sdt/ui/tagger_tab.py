@@ -11,6 +11,7 @@ from ..tagging.clean import CleanConfig, CleanReport
 from ..tagging.config import TagConfig
 from ..tagging.run import TagReport
 from ..tagging.runner import TaggingRunner
+from .editor_tab import editor_tab
 from .form import build_form, values_to_config
 
 ELEM_PREFIX = "scal_sdt_tag"
@@ -64,7 +65,19 @@ def _error(e: Exception) -> tuple[str, str]:
     return "", f'<p class="scal-sdt-error">{type(e).__name__}: {html.escape(str(e))}</p>'
 
 
-def tagger_tab(runner: TaggingRunner, defaults: dict | None = None) -> dict:
+def tagger_tab(runner: TaggingRunner, defaults: dict | None = None, editor_defaults: dict | None = None) -> dict:
+    """Three sub-tabs: tag a folder, clean it, edit its tags."""
+    with gr.Tabs():
+        with gr.Tab("Tag folder", elem_id=f"{ELEM_PREFIX}_tab"):
+            form = _tag_section(runner, defaults)
+        with gr.Tab("Clean", elem_id=f"{CLEAN_PREFIX}_tab"):
+            clean_form = _clean_section(runner, defaults)
+        with gr.Tab("Edit tags", elem_id="scal_sdt_edit_tab"):
+            editor_tab(editor_defaults or {"dir": (defaults or {}).get("dir", "")})
+    return {**form, **{f"clean_{k}": v for k, v in clean_form.items()}}
+
+
+def _tag_section(runner: TaggingRunner, defaults: dict | None) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             form = build_form(TagConfig, ELEM_PREFIX, values=defaults, open_groups=("dataset", "tags"),
@@ -88,7 +101,10 @@ def tagger_tab(runner: TaggingRunner, defaults: dict | None = None) -> dict:
     stop.click(lambda: runner.stop(), inputs=[], outputs=[])
     unload.click(lambda: runner.unload(), inputs=[], outputs=[progress])
 
-    gr.Markdown("### Clean the dataset: face crops, text and watermarks, duplicates")
+    return form
+
+
+def _clean_section(runner: TaggingRunner, defaults: dict | None) -> dict:
     with gr.Row():
         with gr.Column(scale=3):
             clean_form = build_form(CleanConfig, CLEAN_PREFIX, values={"dir": (defaults or {}).get("dir", "")},
@@ -109,4 +125,4 @@ def tagger_tab(runner: TaggingRunner, defaults: dict | None = None) -> dict:
 
     clean.click(on_clean, inputs=[clean_form[n] for n in clean_names], outputs=[clean_progress, clean_result])
     clean_stop.click(lambda: runner.stop(), inputs=[], outputs=[])
-    return {**form, **{f"clean_{k}": v for k, v in clean_form.items()}}
+    return clean_form
