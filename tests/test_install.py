@@ -23,7 +23,7 @@ def fake_launch(installed, fail=False):
 
 def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
     mod = load_install()
-    present = {"safetensors", "matplotlib", "tqdm", "yaml", "onnxruntime"}
+    present = {"safetensors", "matplotlib", "tqdm", "yaml", "onnxruntime", "cv2"}
     monkeypatch.setitem(mod["install"].__globals__, "_is_installed", lambda launch, m: m in present)
     captured = {}
 
@@ -38,6 +38,7 @@ def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
     for protected in ("torch", "torchvision", "gradio", "transformers", "numpy"):
         assert f'"{protected}' not in command
     assert "torch==" in constraints and "numpy==" in constraints  # pip may not move them
+    assert "protobuf" in mod["PROTECTED"]  # A1111 pins protobuf 3.20; a new onnxruntime would pull 7.x
 
 
 def test_a_failed_install_never_raises(monkeypatch, capsys):

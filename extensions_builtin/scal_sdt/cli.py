@@ -47,8 +47,10 @@ def _report_run(cfg, result) -> int:
 
 
 def _train_embedding(cfg, explicit: set[str]) -> int:
+    from .textual_inversion.config import apply_apt_preset
     from .textual_inversion.trainer import train_embedding
 
+    cfg = apply_apt_preset(cfg, explicit)
     cfg, host = _training_host(cfg, explicit)
     return _report_run(cfg, train_embedding(cfg, host))
 

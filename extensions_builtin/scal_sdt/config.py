@@ -113,3 +113,14 @@ def check_bounds(cfg) -> None:
             raise ValueError(f"{f.name} must be ≥ {meta['min']}, not {value!r}")
         if meta.get("max") is not None and value > meta["max"]:
             raise ValueError(f"{f.name} must be ≤ {meta['max']}, not {value!r}")
+
+
+def changed_options(cfg) -> set[str]:
+    """Fields whose value differs from the config's default (what a form user changed)."""
+    out = set()
+    for f in dataclasses.fields(cfg):
+        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING
+                                                              else None)
+        if getattr(cfg, f.name) != default:
+            out.add(f.name)
+    return out

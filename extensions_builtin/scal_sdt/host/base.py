@@ -94,6 +94,10 @@ class Host(abc.ABC):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents → pixels in [-1, 1]."""
 
+    def decode_differentiable(self, latents: torch.Tensor) -> torch.Tensor:
+        """Like :meth:`decode`, with gradients flowing back to ``latents`` (APT's reconstruction loss)."""
+        return self.decode(latents)
+
     @contextlib.contextmanager
     def on_device(self, *parts: str) -> Iterator[None]:
         """Have ``parts`` (of ``PARTS``) on the compute device inside the block, the rest where the memory mode wants."""

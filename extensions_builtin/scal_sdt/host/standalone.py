@@ -157,8 +157,9 @@ class StandaloneHost(Host):
         return kv_projections(self.components.unet)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
-        unet = self.components.unet
+        unet, vae = self.components.unet, self.components.vae
         unet.enable_gradient_checkpointing() if enabled else unet.disable_gradient_checkpointing()
+        vae.enable_gradient_checkpointing() if enabled else vae.disable_gradient_checkpointing()  # APT's decode
         for te in self.components.text_encoders:
             on, off = ((te.activation_checkpointing_enable, te.activation_checkpointing_disable)
                        if hasattr(te, "activation_checkpointing_enable")  # transformers >= 5

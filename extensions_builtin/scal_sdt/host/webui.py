@@ -131,6 +131,11 @@ class WebUIHost(Host):
     def decode(self, latents):
         return self.sd_model.decode_first_stage(latents.to(devices.device, devices.dtype_vae)).float()
 
+    def decode_differentiable(self, latents):
+        """The WebUI's decode_first_stage runs under no_grad; its VAE's own decode keeps the graph."""
+        vae = self.sd_model.first_stage_model
+        return vae.decode(latents.to(devices.device, devices.dtype_vae) / self.sd_model.scale_factor).float()
+
     def on_device(self, *parts):
         if "vae" in parts and "vae" in self._parked:
             self.sd_model.first_stage_model.to(devices.device)

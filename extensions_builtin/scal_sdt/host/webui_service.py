@@ -12,11 +12,11 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
-from ..config import describe, from_dict
+from ..config import changed_options, describe, from_dict
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
 from ..hypernetwork.trainer import train_hypernetwork
-from ..textual_inversion.config import EmbeddingConfig
+from ..textual_inversion.config import EmbeddingConfig, apply_apt_preset
 from ..textual_inversion.trainer import train_embedding
 from ..tagging.clean import CleanConfig, clean_folder
 from ..tagging.config import TagConfig
@@ -67,6 +67,8 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
     host = training_host()
+    if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:
+        cfg = apply_apt_preset(cfg, set(explicit) if explicit is not None else changed_options(cfg))
     if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
         given = set(explicit) if explicit is not None else changed_options(cfg)
         given |= {"memory_mode", "device"} | ({"precision"} if host.device.type == "cpu" else set())
@@ -127,16 +129,6 @@ def training_host():
     path = shared.sd_model.sd_checkpoint_info.filename
     print(f"[SCAL-SDT] Forge cannot give gradients through its own model: training on a trainable copy of {path}")
     return load_host(path, device=str(devices.device))
-
-
-def changed_options(cfg) -> set[str]:
-    """Fields whose value differs from the config's default."""
-    out = set()
-    for f in dataclasses.fields(cfg):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if getattr(cfg, f.name) != default:
-            out.add(f.name)
-    return out
 
 
 def interrupt() -> None:

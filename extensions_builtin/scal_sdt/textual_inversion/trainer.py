@@ -91,9 +91,11 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
     reporter = reporter or ConsoleReporter()
     run_dir = run_dir_for(cfg)
     out_dir = Path(cfg.out)
-    if not cfg.resume and not cfg.overwrite and (clash := existing_embeddings(out_dir, cfg.name)):
-        raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name, pass "
-                              f"--overwrite to replace it, or --resume to continue its run")
+    names = [cfg.name] + ([f"{cfg.name}-neg"] if cfg.mode == "apt" else [])
+    for name in names:
+        if not cfg.resume and not cfg.overwrite and (clash := existing_embeddings(out_dir, name)):
+            raise FileExistsError(f"embedding {name!r} already exists ({clash[0]}); choose another name, pass "
+                                  f"--overwrite to replace it, or --resume to continue its run")
     resolution = cfg.resolution or host.native_resolution
     dataset, validation = prepare_data(cfg, host, reporter, resolution)
     start = init_vectors(host, cfg.init_text, cfg.vectors)
@@ -101,9 +103,22 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
     if cfg.gradient_checkpointing:
         host.set_gradient_checkpointing(True)
     templates = templates_with_name(cfg.template, reporter, [item.caption for item in dataset.items])
-    job = EmbeddingJob(cfg, host, dataset, vectors, templates, run_dir, validation)
-    reporter.message(f"training embedding {cfg.name!r} ({cfg.vectors} vector(s), widths {host.widths}) on "
-                     f"{host.model_name} [{host.family.name}, {host.device}], {len(dataset.items)} images at {resolution}px")
+    if cfg.mode == "apt":
+        from .apt import AptJob
+        from .discriminator import ClipScore
+
+        neg = init_vectors(host, cfg.neg_init_text, cfg.neg_vectors)
+        neg_vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in neg.items()}
+        disc = ClipScore.load(cfg.disc_clip, cfg.disc_head, host.device) if cfg.disc_clip else None
+        job = AptJob(cfg, host, dataset, vectors, templates, run_dir, validation, neg_vectors, disc)
+        what = (f"APT pair {cfg.name!r} / {cfg.name}-neg ({cfg.vectors} / {cfg.neg_vectors} vectors, CFG "
+                f"{cfg.cfg_scale} {cfg.cfg_schedule}" + (f", reconstruction x{cfg.rec_weight}" if cfg.rec_weight else "")
+                + (f", discriminator x{cfg.disc_weight} ({cfg.disc_mode})" if disc else "") + ")")
+    else:
+        job = EmbeddingJob(cfg, host, dataset, vectors, templates, run_dir, validation)
+        what = f"embedding {cfg.name!r} ({cfg.vectors} vector(s))"
+    reporter.message(f"training {what}, widths {host.widths}, on {host.model_name} [{host.family.name}, "
+                     f"{host.device}], {len(dataset.items)} images at {resolution}px")
     precision = resolve_precision(cfg.precision, host.device)
     try:
         return run_loop(cfg, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))

@@ -29,7 +29,8 @@ def sentence(shape: str, colour: str, background: str, colour_word: str | None =
 
 
 def prompt_accuracy(host, judge: Judge, triples, seed: int = 0, steps: int = 20, cfg_scale: float = 5.0,
-                    colour_words: dict[str, str] | None = None, embeddings=None, batch: int = 16) -> dict[str, float]:
+                    colour_words: dict[str, str] | None = None, embeddings=None, batch: int = 16,
+                    negative: str = "") -> dict[str, float]:
     """Generate one image per (shape, colour, background) triple (image i with seed + i) and return the fractions
     the judge names the right shape / colour / both. ``colour_words`` replaces a colour's word in the prompt
     (e.g. pink -> the name of an embedding that learned it)."""
@@ -37,8 +38,8 @@ def prompt_accuracy(host, judge: Judge, triples, seed: int = 0, steps: int = 20,
     prompts = [sentence(s, c, b, colour_words.get(c)) for s, c, b in triples]
     images = []
     for i in range(0, len(prompts), batch):
-        images += host.sample(prompts[i:i + batch], steps=steps, cfg_scale=cfg_scale, seed=seed + i,
-                              embeddings=embeddings)
+        images += host.sample(prompts[i:i + batch], negative=negative, steps=steps, cfg_scale=cfg_scale,
+                              seed=seed + i, embeddings=embeddings)
     said = judge.predict(images)
     n = max(len(triples), 1)
     return {"shape": sum(p[0] == t[0] for p, t in zip(said, triples)) / n,

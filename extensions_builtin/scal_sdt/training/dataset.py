@@ -62,7 +62,7 @@ class LatentDataset:
     def __init__(self, items: Sequence[ImageItem] | ScanResult, *, resolution: int, buckets: bool,
                  encode_moments: EncodeMoments, cache_mode: str = "once", batch_size: int = 1, seed: int = 0,
                  flip: bool = False, alpha_as_weight: bool = False, device=None, encode_batch_size: int = 4,
-                 report: Callable[[dict], None] | None = None):
+                 report: Callable[[dict], None] | None = None, mask_range: tuple[float, float] = (0.0, 1.0)):
         if cache_mode not in CACHE_MODES:
             raise ValueError(f"cache_mode must be one of {', '.join(CACHE_MODES)}, got {cache_mode!r}")
         if resolution < 8 or resolution % 8:
@@ -76,7 +76,7 @@ class LatentDataset:
             self.skipped.extend(items.skipped)
             items = items.items
         self.resolution, self.cache_mode, self.batch_size, self.seed = resolution, cache_mode, batch_size, seed
-        self.flip, self.alpha_as_weight = flip, alpha_as_weight
+        self.flip, self.alpha_as_weight, self.mask_range = flip, alpha_as_weight, mask_range
         self.bucket_sizes = make_buckets(resolution, *bucket_range(resolution)) if buckets else [(resolution,) * 2]
 
         self.entries = self._encode_all(list(items), encode_moments, device, encode_batch_size, report)
@@ -156,7 +156,8 @@ class LatentDataset:
         array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
         pixels = torch.from_numpy(array).permute(2, 0, 1).contiguous()
         if weight is not None:
-            weight = to_array(weight.resize(scaled, Image.BILINEAR).crop(box))
+            lo, hi = self.mask_range
+            weight = lo + (hi - lo) * to_array(weight.resize(scaled, Image.BILINEAR).crop(box))
         return pixels, weight
 
     def _weight_variants(self, weight: np.ndarray, latent_size) -> torch.Tensor | None:

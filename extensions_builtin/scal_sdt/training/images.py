@@ -5,7 +5,8 @@ Layout, as the WebUI and kohya's sd-scripts read it:
 - Any ``.png/.jpg/.jpeg/.webp/.bmp`` under the root, recursively (hidden files and folders are ignored).
 - A sub-folder named ``N_name`` (kohya, e.g. ``10_mychar``) makes each image under it count ``N`` times per epoch.
 - The caption is the UTF-8 ``.txt`` beside the image, else derived from the file name as the WebUI does.
-- ``NAME_mask.png`` beside ``NAME.<ext>`` is that image's loss-weight mask (greyscale, white = full weight).
+- ``NAME_mask.png`` (or DreamArtist's ``NAME_att.png``) beside ``NAME.<ext>`` is that image's loss-weight mask
+  (greyscale, white = full weight; ``--mask-weights lo-hi`` maps 0..1 to another range).
 
 Every image is fully decoded while scanning; one that cannot be is listed in ``skipped`` with the reason.
 """
@@ -21,6 +22,7 @@ from PIL import Image, ImageOps
 
 IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".bmp"})
 MASK_SUFFIX = "_mask"
+MASK_SUFFIXES = (MASK_SUFFIX, "_att")  # _att: DreamArtist's name for its attention map
 
 # The WebUI strips a leading run of digits and dashes ("00012-0-") from file names (dataset.py).
 RE_NUMBERS_AT_START = re.compile(r"^[-\d]+\s*")
@@ -93,8 +95,9 @@ def scan_folder(root, caption_ext: str = ".txt", *, word_regex: str = "", join_s
     for path in files:
         if path.suffix.lower() not in IMAGE_EXTS:
             continue
-        if path.stem.endswith(MASK_SUFFIX) and path.suffix.lower() == ".png":
-            owner = path.with_name(path.stem[: -len(MASK_SUFFIX)])
+        suffix = next((m for m in MASK_SUFFIXES if path.stem.endswith(m)), None)
+        if suffix and path.suffix.lower() == ".png":
+            owner = path.with_name(path.stem[: -len(suffix)])
             if owner not in image_stems:
                 result.skipped.append((path, "mask with no image beside it"))
             continue
@@ -113,7 +116,7 @@ def image_files(root, recursive: bool = True) -> list[Path]:
         raise NotADirectoryError(f"folder does not exist: {root}")
     files = _walk(root) if recursive else (p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
     return sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS
-                  and not (p.stem.endswith(MASK_SUFFIX) and p.suffix.lower() == ".png"))
+                  and not (p.stem.endswith(MASK_SUFFIXES) and p.suffix.lower() == ".png"))
 
 
 def _walk(root: Path):
@@ -148,14 +151,13 @@ def _scan_image(path: Path, root: Path, caption_ext: str, word_regex: str, join_
     else:
         caption = caption_from_filename(path.stem, word_regex, join_string)
 
-    mask_path = path.with_name(path.stem + MASK_SUFFIX + ".png")
-    if mask_path.is_file():
+    mask_path = next((m for m in (path.with_name(path.stem + x + ".png") for x in MASK_SUFFIXES) if m.is_file()),
+                     None)
+    if mask_path is not None:
         try:
             image_size(mask_path)
         except Exception as e:  # noqa: BLE001
             return None, f"mask {mask_path.name} unreadable ({type(e).__name__}: {e})"
-    else:
-        mask_path = None
     return ImageItem(path, caption, repeats, mask_path, size), ""
 
 

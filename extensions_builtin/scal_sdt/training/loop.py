@@ -42,7 +42,8 @@ class TrainingJob(Protocol):
     def validation_loss(self) -> float | None:
         """Loss on held-out images at fixed timesteps, noises and seed (None when there is no validation set)."""
 
-    # optional: bind_optimizer(optimizer) is called once with the loop's optimizer
+    # optional: bind_optimizer(optimizer) is called once with the loop's optimizer;
+    # after_step(step) after every good optimizer step (an EMA of the parameters, say)
 
 
 class TrainingDiverged(RuntimeError):
@@ -197,6 +198,8 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
                 continue
             bad_in_row = 0
             step += 1
+            if hasattr(job, "after_step"):
+                job.after_step(step)
             good = _snapshot(params, optimizer)
             losses.append(total)
             log.append(step, total, lr, time.monotonic() - started)

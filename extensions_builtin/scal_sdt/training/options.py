@@ -17,6 +17,17 @@ OPTIMIZERS = ("adamw", "adamw8bit")
 LATENT_SAMPLING = ("once", "deterministic", "random")
 
 
+def mask_range(text: str) -> tuple[float, float]:
+    """``"0-1"`` -> (0.0, 1.0): the loss weights of mask values 0 and 1."""
+    try:
+        lo, hi = (float(p) for p in text.replace(" ", "").split("-"))
+    except ValueError:
+        raise ValueError(f"mask_weights {text!r}: give lo-hi, e.g. 0-1 or 1-3") from None
+    if lo < 0 or hi < 0 or lo == hi == 0:
+        raise ValueError(f"mask_weights {text!r}: weights must be >= 0 and not both 0")
+    return lo, hi
+
+
 @dataclass(kw_only=True)
 class TrainingOptions:
     # model and data
@@ -35,6 +46,9 @@ class TrainingOptions:
                                           "sample each use)", choices=LATENT_SAMPLING, group="model and data")
     flip: bool = option(False, "random horizontal flips", group="model and data")
     alpha_weight: bool = option(False, "use a PNG's alpha channel as the loss weight", group="model and data")
+    mask_weights: str = option("0-1", "loss weight at mask value 0 and 1 (NAME_mask.png, NAME_att.png, alpha), e.g. 1-3 "
+                               "keeps the unmasked area in the loss at a third of the masked one's weight",
+                               group="model and data")
     # optimisation
     steps: int = option(1000, "optimizer steps to train", min=1, group="optimisation")
     batch_size: int = option(1, "images per micro-batch", min=1, group="optimisation")
@@ -94,6 +108,7 @@ class TrainingOptions:
 
     def __post_init__(self):
         check_bounds(self)
+        mask_range(self.mask_weights)
         if self.LR_AUTO and self.lr.strip().lower() == "auto":
             return
         try:

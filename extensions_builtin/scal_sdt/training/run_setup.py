@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..host.base import Host
 from ..toy_world.concepts import make_held_out_colour_set
+from .options import mask_range
 from .dataset import LatentDataset
 from .images import scan_folder
 from .mask_preview import write_mask_previews
@@ -44,7 +45,7 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
     for sheet in write_mask_previews(items, run_dir_for(cfg), cfg.alpha_weight):
         reporter.message(f"loss weights (red = not trained on): {sheet}")
     common = dict(resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
-                  alpha_as_weight=cfg.alpha_weight, device=host.device)
+                  alpha_as_weight=cfg.alpha_weight, device=host.device, mask_range=mask_range(cfg.mask_weights))
     with host.on_device("vae"):
         dataset = LatentDataset(items, cache_mode=cfg.latent_sampling, batch_size=cfg.batch_size, seed=cfg.seed,
                                 flip=cfg.flip, **common)

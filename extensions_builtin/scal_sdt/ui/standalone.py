@@ -14,7 +14,8 @@ from ..ui_config import UiConfig
 from ..jobs import Job, JobReporter
 from ..hypernetwork.config import HypernetworkConfig
 from ..hypernetwork.trainer import train_hypernetwork
-from ..textual_inversion.config import EmbeddingConfig
+from ..config import changed_options
+from ..textual_inversion.config import EmbeddingConfig, apply_apt_preset
 from ..textual_inversion.trainer import train_embedding
 from ..training import control
 from ..training.run_setup import run_dir_for
@@ -52,6 +53,8 @@ class StandaloneTrainer:
             raise RuntimeError("a training is already running; interrupt it or wait")
         try:
             cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
+            if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:  # the form sends every field: changed = given
+                cfg = apply_apt_preset(cfg, changed_options(cfg) - {"mode"})
             self._run_dir = run_dir_for(cfg)
             job = Job(id="page", kind="train-" + self._what(cfg))
             self._reporter = reporter = JobReporter(job)
