@@ -270,3 +270,21 @@ def test_clip_terms_name_the_colour_and_a_host_captioner_comes_first(tmp_path):
         tag_folder(cfg(data, "toy", tmp_path, blip=True, existing="overwrite"))
     with pytest.raises(ValueError, match="clip_terms is needed"):
         cfg(data, "toy", tmp_path, clip_model="toy")
+
+
+def test_a_known_name_is_found_in_the_hub_cache_with_its_published_threshold(tmp_path, monkeypatch):
+    """``--model wd-eva02-large-tagger-v3`` finds SmilingWolf's repo in the Hugging Face cache (never downloading)
+    and uses its model card's P=R threshold 0.5296 for general tags."""
+    import huggingface_hub.constants as hf
+
+    repo = tmp_path / "hub" / "models--SmilingWolf--wd-eva02-large-tagger-v3"
+    snap = repo / "snapshots" / "0123abcd"
+    wd14_folder(snap, NAMES, CATS, [0.9, 0.1, 0.0, 0.0, 0.1, 0.1, 0.6, 0.5, 0.3, 0.1, 0.1, 0.1])
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert Tagger("wd-eva02-large-tagger-v3").folder == snap
+    data = tmp_path / "data"
+    make_images(data, 1)
+    tag_folder(cfg(data, "wd-eva02-large-tagger-v3", tmp_path))
+    assert (data / "000.txt").read_text() == "long hair"  # 0.6 passes 0.5296, smile's 0.5 does not

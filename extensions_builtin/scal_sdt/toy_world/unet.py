@@ -41,10 +41,12 @@ def encode_pool(vae: AutoencoderKL, pool: ScenePool, batch: int = 128) -> tuple[
 
 
 def train_unet(pool: ScenePool, vae: AutoencoderKL, text_encoder, steps: int, seed: int, batch_size: int = 64,
-               lr: float = 1e-3, ema_decay: float = 0.999, log=None, every=None) -> UNet2DConditionModel:
-    """Train a fresh SD1-layout UNet; returns its EMA weights. Deterministic for a seed and thread count.
+               lr: float = 1e-3, ema_decay: float = 0.999, log=None, every=None,
+               device: str = "cpu") -> UNet2DConditionModel:
+    """Train a fresh SD1-layout UNet; returns its EMA weights (on the CPU). Deterministic for a seed and thread
+    count on the CPU (the shipped build); ``device`` "cuda" for experiments (draws stay on the CPU generator).
     ``every`` = (n, fn): ``fn(step, ema)`` after every n steps (for measuring while it trains)."""
-    unet = build_unet(text_encoder.config.hidden_size, seed)
+    unet = build_unet(text_encoder.config.hidden_size, seed).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     schedule = NoiseSchedule(scaled_linear_alphas_cumprod(), SD1.prediction_type)
     alphas = schedule.alphas_cumprod
@@ -68,13 +70,13 @@ def train_unet(pool: ScenePool, vae: AutoencoderKL, text_encoder, steps: int, se
             scene = mirrored(pool.scenes[i]) if f else pool.scenes[i]
             captions.append("" if rng.random() < CAPTION_DROPOUT else random_caption(scene, rng))
         with torch.no_grad():
-            context = text_encoder(input_ids=token_ids(captions)).last_hidden_state
+            context = text_encoder(input_ids=token_ids(captions).to(device)).last_hidden_state
         t = torch.randint(0, len(alphas), (batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         a = alphas[t].view(-1, 1, 1, 1)
         x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        pred = unet(x_t, t, encoder_hidden_states=context).sample
-        loss = (F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3)) * weight[t]).mean()
+        pred = unet(x_t.to(device), t.to(device), encoder_hidden_states=context).sample
+        loss = (F.mse_loss(pred, noise.to(device), reduction="none").mean(dim=(1, 2, 3)) * weight[t].to(device)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -88,4 +90,4 @@ def train_unet(pool: ScenePool, vae: AutoencoderKL, text_encoder, steps: int, se
             log(f"unet step {step} loss {loss.item():.4f} ({time.time() - t0:.0f}s)")
         if every and (step + 1) % every[0] == 0:
             every[1](step + 1, ema)
-    return ema.eval()
+    return ema.cpu().eval()
