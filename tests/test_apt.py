@@ -50,14 +50,14 @@ def test_the_doubled_batch_equals_two_separate_calls(tmp_path, tiny_hosts):
     job = job_for(config(tmp_path), host, tmp_path)
     nb = job.noised_batch()
     pos, neg = job.prompt_pairs(nb.batch.captions)
-    assert pos[0] == "a photo of zq" and neg[0] == "a photo of zq-neg"
+    assert pos[0] == "a photo of zq" and neg[0] == "zq-neg"
     scale = torch.full((nb.x_t.shape[0],), 2.5)
     with torch.no_grad():
         cond_pos = host.encode_prompts(pos, job.embeddings(), size=nb.size)
         cond_neg = host.encode_prompts(neg, job.embeddings(), size=nb.size)
         doubled = job.guided_prediction(nb.x_t, nb.t, cond_neg, cond_pos, scale)
         e_pos, e_neg = host.predict(nb.x_t, nb.t, cond_pos), host.predict(nb.x_t, nb.t, cond_neg)
-    assert torch.allclose(doubled, e_neg + 2.5 * (e_pos - e_neg), atol=1e-5)
+    assert torch.allclose(doubled, e_neg + 2.5 * (e_pos - e_neg), atol=5e-4)  # batched vs single: float noise
     assert not torch.allclose(cond_pos.context, cond_neg.context)  # NAME-neg really is another embedding
 
 

@@ -83,14 +83,15 @@ class AptJob(EmbeddingJob):
         return {self.name: dict(self.vectors), self.neg: dict(self.neg_vectors)}
 
     def prompt_pairs(self, captions: list[str]) -> tuple[list[str], list[str]]:
-        """The same template line and tags with NAME (positive) and with NAME-neg (negative)."""
+        """The positive prompts (a template line with NAME) and the negative ones: NAME-neg alone, as it is used in
+        the negative prompt (``neg_prompt name``), or the same line with NAME-neg (``mirror``)."""
         pos, neg = [], []
         for caption in captions:
             words = process_tags(caption, self.cfg.shuffle_tags, self.cfg.tag_dropout, self.cfg.keep_tokens,
                                  self.prompt_rng)
             line = self.prompt_rng.choice(self.templates)
             pos.append(render(line, self.name, words))
-            neg.append(render(line, self.neg, words))
+            neg.append(render(line, self.neg, words) if self.cfg.neg_prompt == "mirror" else self.neg)
         return pos, neg
 
     def guided_prediction(self, x_t, t, cond_neg: Conditioning, cond_pos: Conditioning, scale) -> torch.Tensor:

@@ -77,6 +77,9 @@ class EmbeddingConfig(TrainingOptions):
     neg_init_text: str = option("", "APT: text whose token vectors start NAME-neg; empty = zeros", group="apt")
     neg_lr: float = option(0.0, "APT: learning rate of NAME-neg (it follows lr's schedule, scaled by neg_lr / the "
                            "first rate of lr); 0 = the same as lr", min=0.0, group="apt")
+    neg_prompt: str = option("name", "APT: the negative side's prompt: name (NAME-neg alone, as you write it in the "
+                             "negative prompt) or mirror (the positive's template line with NAME-neg)",
+                             choices=("name", "mirror"), group="apt")
     cfg_scale: str = option("1.5-3.0", "APT: CFG scale used inside training, a value or a range lo-hi", group="apt")
     cfg_schedule: str = option("none", "APT: the scale over the timestep t/T: none (drawn from the range per image), "
                                "linear, cos or cos2 (lo at t=0, hi at t=T)", choices=CFG_SCHEDULES, group="apt")
