@@ -161,6 +161,16 @@ def _clean(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _make_aesthetic_embedding(cfg, explicit: set[str]) -> int:
+    from .aesthetic.make import make_aesthetic_embedding
+    from .training.report import ConsoleReporter
+
+    result = make_aesthetic_embedding(cfg, ConsoleReporter())
+    print(f"wrote {', '.join(str(p) for p in result.paths)} from {result.images} images"
+          + (f"; skipped {len(result.skipped)} unreadable" if result.skipped else ""))
+    return 0
+
+
 def _make_toy_world(cfg, explicit: set[str]) -> int:
     from .toy_world.build import make_toy_world
 
@@ -184,6 +194,7 @@ def commands() -> list[Command]:
     from .toy_world.build import ToyWorldConfig
     from .tagging.config import TagConfig
     from .tagging.clean import CleanConfig
+    from .aesthetic.config import AestheticEmbeddingConfig
     from .ui_config import UiConfig
 
     return [
@@ -195,6 +206,8 @@ def commands() -> list[Command]:
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",
                 CleanConfig, _clean),
+        Command("make-aesthetic-embedding", "the mean CLIP image embedding of a folder, for aesthetic gradients",
+                AestheticEmbeddingConfig, _make_aesthetic_embedding),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
         Command("generate", "sample PNG images from a model; embeddings in --embeddings work by name in the prompt",
                 GenerateConfig, _generate),

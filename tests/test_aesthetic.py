@@ -1,0 +1,71 @@
+"""Aesthetic embeddings: the normalised mean CLIP image embedding of a folder, in the existing extension's .pt format
+(weights_only) and .safetensors, with the family's encoder; it captures the folder's look (the toy CLIP places a
+folder of red pictures nearer the text "red" than "blue"); corrupt images are skipped and listed."""
+from __future__ import annotations
+
+import pytest
+import torch
+from PIL import Image
+
+from scal_sdt.aesthetic.config import AestheticEmbeddingConfig
+from scal_sdt.aesthetic.make import (encoders_for, family_of, load_aesthetic_embedding, make_aesthetic_embedding)
+
+
+def folder_of(tmp_path, name, colour, n=6):
+    from scal_sdt.toy_world.world import Scene, render
+
+    d = tmp_path / name
+    d.mkdir()
+    shapes = ["circle", "square", "star", "triangle", "cross", "hexagon"]
+    for i in range(n):
+        render(Scene(shapes[i % 6], colour, "white", "large", (0.5, 0.5))).save(d / f"{i}.png")
+    return d
+
+
+def test_the_embedding_captures_the_folders_look(tmp_path):
+    from scal_sdt.clip_models import load_open_clip
+
+    red, blue = folder_of(tmp_path, "red", "red"), folder_of(tmp_path, "blue", "blue")
+    (red / "broken.png").write_bytes(b"nope")
+    out = tmp_path / "ae"
+    r = make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(out)))
+    assert r.images == 6 and [p for p, _ in r.skipped] == [str(red / "broken.png")]
+    make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(blue), name="blues", out=str(out)))
+    pt = torch.load(out / "reds.pt", weights_only=True)  # the existing extension's file, safe to load
+    assert pt.shape == (1, 64) and pt.norm().item() == pytest.approx(1.0, abs=1e-5)
+    assert torch.allclose(load_aesthetic_embedding(out / "reds.safetensors")["clip_l"], pt)
+    assert (out / "reds.preview.png").exists()
+    clip = load_open_clip("toy")
+    with torch.no_grad():
+        text = clip.model.encode_text(clip.tokenizer(["red", "blue"]))
+    text = text / text.norm(dim=-1, keepdim=True)
+    reds, blues = pt @ text.T, load_aesthetic_embedding(out / "blues.pt")["clip_l"] @ text.T
+    assert reds[0, 0] > reds[0, 1] and blues[0, 1] > blues[0, 0]
+    with pytest.raises(FileExistsError, match="reds"):
+        make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(out)))
+
+
+def test_the_family_picks_the_encoders(tmp_path):
+    from scal_sdt.host.checkpoint import save_checkpoint
+    from scal_sdt.host.standalone import load_components
+
+    assert encoders_for(AestheticEmbeddingConfig(images="x", name="a")) == [("clip_l", "toy")]
+    assert encoders_for(AestheticEmbeddingConfig(images="x", name="a", model="tiny-sd2")) == [
+        ("clip_h", "ViT-H-14/laion2b_s32b_b79k")]
+    assert [k for k, _ in encoders_for(AestheticEmbeddingConfig(images="x", name="a", model="tiny-sdxl"))] == [
+        "clip_l", "clip_g"]
+    with pytest.raises(ValueError, match="sdxl needs 2"):
+        encoders_for(AestheticEmbeddingConfig(images="x", name="a", model="tiny-sdxl", clip="toy"))
+    path = save_checkpoint(load_components("tiny-sdxl"), tmp_path / "x.safetensors")
+    assert family_of(str(path)).name == "sdxl"  # from the file's keys, without loading it
+
+
+def test_a_missing_encoder_is_named_with_how_to_get_it(tmp_path):
+    red = folder_of(tmp_path, "red", "red", n=1)
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="x", model="tiny-sd1",
+                                                          out=str(tmp_path / "o")))
+    bad = tmp_path / "bad.pt"
+    torch.save({"not": torch.zeros(2)}, bad)
+    with pytest.raises(ValueError, match=r"\[1, dim\] tensor"):
+        load_aesthetic_embedding(bad)
