@@ -69,3 +69,44 @@ def test_a_missing_encoder_is_named_with_how_to_get_it(tmp_path):
     torch.save({"not": torch.zeros(2)}, bad)
     with pytest.raises(ValueError, match=r"\[1, dim\] tensor"):
         load_aesthetic_embedding(bad)
+
+
+def toy_gradient():
+    from scal_sdt.aesthetic.gradient import AestheticGradient
+    from scal_sdt.clip_models import load_open_clip
+    from scal_sdt.host.standalone import load_host
+    from scal_sdt.toy_world.clip_model import token_ids
+
+    host = load_host("toy", device="cpu")
+    clip = load_open_clip("toy")
+    te = host.components.text_encoders[0]
+    return host, te, AestheticGradient(host, te, clip.model.text_projection, token_ids)
+
+
+def test_aesthetic_gradient_on_the_toy_model(tmp_path):
+    """Weight 0 is the host's conditioning bit for bit; with weight > 0 the tuned text tower's pooled embedding moves
+    towards the aesthetic embedding (and the blend differs); the text encoder is put back bit for bit; the same
+    settings again come from the cache."""
+    from scal_sdt.aesthetic.gradient import AestheticSettings
+
+    red = folder_of(tmp_path, "red", "red")
+    make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(tmp_path / "ae")))
+    emb = load_aesthetic_embedding(tmp_path / "ae" / "reds.safetensors")["clip_l"]
+    host, te, ag = toy_gradient()
+    prompts = ["a blue star on a white background"]
+    before = {k: v.clone() for k, v in te.state_dict().items()}
+    with torch.no_grad():
+        plain = host.encode_prompts(prompts)
+    off = ag.conditioning(prompts, emb, AestheticSettings(weight=0.0))
+    assert torch.equal(off.context, plain.context)
+
+    cos0 = ag.cosine(prompts, emb).item()
+    s = AestheticSettings(weight=0.5, steps=10, lr=1e-3)
+    on = ag.conditioning(prompts, emb, s)
+    assert (on.context - plain.context).abs().max() > 1e-3
+    assert all(torch.equal(before[k], v) for k, v in te.state_dict().items())  # restored exactly
+    assert ag.cosine(prompts, emb).item() == pytest.approx(cos0, abs=1e-6)
+    before_tuning, after_tuning = ag.last_cosines  # the tuned tower (the blend's source) was nearer the target
+    assert before_tuning == pytest.approx(cos0, abs=1e-5) and after_tuning > before_tuning + 0.01
+    again = ag.conditioning(prompts, emb, s)
+    assert ag.hits == 1 and again is on
