@@ -110,3 +110,29 @@ def test_aesthetic_gradient_on_the_toy_model(tmp_path):
     assert before_tuning == pytest.approx(cos0, abs=1e-5) and after_tuning > before_tuning + 0.01
     again = ag.conditioning(prompts, emb, s)
     assert ag.hits == 1 and again is on
+
+
+def test_generate_with_an_aesthetic_embedding(tmp_path, capsys):
+    """`scal-sdt generate --aesthetic NAME`: weight 0 gives the plain picture bit for bit, a weight changes it, the
+    second image reuses the tuned conditioning, the infotext carries the extension's keys."""
+    import numpy as np
+
+    from scal_sdt.cli import main
+
+    red = folder_of(tmp_path, "red", "red")
+    ae = tmp_path / "ae"
+    assert main(["make-aesthetic-embedding", "--images", str(red), "--name", "reds", "--out", str(ae)]) == 0
+    base = ["generate", "--prompt", "a blue star on a white background", "--n", "2", "--seed", "4", "--steps", "8",
+            "--aesthetic-dir", str(ae)]
+    pix = lambda d: np.asarray(Image.open(d / "000004.png"), dtype=np.float32)  # noqa: E731
+    assert main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert main(base + ["--out", str(tmp_path / "zero"), "--aesthetic", "reds", "--aesthetic-weight", "0"]) == 0
+    assert np.array_equal(pix(tmp_path / "plain"), pix(tmp_path / "zero"))
+    capsys.readouterr()
+    assert main(base + ["--out", str(tmp_path / "on"), "--aesthetic", "reds", "--aesthetic-weight", "0.5",
+                        "--aesthetic-steps", "10", "--aesthetic-lr", "0.001"]) == 0
+    assert np.abs(pix(tmp_path / "on") - pix(tmp_path / "plain")).mean() > 0.5
+    assert "reused for 1 of 2 images" in capsys.readouterr().err
+    info = Image.open(tmp_path / "on" / "000004.png").text["parameters"]
+    assert "Aesthetic weight: 0.5" in info and "Aesthetic embedding: reds" in info
+    assert main(base + ["--out", str(tmp_path / "x"), "--aesthetic", "nothere"]) == 2

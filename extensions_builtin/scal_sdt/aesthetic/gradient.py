@@ -37,7 +37,7 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 class AestheticGradient:
     """For one text encoder (an HF ``CLIPTextModel`` that the host encodes with) and the projection of its CLIP into
-    the image-embedding space; ``token_ids(texts)`` gives its [B, 77] ids."""
+    the image-embedding space; ``token_ids(texts)`` gives its [B, 77] ids. (SDXL's second encoder: next step.)"""
 
     def __init__(self, host, text_encoder: torch.nn.Module, projection: torch.Tensor, token_ids):
         self.host, self.text_encoder, self.token_ids = host, text_encoder, token_ids
@@ -64,13 +64,20 @@ class AestheticGradient:
         return target / target.norm(dim=-1, keepdim=True)
 
     def conditioning(self, prompts: list[str], embedding: torch.Tensor, s: AestheticSettings,
-                     size: tuple[int, int] = (512, 512)) -> Conditioning:
-        """The host's conditioning, nudged towards ``embedding``; with weight 0 or no steps exactly the host's."""
+                     size: tuple[int, int] = (512, 512), negative: str | None = None,
+                     embeddings: dict | None = None) -> Conditioning:
+        """The host's conditioning of ``prompts`` (and, with ``negative``, of the negative prompt after them, in one
+        batch as a sampler wants it), the prompts' rows nudged towards ``embedding``; with weight 0 or no steps
+        exactly the host's. ``embeddings``: textual-inversion vectors by name, as for ``encode_prompts``."""
+        n = len(prompts)
+        texts = list(prompts) + ([negative] * n if negative is not None else [])
         with torch.no_grad():
-            plain = self.host.encode_prompts(prompts, size=size)
+            plain = self.host.encode_prompts(texts, embeddings, size=size)
         if s.weight == 0 or s.steps == 0:
             return plain
-        key = (tuple(prompts), hashlib.sha1(embedding.float().cpu().numpy().tobytes()).hexdigest(), astuple(s), size)
+        names = tuple(sorted(embeddings or {}))
+        key = (tuple(texts), names, hashlib.sha1(embedding.float().cpu().numpy().tobytes()).hexdigest(), astuple(s),
+               size)
         if key in self.cache:
             self.hits += 1
             return self.cache[key]
@@ -90,7 +97,7 @@ class AestheticGradient:
                     loss.backward()
                     opt.step()
             with torch.no_grad():
-                tuned = self.host.encode_prompts(prompts, size=size)
+                tuned = self.host.encode_prompts(texts, embeddings, size=size)
                 self.last_cosines = (first, float((self.projected(prompts) * target).sum(-1).mean()))
         finally:
             with torch.no_grad():
@@ -98,9 +105,10 @@ class AestheticGradient:
                     p.copy_(v.to(p.device, p.dtype))
                     p.requires_grad_(f)
                     p.grad = None
-        w = s.weight
+        w = torch.zeros(len(texts), 1, 1, device=plain.context.device)
+        w[:n] = s.weight  # the negative prompt's rows stay the host's
         blend = Conditioning(plain.context * (1 - w) + tuned.context * w,
-                             None if plain.pooled is None else plain.pooled * (1 - w) + tuned.pooled * w,
+                             None if plain.pooled is None else plain.pooled * (1 - w[:, 0]) + tuned.pooled * w[:, 0],
                              plain.time_ids)
         self.cache[key] = blend
         return blend

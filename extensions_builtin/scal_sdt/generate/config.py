@@ -22,6 +22,21 @@ class GenerateConfig:
     hypernetwork: str = option("", "a hypernetwork .pt file to apply to every image (on the page: also a name from "
                                    "its hypernetworks folder)")
     hypernetwork_strength: float = option(1.0, "its strength (0 = off)", min=0.0)
+    aesthetic: str = option("", "an aesthetic embedding (a .pt/.safetensors file, or a name in --aesthetic-dir) to "
+                                "nudge every image towards; '' = off", group="aesthetic")
+    aesthetic_dir: str = option("models/aesthetic_embeddings", "where aesthetic embeddings are found by name",
+                                group="aesthetic")
+    aesthetic_weight: float = option(0.2, "how much of the tuned conditioning (under ~0.25 keeps the content)",
+                                     min=0.0, max=1.0, group="aesthetic")
+    aesthetic_steps: int = option(5, "optimisation steps of the text encoder", min=0, max=100, group="aesthetic")
+    aesthetic_lr: float = option(1e-4, "their learning rate", min=0.0, group="aesthetic")
+    aesthetic_slerp: bool = option(False, "slerp the target towards the prompt's own embedding", group="aesthetic")
+    aesthetic_slerp_angle: float = option(0.1, "the slerp's angle (0-1)", min=0.0, max=1.0, group="aesthetic")
+    aesthetic_text: str = option("", "an aesthetic text blended into the target", group="aesthetic")
+    aesthetic_text_negative: bool = option(False, "move away from the aesthetic text instead", group="aesthetic")
+    aesthetic_clip: str = option("", "the CLIP whose text projection matches the embedding ('' = the family's: "
+                                     "toy, or ViT-L-14/openai for SD1, ViT-H-14/laion2b_s32b_b79k for SD2)",
+                                 group="aesthetic")
     out: str = option("outputs", "folder for the PNG files")
     device: str = option("auto", "cuda, cpu or auto")
     memory_mode: str = option("normal", "normal | medvram | lowvram", choices=("normal", "medvram", "lowvram"))

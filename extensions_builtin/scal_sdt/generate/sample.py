@@ -40,6 +40,11 @@ def generation_parameters(cfg: GenerateConfig, seed: int, width: int, height: in
               f"Size: {width}x{height}, Model hash: {model_hash}, Model: {model_name}")
     if cfg.hypernetwork:
         params += f", Hypernet: {Path(cfg.hypernetwork).stem}, Hypernet strength: {cfg.hypernetwork_strength:g}"
+    if cfg.aesthetic:  # the aesthetic-gradients extension's infotext keys
+        params += (f", Aesthetic LR: {cfg.aesthetic_lr:g}, Aesthetic weight: {cfg.aesthetic_weight:g}, Aesthetic steps: "
+                   f"{cfg.aesthetic_steps}, Aesthetic embedding: {Path(cfg.aesthetic).stem}, Aesthetic slerp: "
+                   f"{cfg.aesthetic_slerp}, Aesthetic text: {cfg.aesthetic_text}, Aesthetic text negative: "
+                   f"{cfg.aesthetic_text_negative}, Aesthetic slerp angle: {cfg.aesthetic_slerp_angle:g}")
     lines.append(params)
     return "\n".join(lines)
 
@@ -56,17 +61,40 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
 
         name = apply_hypernetwork(host, cfg.hypernetwork, cfg.hypernetwork_strength).name
         try:
-            return _sample(cfg, host, used, width, height, out)
+            return _sample(cfg, host, used, width, height, out, report)
         finally:
             remove_hypernetwork(host, name)
-    return _sample(cfg, host, used, width, height, out)
+    return _sample(cfg, host, used, width, height, out, report)
 
 
-def _sample(cfg: GenerateConfig, host: Host, used: dict, width: int, height: int, out: Path) -> list[Path]:
+def aesthetic_encoder(cfg: GenerateConfig, host: Host, report=print):
+    """The ``encode`` for ``host.sample`` that applies the aesthetic embedding, or None when it is off."""
+    if not cfg.aesthetic:
+        return None
+    from ..aesthetic.gradient import AestheticSettings
+    from ..aesthetic.use import embedding_row, find_embedding, gradient_for_host
+
+    path = find_embedding(cfg.aesthetic, cfg.aesthetic_dir)
+    gradient, key = gradient_for_host(host, cfg.model, cfg.aesthetic_clip)
+    row = embedding_row(path, key, gradient)
+    settings = AestheticSettings(cfg.aesthetic_weight, cfg.aesthetic_steps, cfg.aesthetic_lr, cfg.aesthetic_slerp,
+                                 cfg.aesthetic_slerp_angle, cfg.aesthetic_text, cfg.aesthetic_text_negative)
+    report(f"aesthetic embedding {path.name}: weight {cfg.aesthetic_weight:g}, {cfg.aesthetic_steps} steps")
+
+    def encode(prompts, negative, embeddings, size):
+        return gradient.conditioning(prompts, row, settings, size, negative=negative, embeddings=embeddings)
+
+    encode.gradient = gradient
+    return encode
+
+
+def _sample(cfg: GenerateConfig, host: Host, used: dict, width: int, height: int, out: Path, report=print) -> list[Path]:
     paths = []
+    encode = aesthetic_encoder(cfg, host, report)
+    extra = {"encode": encode} if encode is not None else {}
     for i in range(cfg.n):
         image = host.sample([cfg.prompt], negative=cfg.negative, steps=cfg.steps, cfg_scale=cfg.cfg_scale,
-                            seed=cfg.seed + i, width=width, height=height, embeddings=used)[0]
+                            seed=cfg.seed + i, width=width, height=height, embeddings=used, **extra)[0]
         info = PngInfo()
         info.add_text("parameters", generation_parameters(cfg, cfg.seed + i, width, height, host.model_name,
                                                           host.model_hash))
@@ -74,4 +102,6 @@ def _sample(cfg: GenerateConfig, host: Host, used: dict, width: int, height: int
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG", pnginfo=info)
         paths.append(path)
+    if encode is not None and cfg.n > 1:
+        report(f"aesthetic: the tuned conditioning was reused for {encode.gradient.hits} of {cfg.n} images")
     return paths

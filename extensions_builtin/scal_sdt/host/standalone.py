@@ -171,12 +171,17 @@ class StandaloneHost(Host):
     # -- previews ---------------------------------------------------------------------------------------------
     @torch.no_grad()
     def sample(self, prompts, negative="", steps=20, cfg_scale=7.0, seed=0, width=None, height=None,
-               embeddings=None) -> list[Image.Image]:
+               embeddings=None, encode=None) -> list[Image.Image]:
+        """``encode(prompts, negative, embeddings, size)``: another way to make the [prompts; negatives]
+        conditioning (aesthetic gradients); by default the host's own."""
         width = width or self.native_resolution
         height = height or self.native_resolution
         n = len(prompts)
         with self.on_device("text"):  # one batch, so prompt and negative get the same number of windows
-            both = self.encode_prompts(list(prompts) + [negative] * n, embeddings, size=(height, width))
+            if encode is not None:
+                both = encode(list(prompts), negative, embeddings, (height, width))
+            else:
+                both = self.encode_prompts(list(prompts) + [negative] * n, embeddings, size=(height, width))
         cond, uncond = both.split(n)
         latent_channels = self.components.unet.config.in_channels
         shape = (1, latent_channels, height // self.latent_factor, width // self.latent_factor)
