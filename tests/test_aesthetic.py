@@ -136,3 +136,32 @@ def test_generate_with_an_aesthetic_embedding(tmp_path, capsys):
     info = Image.open(tmp_path / "on" / "000004.png").text["parameters"]
     assert "Aesthetic weight: 0.5" in info and "Aesthetic embedding: reds" in info
     assert main(base + ["--out", str(tmp_path / "x"), "--aesthetic", "nothere"]) == 2
+
+
+def test_aesthetic_and_hypernetwork_apply_together(tmp_path):
+    """The guide's recipe for an artist's style: a hypernetwork and an aesthetic embedding in one generation; each
+    changes the picture and together they give a third one."""
+    import numpy as np
+
+    from scal_sdt.cli import main
+    from scal_sdt.hypernetwork.format import save_hypernetwork
+    from scal_sdt.hypernetwork.module import create_hypernetwork
+
+    red = folder_of(tmp_path, "red", "red")
+    ae = tmp_path / "ae"
+    assert main(["make-aesthetic-embedding", "--images", str(red), "--name", "reds", "--out", str(ae)]) == 0
+    hn = save_hypernetwork(create_hypernetwork("style", [64], "1, 2, 1", "relu", "XavierNormal", seed=3),
+                           tmp_path / "style.pt")
+    base = ["generate", "--prompt", "a blue star on a white background", "--seed", "4", "--steps", "8",
+            "--aesthetic-dir", str(ae)]
+    runs = {"plain": [], "hn": ["--hypernetwork", str(hn)],
+            "ae": ["--aesthetic", "reds", "--aesthetic-weight", "0.5", "--aesthetic-steps", "10",
+                   "--aesthetic-lr", "0.001"]}
+    runs["both"] = runs["hn"] + runs["ae"]
+    pix = {}
+    for name, extra in runs.items():
+        assert main(base + ["--out", str(tmp_path / name)] + extra) == 0
+        pix[name] = np.asarray(Image.open(tmp_path / name / "000004.png"), dtype=np.float32)
+    diff = lambda a, b: np.abs(pix[a] - pix[b]).mean()  # noqa: E731
+    assert diff("hn", "plain") > 0.5 and diff("ae", "plain") > 0.5
+    assert diff("both", "hn") > 0.5 and diff("both", "ae") > 0.5
