@@ -108,3 +108,24 @@ def test_cleaning_through_the_api(server, tmp_path_factory):
     assert (folder / "flagged" / "duplicate" / "b.txt").read_text() == "green"
     with pytest.raises(WebUIError, match="422.*nothing to do"):
         server.post("/scal-sdt/v1/clean", {"dir": str(folder)})
+
+
+def test_clip_terms_in_the_webuis_python(server, tmp_path_factory):
+    """CLIP interrogation with the toy CLIP through the WebUI's own (older) open_clip."""
+    from scal_sdt.toy_world.world import COLOURS, make_dataset
+
+    folder = tmp_path_factory.mktemp("clip-data")
+    make_dataset(folder, 4, seed=12)
+    for p in folder.glob("*.txt"):
+        p.unlink()
+    colours = [c for c in COLOURS if c != "pink"]
+    job = server.post("/scal-sdt/v1/tag", {"dir": str(folder), "model": "toy", "cache_dir": "", "clip_model": "toy",
+                                           "clip_terms": ", ".join(colours), "clip_top": 1,
+                                           "exclude": ", ".join(colours)})
+    deadline = time.monotonic() + 120
+    while job["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    assert job["status"] == "finished", job
+    assert all(p.read_text().split(", ")[-1] in colours for p in folder.glob("*.txt"))
