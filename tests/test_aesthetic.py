@@ -31,6 +31,9 @@ def test_the_embedding_captures_the_folders_look(tmp_path):
     r = make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(out)))
     assert r.images == 6 and [p for p, _ in r.skipped] == [str(red / "broken.png")]
     make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(blue), name="blues", out=str(out)))
+    import webui_rules
+
+    webui_rules.check_pt(out / "reds.pt")  # the WebUI's safe.py accepts it (legacy serialization)
     pt = torch.load(out / "reds.pt", weights_only=True)  # the existing extension's file, safe to load
     assert pt.shape == (1, 64) and pt.norm().item() == pytest.approx(1.0, abs=1e-5)
     assert torch.allclose(load_aesthetic_embedding(out / "reds.safetensors")["clip_l"], pt)

@@ -38,6 +38,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def save_webui_pt(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` atomically in torch's legacy (non-zip) serialization: the WebUI's ``modules/safe.py`` refuses
+    the records a modern torch's zip format adds, so every ``.pt`` a user loads in the WebUI is written this way."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, str(tmp), _use_new_zipfile_serialization=False)
+    return Path(path)
+
+
 def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
     """Write ``tensors`` as a ``.safetensors`` file atomically, with the header's keys in sorted order: the library
     orders metadata keys by a per-process hash, so the same weights would otherwise give different bytes (and

@@ -131,6 +131,15 @@ class WebUIServer:
     def post(self, path: str, payload=None, **kw):
         return self.request("POST", path, {} if payload is None else payload, **kw)
 
+    def wait_job(self, job: dict, timeout: float = 120, headers: dict | None = None) -> dict:
+        """Poll one of our API jobs (``{"id", "status", ...}``) until it has ended; the last state."""
+        deadline = time.monotonic() + timeout
+        while job["status"] in ("queued", "running"):
+            assert time.monotonic() < deadline, f"job did not end in {timeout} s: {job}"
+            time.sleep(0.3)
+            job = self.get(f"/scal-sdt/v1/jobs/{job['id']}", headers=headers)
+        return job
+
     def txt2img(self, **payload) -> tuple[list[bytes], dict]:
         """POST /sdapi/v1/txt2img (64x64, 4 Euler steps, seed 1, unless given): (PNG bytes per image, info dict)."""
         payload = {"width": 64, "height": 64, "steps": 4, "seed": 1, "sampler_name": "Euler", "batch_size": 1,

@@ -7,7 +7,6 @@ import base64
 import dataclasses
 import hashlib
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -39,12 +38,7 @@ def digest(server, prompt: str) -> str:
 
 def train(server, auth: dict | None = None, timeout: float = 240, **options) -> dict:
     job = server.post("/scal-sdt/v1/train/embedding", options, headers=auth)
-    deadline = time.monotonic() + timeout
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, f"training did not finish: {job}"
-        time.sleep(0.5)
-        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}", headers=auth)
-    return job
+    return server.wait_job(job, timeout, headers=auth)
 
 
 def test_the_train_tab_is_built_from_the_config(server):

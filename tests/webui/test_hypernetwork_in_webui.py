@@ -7,7 +7,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import time
 from pathlib import Path
 
 import pytest
@@ -100,11 +99,7 @@ def test_a_hypernetwork_trained_through_our_api_is_listed_at_once(server, tmp_pa
     make_dataset(folder, 6, seed=3)
     job = server.post("/scal-sdt/v1/train/hypernetwork", {"name": "apitrained", "data": str(folder), "steps": 4,
                                                          "lr": "1e-4", "save_every": 0, "preview_every": 0})
-    deadline = time.monotonic() + 240
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.5)
-        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    job = server.wait_job(job, timeout=240)
     assert job["status"] == "finished", job
     assert "apitrained" in listed(server)
     saved = torch.load(hypernetwork_dir(server) / "apitrained.pt", weights_only=True)

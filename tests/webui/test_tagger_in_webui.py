@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -46,11 +45,7 @@ def test_tagging_a_folder_through_the_api(server, tmp_path_factory):
     (folder / "broken.png").write_bytes(b"no")
     job = server.post("/scal-sdt/v1/tag", {"dir": str(folder), "model": "toy", "cache_dir": "",
                                            "underscores_to_spaces": False})
-    deadline = time.monotonic() + 120
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    job = server.wait_job(job, timeout=120)
     assert job["status"] == "finished", job
     result = job["result"]
     assert result["written"] == 16 and [f["path"] for f in result["failed"]] == [str(folder / "broken.png")]
@@ -79,11 +74,7 @@ def test_blip_without_its_weights_fails_with_the_reason(server, tmp_path_factory
     for p in folder.glob("*.txt"):
         p.unlink()
     job = server.post("/scal-sdt/v1/tag", {"dir": str(folder), "model": "toy", "cache_dir": "", "blip": True})
-    deadline = time.monotonic() + 180
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    job = server.wait_job(job, timeout=180)
     assert job["status"] == "failed" and "BLIP could not load" in job["error"], job
     assert not list(folder.glob("*.txt"))
 
@@ -98,11 +89,7 @@ def test_cleaning_through_the_api(server, tmp_path_factory):
     (folder / "b.txt").write_text("green")
     job = server.post("/scal-sdt/v1/clean", {"dir": str(folder), "duplicates": True, "move_flagged": True,
                                              "text": True})
-    deadline = time.monotonic() + 120
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    job = server.wait_job(job, timeout=120)
     assert job["status"] == "finished", job
     assert job["result"]["duplicate_groups"] == [[str(folder / "a.png"), str(folder / "b.png")]]
     assert (folder / "flagged" / "duplicate" / "b.txt").read_text() == "green"
@@ -122,10 +109,6 @@ def test_clip_terms_in_the_webuis_python(server, tmp_path_factory):
     job = server.post("/scal-sdt/v1/tag", {"dir": str(folder), "model": "toy", "cache_dir": "", "clip_model": "toy",
                                            "clip_terms": ", ".join(colours), "clip_top": 1,
                                            "exclude": ", ".join(colours)})
-    deadline = time.monotonic() + 120
-    while job["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
-        job = server.get(f"/scal-sdt/v1/jobs/{job['id']}")
+    job = server.wait_job(job, timeout=120)
     assert job["status"] == "finished", job
     assert all(p.read_text().split(", ")[-1] in colours for p in folder.glob("*.txt"))

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from ..clip_models import load_open_clip
-from ..files import atomic_path, save_safetensors
+from ..files import atomic_path, save_safetensors, save_webui_pt
 from ..host.families import SD1, SD2, SDXL, Family
 from ..host.toy import TOY_NAME
 from ..training.frozen_job import image_grid
@@ -111,8 +111,7 @@ def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter |
         reporter.message(f"{key}: {spec}, {len(images)} images")
         rows[key] = mean_embedding(load_open_clip(spec, str(device)), images, cfg.batch_size, device)
     first = rows[encoders[0][0]]
-    with atomic_path(targets[0]) as tmp:
-        torch.save(first.clone(), tmp)  # the existing extension's format: a [1, dim] tensor
+    save_webui_pt(first.clone(), targets[0])  # the existing extension's format: a [1, dim] tensor
     meta = {"name": cfg.name, "images": str(len(images)), "encoders": json.dumps(dict(encoders)),
             "model": cfg.model, "trainer": "scal-sdt aesthetic embedding"}
     save_safetensors({k: v.contiguous() for k, v in rows.items()}, targets[1], metadata=meta)

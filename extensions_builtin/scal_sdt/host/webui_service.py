@@ -200,13 +200,18 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         root = Path(hypernetworks_dir())
         return {"dir": str(root), "files": [str(p.relative_to(root)) for p in sorted(root.rglob("*.pt"))]}
 
-    def start_tagging(body: dict = Body(...)):
+    def folder_job(kind: type, body: dict):
+        """A tagging or cleaning config from an API body; bad input is a 422 with the reason."""
         try:
-            cfg = from_dict(TagConfig, body)
+            cfg = from_dict(kind, body)
         except (TypeError, ValueError) as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
         if not os.path.isdir(cfg.dir):
             raise HTTPException(status_code=422, detail=f"dir: folder does not exist: {cfg.dir}")
+        return cfg
+
+    def start_tagging(body: dict = Body(...)):
+        cfg = folder_job(TagConfig, body)
         # ONNX models, not the WebUI's: no need to wait for the GPU queue
         if cfg.blip:  # BLIP runs on the WebUI's device: wait for its queue like any generation
             return registry.start("tag", lambda reporter: tag_folder(cfg, reporter, captioner=BlipCaptioner()).to_dict()
@@ -214,12 +219,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         return registry.start("tag", lambda reporter: tag_folder(cfg, reporter).to_dict(), locked=False).to_dict()
 
     def start_cleaning(body: dict = Body(...)):
-        try:
-            cfg = from_dict(CleanConfig, body)
-        except (TypeError, ValueError) as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
-        if not os.path.isdir(cfg.dir):
-            raise HTTPException(status_code=422, detail=f"dir: folder does not exist: {cfg.dir}")
+        cfg = folder_job(CleanConfig, body)
         return registry.start("clean", lambda reporter: clean_folder(cfg, reporter).to_dict(), locked=False).to_dict()
 
     def unload_taggers():

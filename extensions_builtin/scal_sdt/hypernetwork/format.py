@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ..files import atomic_path
+from ..files import save_webui_pt
 from .module import Hypernetwork, HypernetworkModule, dropout_structure_for, parse_structure
 
 _OLD_NAMES = {"linear1.weight": "linear.0.weight", "linear1.bias": "linear.0.bias",
@@ -52,13 +52,11 @@ def save_hypernetwork(hn: Hypernetwork, path, optimizer: dict | None = None) -> 
     path = Path(path)
     if path.suffix != ".pt":
         raise HypernetworkError(f"{path}: the WebUI lists hypernetworks as .pt files")
-    with atomic_path(path) as tmp:
-        torch.save(to_webui_dict(hn), str(tmp), _use_new_zipfile_serialization=False)
+    save_webui_pt(to_webui_dict(hn), path)
     if optimizer is not None:
         saved = {"optimizer_name": optimizer["optimizer_name"], "hash": file_sha10(path),
                  "optimizer_state_dict": optimizer["optimizer_state_dict"]}
-        with atomic_path(path.with_name(path.name + ".optim")) as tmp:
-            torch.save(saved, str(tmp), _use_new_zipfile_serialization=False)
+        save_webui_pt(saved, path.with_name(path.name + ".optim"))
     return path
 
 

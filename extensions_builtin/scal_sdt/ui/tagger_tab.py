@@ -67,62 +67,43 @@ def _error(e: Exception) -> tuple[str, str]:
 
 def tagger_tab(runner: TaggingRunner, defaults: dict | None = None, editor_defaults: dict | None = None) -> dict:
     """Three sub-tabs: tag a folder, clean it, edit its tags."""
+    folder = {"dir": (defaults or {}).get("dir", "")}
     with gr.Tabs():
         with gr.Tab("Tag folder", elem_id=f"{ELEM_PREFIX}_tab"):
-            form = _tag_section(runner, defaults)
+            form = _run_section(runner, TagConfig, ELEM_PREFIX, "Tag folder", report_html, defaults,
+                                ("dataset", "tags"), unload=True)
         with gr.Tab("Clean", elem_id=f"{CLEAN_PREFIX}_tab"):
-            clean_form = _clean_section(runner, defaults)
+            clean_form = _run_section(runner, CleanConfig, CLEAN_PREFIX, "Clean folder", clean_report_html, folder,
+                                      ("dataset", "faces"))
         with gr.Tab("Edit tags", elem_id="scal_sdt_edit_tab"):
-            editor_tab(editor_defaults or {"dir": (defaults or {}).get("dir", "")})
+            editor_tab(editor_defaults or folder)
     return {**form, **{f"clean_{k}": v for k, v in clean_form.items()}}
 
 
-def _tag_section(runner: TaggingRunner, defaults: dict | None) -> dict:
+def _run_section(runner: TaggingRunner, config: type, prefix: str, label: str, render, values: dict | None,
+                 open_groups: tuple[str, ...], unload: bool = False) -> dict:
+    """A form from ``config``, a start button that streams the run's progress and its report (``render``), Stop,
+    and (taggers) Unload model."""
     with gr.Row():
         with gr.Column(scale=3):
-            form = build_form(TagConfig, ELEM_PREFIX, values=defaults, open_groups=("dataset", "tags"),
-                              first=("dataset",))
+            form = build_form(config, prefix, values=values, open_groups=open_groups, first=("dataset",))
         with gr.Column(scale=2):
             with gr.Row():
-                start = gr.Button("Tag folder", variant="primary", elem_id=f"{ELEM_PREFIX}_start")
-                stop = gr.Button("Stop", elem_id=f"{ELEM_PREFIX}_stop")
-                unload = gr.Button("Unload model", elem_id=f"{ELEM_PREFIX}_unload")
-            progress = gr.HTML(elem_id=f"{ELEM_PREFIX}_progress")
-            result = gr.HTML(elem_id=f"{ELEM_PREFIX}_result")
+                start = gr.Button(label, variant="primary", elem_id=f"{prefix}_start")
+                stop = gr.Button("Stop", elem_id=f"{prefix}_stop")
+                unload_button = gr.Button("Unload model", elem_id=f"{prefix}_unload") if unload else None
+            progress = gr.HTML(elem_id=f"{prefix}_progress")
+            result = gr.HTML(elem_id=f"{prefix}_result")
     names = list(form)
 
     def on_start(*values):
         try:
-            yield from _stream(runner, values_to_config(TagConfig, names, list(values)), report_html)
+            yield from _stream(runner, values_to_config(config, names, list(values)), render)
         except (ValueError, OSError, RuntimeError) as e:
             yield _error(e)
 
     start.click(on_start, inputs=[form[n] for n in names], outputs=[progress, result])
     stop.click(lambda: runner.stop(), inputs=[], outputs=[])
-    unload.click(lambda: runner.unload(), inputs=[], outputs=[progress])
-
+    if unload_button is not None:
+        unload_button.click(lambda: runner.unload(), inputs=[], outputs=[progress])
     return form
-
-
-def _clean_section(runner: TaggingRunner, defaults: dict | None) -> dict:
-    with gr.Row():
-        with gr.Column(scale=3):
-            clean_form = build_form(CleanConfig, CLEAN_PREFIX, values={"dir": (defaults or {}).get("dir", "")},
-                                    open_groups=("dataset", "faces"), first=("dataset",))
-        with gr.Column(scale=2):
-            with gr.Row():
-                clean = gr.Button("Clean folder", variant="primary", elem_id=f"{CLEAN_PREFIX}_start")
-                clean_stop = gr.Button("Stop", elem_id=f"{CLEAN_PREFIX}_stop")
-            clean_progress = gr.HTML(elem_id=f"{CLEAN_PREFIX}_progress")
-            clean_result = gr.HTML(elem_id=f"{CLEAN_PREFIX}_result")
-    clean_names = list(clean_form)
-
-    def on_clean(*values):
-        try:
-            yield from _stream(runner, values_to_config(CleanConfig, clean_names, list(values)), clean_report_html)
-        except (ValueError, OSError, RuntimeError) as e:
-            yield _error(e)
-
-    clean.click(on_clean, inputs=[clean_form[n] for n in clean_names], outputs=[clean_progress, clean_result])
-    clean_stop.click(lambda: runner.stop(), inputs=[], outputs=[])
-    return clean_form
