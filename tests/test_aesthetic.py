@@ -36,13 +36,15 @@ def test_the_embedding_captures_the_folders_look(tmp_path):
     webui_rules.check_pt(out / "reds.pt")  # the WebUI's safe.py accepts it (legacy serialization)
     pt = torch.load(out / "reds.pt", weights_only=True)  # the existing extension's file, safe to load
     assert pt.shape == (1, 64) and pt.norm().item() == pytest.approx(1.0, abs=1e-5)
-    assert torch.allclose(load_aesthetic_embedding(out / "reds.safetensors")["clip_l"], pt)
+    stored = load_aesthetic_embedding(out / "reds.safetensors")
+    assert torch.allclose(stored.rows["clip_l"], pt)
+    assert torch.equal(stored.projections["clip_l"], load_open_clip("toy").model.text_projection.detach())
     assert (out / "reds.preview.png").exists()
     clip = load_open_clip("toy")
     with torch.no_grad():
         text = clip.model.encode_text(clip.tokenizer(["red", "blue"]))
     text = text / text.norm(dim=-1, keepdim=True)
-    reds, blues = pt @ text.T, load_aesthetic_embedding(out / "blues.pt")["clip_l"] @ text.T
+    reds, blues = pt @ text.T, load_aesthetic_embedding(out / "blues.pt").rows["clip_l"] @ text.T
     assert reds[0, 0] > reds[0, 1] and blues[0, 1] > blues[0, 0]
     with pytest.raises(FileExistsError, match="reds"):
         make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(out)))
@@ -74,16 +76,27 @@ def test_a_missing_encoder_is_named_with_how_to_get_it(tmp_path):
         load_aesthetic_embedding(bad)
 
 
-def toy_gradient():
-    from scal_sdt.aesthetic.gradient import AestheticGradient
-    from scal_sdt.clip_models import load_open_clip
+def toy_gradient(tmp_path, model="toy"):
+    """The toy model with an embedding of red pictures; tiny-sdxl with a random one (no CLIP of its widths)."""
+    from scal_sdt.aesthetic.use import standalone_gradient
+    from scal_sdt.files import save_safetensors
     from scal_sdt.host.standalone import load_host
-    from scal_sdt.toy_world.clip_model import token_ids
 
-    host = load_host("toy", device="cpu")
-    clip = load_open_clip("toy")
-    te = host.components.text_encoders[0]
-    return host, te, AestheticGradient(host, te, clip.model.text_projection, token_ids)
+    host = load_host(model, device="cpu")
+    if model == "toy":
+        red = folder_of(tmp_path, "red", "red")
+        make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(tmp_path / "ae")))
+    else:
+        g = torch.Generator().manual_seed(0)
+        l_width = host.components.text_encoders[0].config.hidden_size
+        g_dim = host.components.text_encoders[1].config.projection_dim
+        rows = {"clip_l": torch.randn(1, 24, generator=g), "clip_l.text_projection": torch.randn(l_width, 24, generator=g),
+                "clip_g": torch.randn(1, g_dim, generator=g)}
+        (tmp_path / "ae").mkdir()
+        save_safetensors({k: v / v.norm(dim=-1, keepdim=True) if "." not in k else v for k, v in rows.items()},
+                         tmp_path / "ae" / "reds.safetensors")
+    gradient, rows = standalone_gradient(host, tmp_path / "ae" / "reds.safetensors", model)
+    return host, gradient, rows
 
 
 def test_aesthetic_gradient_on_the_toy_model(tmp_path):
@@ -92,27 +105,112 @@ def test_aesthetic_gradient_on_the_toy_model(tmp_path):
     settings again come from the cache."""
     from scal_sdt.aesthetic.gradient import AestheticSettings
 
-    red = folder_of(tmp_path, "red", "red")
-    make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(red), name="reds", out=str(tmp_path / "ae")))
-    emb = load_aesthetic_embedding(tmp_path / "ae" / "reds.safetensors")["clip_l"]
-    host, te, ag = toy_gradient()
+    host, ag, rows = toy_gradient(tmp_path)
+    te = host.components.text_encoders[0]
     prompts = ["a blue star on a white background"]
     before = {k: v.clone() for k, v in te.state_dict().items()}
     with torch.no_grad():
         plain = host.encode_prompts(prompts)
-    off = ag.conditioning(prompts, emb, AestheticSettings(weight=0.0))
+    off = ag.conditioning(prompts, rows, AestheticSettings(weight=0.0))
     assert torch.equal(off.context, plain.context)
 
-    cos0 = ag.cosine(prompts, emb).item()
+    cos0 = ag.cosine(prompts, rows).item()
     s = AestheticSettings(weight=0.5, steps=10, lr=1e-3)
-    on = ag.conditioning(prompts, emb, s)
+    on = ag.conditioning(prompts, rows, s)
     assert (on.context - plain.context).abs().max() > 1e-3
     assert all(torch.equal(before[k], v) for k, v in te.state_dict().items())  # restored exactly
-    assert ag.cosine(prompts, emb).item() == pytest.approx(cos0, abs=1e-6)
+    assert ag.cosine(prompts, rows).item() == pytest.approx(cos0, abs=1e-6)
     before_tuning, after_tuning = ag.last_cosines  # the tuned tower (the blend's source) was nearer the target
     assert before_tuning == pytest.approx(cos0, abs=1e-5) and after_tuning > before_tuning + 0.01
-    again = ag.conditioning(prompts, emb, s)
+    again = ag.conditioning(prompts, rows, s)
     assert ag.hits == 1 and again is on
+
+
+def test_compact_adam_is_adam_and_tunes_half_precision_weights(tmp_path):
+    """On fp32 weights CompactAdam takes torch's Adam steps; on fp16 weights (where torch's Adam keeps fp16 moments
+    and the cosine's gradients underflow) it still moves the tower towards the embedding, and restores it."""
+    from scal_sdt.aesthetic.gradient import AestheticSettings, CompactAdam, tuned
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    b.load_state_dict(a.state_dict())
+    ours, ref = CompactAdam(list(a.parameters()), lr=1e-2), torch.optim.Adam(b.parameters(), lr=1e-2)
+    x = torch.randn(16, 8)
+    for _ in range(5):
+        for m, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            m(x).pow(2).mean().backward()
+            opt.step()
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(a.parameters(), b.parameters()))
+
+    host, ag, rows = toy_gradient(tmp_path)
+    te = host.components.text_encoders[0].half()
+    before = {k: v.clone() for k, v in te.state_dict().items()}
+    prompts = ["a blue star on a white background"]
+    with tuned(ag.towers, prompts, rows, AestheticSettings(steps=10, lr=1e-3)) as (first, last):
+        assert next(te.parameters()).dtype == torch.float16
+    assert last > first + 0.01
+    assert all(torch.equal(before[k], v) for k, v in te.state_dict().items())
+
+
+def test_sdxl_tunes_both_towers_towards_their_rows(tmp_path):
+    """SDXL: a row per tower (CLIP-L with the stored projection, OpenCLIP-G with its own), both tuned; the pooled
+    vector changes too; batch-wise off tunes each distinct prompt on its own (same shapes, other values)."""
+    from scal_sdt.aesthetic.gradient import AestheticSettings, tuned
+
+    host, ag, rows = toy_gradient(tmp_path, "tiny-sdxl")
+    assert [t.key for t in ag.towers] == ["clip_l", "clip_g"] and set(rows) == {"clip_l", "clip_g"}
+    prompts = ["a blue star", "a green circle"]
+    s = AestheticSettings(weight=0.5, steps=8, lr=1e-3)
+    per_tower = []
+    for tower in ag.towers:
+        with tuned([tower], prompts, rows, s) as (first, last):
+            per_tower.append(last - first)
+    assert min(per_tower) > 0.005
+    with torch.no_grad():
+        plain = host.encode_prompts(prompts, size=(64, 64))
+    on = ag.conditioning(prompts, rows, s, size=(64, 64))
+    assert (on.pooled - plain.pooled).abs().max() > 1e-4 and torch.equal(on.time_ids, plain.time_ids)
+    each = ag.conditioning(prompts, rows, AestheticSettings(weight=0.5, steps=8, lr=1e-3, batchwise=False),
+                           size=(64, 64))
+    assert each.context.shape == on.context.shape and not torch.allclose(each.context, on.context)
+
+
+def test_blend_walks_the_webuis_conditioning_structures():
+    """The WebUI's conditioning is a tree (MulticondLearnedConditioning → ComposableScheduledPromptConditioning →
+    ScheduledPromptConditioning(end_at_step, cond) with SDXL's dict cond); blend mixes every float tensor and keeps
+    the rest."""
+    from collections import namedtuple
+
+    from scal_sdt.aesthetic.gradient import blend
+
+    Scheduled = namedtuple("Scheduled", ["end_at_step", "cond"])
+
+    class Composable:
+        def __init__(self, schedules, weight):
+            self.schedules, self.weight = schedules, weight
+
+    def tree(v):
+        return Composable([Scheduled(10, {"crossattn": torch.full((2, 3), v), "vector": torch.full((4,), v)})], 1.0)
+
+    out = blend([tree(0.0)], [tree(1.0)], 0.25)[0]
+    assert out.weight == 1.0 and out.schedules[0].end_at_step == 10
+    assert torch.allclose(out.schedules[0].cond["crossattn"], torch.full((2, 3), 0.25))
+    assert torch.allclose(out.schedules[0].cond["vector"], torch.full((4,), 0.25))
+
+
+def test_a_file_for_another_family_or_encoder_is_refused_by_name(tmp_path):
+    from scal_sdt.aesthetic.use import standalone_gradient
+    from scal_sdt.files import save_safetensors
+    from scal_sdt.host.standalone import load_host
+
+    host = load_host("toy", device="cpu")
+    save_safetensors({"clip_h": torch.ones(1, 64)}, tmp_path / "sd2look.safetensors")
+    with pytest.raises(ValueError, match="'sd2look' has no clip_l row.*another model family"):
+        standalone_gradient(host, tmp_path / "sd2look.safetensors", "toy")
+    save_safetensors({"clip_l": torch.ones(1, 32)}, tmp_path / "narrow.safetensors")
+    with pytest.raises(ValueError, match="'narrow' is 32 wide.*embeds in 64"):
+        standalone_gradient(host, tmp_path / "narrow.safetensors", "toy")
 
 
 def test_generate_with_an_aesthetic_embedding(tmp_path, capsys):

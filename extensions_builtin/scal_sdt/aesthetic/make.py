@@ -52,8 +52,9 @@ def family_of(model: str) -> Family:
     return load_components(model).family
 
 
-def encoders_for(cfg: AestheticEmbeddingConfig) -> list[tuple[str, str]]:
-    fam = family_of(cfg.model)
+def encoders_for(cfg: AestheticEmbeddingConfig, family: Family | None = None) -> list[tuple[str, str]]:
+    """(key, open_clip spec) per image encoder; ``family``: the host's (the WebUI's loaded model), else cfg.model's."""
+    fam = family or family_of(cfg.model)
     defaults = FAMILY_ENCODERS[fam.name]
     if cfg.model == TOY_NAME and not cfg.clip:
         return [("clip_l", "toy")]
@@ -64,6 +65,17 @@ def encoders_for(cfg: AestheticEmbeddingConfig) -> list[tuple[str, str]]:
         raise ValueError(f"clip: {fam.name} needs {len(defaults)} image encoder(s) "
                          f"({', '.join(k for k, _ in defaults)}), got {len(specs)}")
     return [(key, spec) for (key, _), spec in zip(defaults, specs)]
+
+
+PROJECTION = ".text_projection"  # NAME.safetensors: KEY.text_projection, [text width, embedding dim]
+
+
+def text_projection(model) -> torch.Tensor | None:
+    """An open_clip model's text projection as [text width, embedding dim] (a matrix, or a Linear's weight)."""
+    proj = getattr(model, "text_projection", None)
+    if isinstance(proj, torch.nn.Linear):
+        return proj.weight.detach().T
+    return proj.detach() if torch.is_tensor(proj) else None
 
 
 @dataclass
@@ -84,8 +96,9 @@ def mean_embedding(clip, images: list[Image.Image], batch_size: int, device) -> 
     return (mean / mean.norm(dim=-1, keepdim=True)).cpu()
 
 
-def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter | None = None) -> AestheticResult:
-    from ..host.standalone import resolve_device
+def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter | None = None,
+                             family: Family | None = None) -> AestheticResult:
+    from ..host.placement import resolve_device
     from ..tagging.preprocess import on_white
 
     reporter = reporter or Reporter()
@@ -93,7 +106,7 @@ def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter |
     targets = [out / f"{cfg.name}.pt", out / f"{cfg.name}.safetensors"]
     if not cfg.overwrite and any(p.exists() for p in targets):
         raise FileExistsError(f"aesthetic embedding {cfg.name!r} already exists in {out}; pass --overwrite")
-    encoders = encoders_for(cfg)
+    encoders = encoders_for(cfg, family)
     images, skipped = [], []
     for path in image_files(cfg.images):
         try:
@@ -106,15 +119,20 @@ def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter |
     if not images:
         raise ValueError(f"no readable images in {cfg.images}")
     device = resolve_device(cfg.device)
-    rows = {}
+    rows, projections = {}, {}
     for key, spec in encoders:
         reporter.message(f"{key}: {spec}, {len(images)} images")
-        rows[key] = mean_embedding(load_open_clip(spec, str(device)), images, cfg.batch_size, device)
+        clip = load_open_clip(spec, str(device))
+        rows[key] = mean_embedding(clip, images, cfg.batch_size, device)
+        projection = text_projection(clip.model)
+        if projection is not None:  # kept so generation needs no CLIP: SD1's and SDXL's CLIP-L text model lacks it
+            projections[f"{key}{PROJECTION}"] = projection.float().cpu().contiguous()
+        del clip
     first = rows[encoders[0][0]]
     save_webui_pt(first.clone(), targets[0])  # the existing extension's format: a [1, dim] tensor
     meta = {"name": cfg.name, "images": str(len(images)), "encoders": json.dumps(dict(encoders)),
             "model": cfg.model, "trainer": "scal-sdt aesthetic embedding"}
-    save_safetensors({k: v.contiguous() for k, v in rows.items()}, targets[1], metadata=meta)
+    save_safetensors({**{k: v.contiguous() for k, v in rows.items()}, **projections}, targets[1], metadata=meta)
     preview = out / f"{cfg.name}.preview.png"
     thumbs = []
     for im in images[:16]:
@@ -126,16 +144,24 @@ def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter |
     return AestheticResult(targets + [preview], len(images), skipped)
 
 
-def load_aesthetic_embedding(path) -> dict[str, torch.Tensor]:
-    """Rows per encoder key from NAME.safetensors, or the [1, dim] tensor of a NAME.pt (the existing extension's
-    files; read with weights_only=True) under ``clip_l``."""
+@dataclass
+class AestheticFile:
+    rows: dict[str, torch.Tensor]  # encoder key -> [1, dim] unit row
+    projections: dict[str, torch.Tensor]  # encoder key -> [text width, dim], when stored
+
+
+def load_aesthetic_embedding(path) -> AestheticFile:
+    """Rows (and text projections) per encoder key from NAME.safetensors, or the [1, dim] tensor of a NAME.pt (the
+    existing extension's files; read with weights_only=True) under ``clip_l``."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path))
+        values = load_file(str(path))
+        return AestheticFile({k: v.float() for k, v in values.items() if not k.endswith(PROJECTION)},
+                             {k[:-len(PROJECTION)]: v for k, v in values.items() if k.endswith(PROJECTION)})
     value = torch.load(str(path), map_location="cpu", weights_only=True)
     if not torch.is_tensor(value) or value.dim() != 2 or value.shape[0] != 1:
         raise ValueError(f"{path.name}: an aesthetic embedding is a [1, dim] tensor, this holds "
                          f"{type(value).__name__} {getattr(value, 'shape', '')}")
-    return {"clip_l": value.float()}
+    return AestheticFile({"clip_l": value.float()}, {})

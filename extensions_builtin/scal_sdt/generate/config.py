@@ -34,8 +34,11 @@ class GenerateConfig:
     aesthetic_slerp_angle: float = option(0.1, "the slerp's angle (0-1)", min=0.0, max=1.0, group="aesthetic")
     aesthetic_text: str = option("", "an aesthetic text blended into the target", group="aesthetic")
     aesthetic_text_negative: bool = option(False, "move away from the aesthetic text instead", group="aesthetic")
-    aesthetic_clip: str = option("", "the CLIP whose text projection matches the embedding ('' = the family's: "
-                                     "toy, or ViT-L-14/openai for SD1, ViT-H-14/laion2b_s32b_b79k for SD2)",
+    aesthetic_batchwise: bool = option(True, "tune once for all prompts of a batch (off: each distinct prompt on its "
+                                             "own)", group="aesthetic")
+    aesthetic_clip: str = option("", "the CLIP whose text projection matches the embedding, for files that do not "
+                                     "store it ('' = the family's: toy, or ViT-L-14/openai for SD1 and SDXL, "
+                                     "ViT-H-14/laion2b_s32b_b79k for SD2; from the hub cache, never downloaded)",
                                  group="aesthetic")
     out: str = option("outputs", "folder for the PNG files")
     device: str = option("auto", "cuda, cpu or auto")

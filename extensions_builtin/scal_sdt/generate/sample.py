@@ -41,10 +41,7 @@ def generation_parameters(cfg: GenerateConfig, seed: int, width: int, height: in
     if cfg.hypernetwork:
         params += f", Hypernet: {Path(cfg.hypernetwork).stem}, Hypernet strength: {cfg.hypernetwork_strength:g}"
     if cfg.aesthetic:  # the aesthetic-gradients extension's infotext keys
-        params += (f", Aesthetic LR: {cfg.aesthetic_lr:g}, Aesthetic weight: {cfg.aesthetic_weight:g}, Aesthetic steps: "
-                   f"{cfg.aesthetic_steps}, Aesthetic embedding: {Path(cfg.aesthetic).stem}, Aesthetic slerp: "
-                   f"{cfg.aesthetic_slerp}, Aesthetic text: {cfg.aesthetic_text}, Aesthetic text negative: "
-                   f"{cfg.aesthetic_text_negative}, Aesthetic slerp angle: {cfg.aesthetic_slerp_angle:g}")
+        params += "".join(f", {k}: {v}" for k, v in aesthetic_settings(cfg).infotext(Path(cfg.aesthetic).stem).items())
     lines.append(params)
     return "\n".join(lines)
 
@@ -67,22 +64,27 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
     return _sample(cfg, host, used, width, height, out, report)
 
 
+def aesthetic_settings(cfg: GenerateConfig):
+    from ..aesthetic.gradient import AestheticSettings
+
+    return AestheticSettings(cfg.aesthetic_weight, cfg.aesthetic_steps, cfg.aesthetic_lr, cfg.aesthetic_slerp,
+                             cfg.aesthetic_slerp_angle, cfg.aesthetic_text, cfg.aesthetic_text_negative,
+                             cfg.aesthetic_batchwise)
+
+
 def aesthetic_encoder(cfg: GenerateConfig, host: Host, report=print):
     """The ``encode`` for ``host.sample`` that applies the aesthetic embedding, or None when it is off."""
     if not cfg.aesthetic:
         return None
-    from ..aesthetic.gradient import AestheticSettings
-    from ..aesthetic.use import embedding_row, find_embedding, gradient_for_host
+    from ..aesthetic.use import find_embedding, standalone_gradient
 
     path = find_embedding(cfg.aesthetic, cfg.aesthetic_dir)
-    gradient, key = gradient_for_host(host, cfg.model, cfg.aesthetic_clip)
-    row = embedding_row(path, key, gradient)
-    settings = AestheticSettings(cfg.aesthetic_weight, cfg.aesthetic_steps, cfg.aesthetic_lr, cfg.aesthetic_slerp,
-                                 cfg.aesthetic_slerp_angle, cfg.aesthetic_text, cfg.aesthetic_text_negative)
+    gradient, rows = standalone_gradient(host, path, cfg.model, cfg.aesthetic_clip)
+    settings = aesthetic_settings(cfg)
     report(f"aesthetic embedding {path.name}: weight {cfg.aesthetic_weight:g}, {cfg.aesthetic_steps} steps")
 
     def encode(prompts, negative, embeddings, size):
-        return gradient.conditioning(prompts, row, settings, size, negative=negative, embeddings=embeddings)
+        return gradient.conditioning(prompts, rows, settings, size, negative=negative, embeddings=embeddings)
 
     encode.gradient = gradient
     return encode

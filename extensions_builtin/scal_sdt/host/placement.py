@@ -19,6 +19,14 @@ MEMORY_MODES = ("normal", "medvram", "lowvram")
 Mover = Callable[[nn.Module, torch.device], None]
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
 def move(module: nn.Module, device: torch.device) -> None:
     module.to(device)
 

@@ -11,21 +11,13 @@ from .attention import kv_projections
 from .base import Conditioning, Host, TextEncoderInfo, to_pil
 from .checkpoint import load_checkpoint, load_diffusers_folder
 from .components import Components
-from .placement import Mover, Placement, move
+from .placement import Mover, Placement, move, resolve_device
 from .prompt import PlaceholderEmbedding, splice_plan, tokenize, with_padding
 from .sampler import sample_ddim
 from .schedule import NoiseSchedule, scaled_linear_alphas_cumprod
 from .tiny import TINY_NAMES, build_tiny
 from .toy import TOY_NAME, toy_checkpoint
 from .tokenizer import clip_tokenizer
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if isinstance(device, torch.device):
-        return device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 BUILTIN_NAMES = (TOY_NAME, *TINY_NAMES)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import functools
 
+import torch
+
 from .families import BOS_ID, EOS_ID
 
 CHUNK_TOKENS = 75  # tokens per 77-token window, without the start and end tokens
@@ -34,3 +36,16 @@ class ClipTokenizer:
 @functools.lru_cache(maxsize=1)
 def clip_tokenizer() -> ClipTokenizer:
     return ClipTokenizer()
+
+
+CONTEXT = 77
+
+
+def clip_token_ids(texts: list[str], pad_id: int = EOS_ID) -> torch.Tensor:
+    """[start] text [end] padded to 77 (with the end token as CLIP-L pads, or 0 as OpenCLIP does): [B, 77] ids."""
+    tok = clip_tokenizer()
+    out = torch.full((len(texts), CONTEXT), pad_id, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [BOS_ID] + tok.encode(text)[:CONTEXT - 2] + [EOS_ID]
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out

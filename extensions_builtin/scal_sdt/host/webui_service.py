@@ -12,6 +12,8 @@ from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
 from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
+from ..aesthetic.config import AestheticEmbeddingConfig
+from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
 from ..config import changed_options, describe, from_dict
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
@@ -25,6 +27,8 @@ from ..tagging.run import tag_folder
 from ..training import control
 from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
+from .families import family
+from .webui_aesthetic import family_name
 from .webui import BlipCaptioner, WebUIHost, WebUIReporter, reload_embeddings, reload_hypernetworks
 
 API_PREFIX = "/scal-sdt/v1"
@@ -42,6 +46,14 @@ def hypernetworks_dir() -> str:
 def webui_defaults(kind: type = EmbeddingConfig) -> dict:
     """Form defaults that come from the WebUI: where its embeddings / hypernetworks live."""
     return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
+
+
+def make_aesthetic(cfg: AestheticEmbeddingConfig, reporter=None) -> AestheticResult:
+    """An aesthetic embedding for the loaded model's family, on the WebUI's device, in its data folder."""
+    cfg = dataclasses.replace(cfg, out=os.path.join(paths.data_path, cfg.out), device=str(devices.device))
+    if shared.sd_model is None:
+        raise RuntimeError("no model is loaded in the WebUI: choose a Stable Diffusion checkpoint first")
+    return make_aesthetic_embedding(cfg, reporter, family(family_name(shared.sd_model)))
 
 
 def effective_config(cfg):
@@ -200,14 +212,14 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         root = Path(hypernetworks_dir())
         return {"dir": str(root), "files": [str(p.relative_to(root)) for p in sorted(root.rglob("*.pt"))]}
 
-    def folder_job(kind: type, body: dict):
-        """A tagging or cleaning config from an API body; bad input is a 422 with the reason."""
+    def folder_job(kind: type, body: dict, folder: str = "dir"):
+        """A tagging, cleaning or aesthetic-embedding config from an API body; bad input is a 422 with the reason."""
         try:
             cfg = from_dict(kind, body)
         except (TypeError, ValueError) as e:
             raise HTTPException(status_code=422, detail=str(e)) from None
-        if not os.path.isdir(cfg.dir):
-            raise HTTPException(status_code=422, detail=f"dir: folder does not exist: {cfg.dir}")
+        if not os.path.isdir(getattr(cfg, folder)):
+            raise HTTPException(status_code=422, detail=f"{folder}: folder does not exist: {getattr(cfg, folder)}")
         return cfg
 
     def start_tagging(body: dict = Body(...)):
@@ -222,12 +234,22 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         cfg = folder_job(CleanConfig, body)
         return registry.start("clean", lambda reporter: clean_folder(cfg, reporter).to_dict(), locked=False).to_dict()
 
+    def start_aesthetic(body: dict = Body(...)):
+        cfg = folder_job(AestheticEmbeddingConfig, body, folder="images")
+
+        def work(reporter):
+            result = make_aesthetic(cfg, reporter)
+            return {"paths": [str(p) for p in result.paths], "images": result.images, "skipped": result.skipped}
+
+        return registry.start("aesthetic-embedding", work).to_dict()
+
     def unload_taggers():
         return {"unloaded": TAGGERS.unload()}
 
     def options():
         return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
-                "tag": describe(TagConfig), "clean": describe(CleanConfig)}
+                "tag": describe(TagConfig), "clean": describe(CleanConfig),
+                "make-aesthetic-embedding": describe(AestheticEmbeddingConfig)}
 
     app.add_api_route(f"{API_PREFIX}/train/embedding", starter(EmbeddingConfig, "train-embedding"), methods=["POST"],
                       dependencies=deps)
@@ -235,6 +257,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                       methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/clean", start_cleaning, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/aesthetic-embedding", start_aesthetic, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag/unload", unload_taggers, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/hypernetworks", list_hypernetworks, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/jobs", list_jobs, methods=["GET"], dependencies=deps)

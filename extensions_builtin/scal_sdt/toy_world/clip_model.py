@@ -17,13 +17,12 @@ from torch.nn import functional as F
 
 from ..files import atomic_write_text, save_safetensors
 from ..host.convert_text import fit_text_state_dict, open_clip_to_diffusers
-from ..host.families import BOS_ID, EOS_ID
+from ..host.families import EOS_ID
 from ..host.tiny import clip_l_config
-from ..host.tokenizer import clip_tokenizer
+from ..host.tokenizer import CONTEXT, clip_token_ids as token_ids
 from .optim import warmup_cosine
 from .pool import ScenePool, mirrored, random_caption
 
-CONTEXT = 77
 MODEL_CFG = {
     "embed_dim": 64,
     "quick_gelu": True,  # OpenAI CLIP's activation, as in SD1's text encoder
@@ -45,16 +44,6 @@ def build_clip(seed: int):
     cfg = MODEL_CFG
     return CLIP(cfg["embed_dim"], CLIPVisionCfg(**cfg["vision_cfg"]), CLIPTextCfg(**cfg["text_cfg"]),
                 quick_gelu=cfg["quick_gelu"])
-
-
-def token_ids(texts: list[str]) -> torch.Tensor:
-    """[start] text [end] padded with the end token to 77 (SD1's CLIP-L convention), as a [B, 77] tensor."""
-    tok = clip_tokenizer()
-    out = torch.full((len(texts), CONTEXT), EOS_ID, dtype=torch.long)
-    for i, text in enumerate(texts):
-        ids = [BOS_ID] + tok.encode(text)[:CONTEXT - 2] + [EOS_ID]
-        out[i, :len(ids)] = torch.tensor(ids)
-    return out
 
 
 def train_clip(pool: ScenePool, steps: int, seed: int, batch_size: int = 128, lr: float = 2e-3, log=None):

@@ -14,7 +14,7 @@ from torch.nn import functional as F
 from ..host.families import SD1
 from ..host.schedule import NoiseSchedule, scaled_linear_alphas_cumprod
 from ..host.tiny import unet_config
-from .clip_model import token_ids
+from ..host.tokenizer import clip_token_ids as token_ids
 from .optim import warmup_cosine
 from .pool import ScenePool, mirrored, random_caption
 

@@ -22,6 +22,8 @@ from ..training.run_setup import run_dir_for
 from .training_tab import EMBEDDING, HYPERNETWORK, training_tab
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
+from .aesthetic_tab import aesthetic_tab
+from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
 from .loss_svg import loss_svg
 
@@ -130,6 +132,11 @@ def build_app(ui: UiConfig) -> gr.Blocks:
         with gr.Tab("Hypernetwork"):
             training_tab(HYPERNETWORK, run=trainer.run, interrupt=trainer.interrupt, streaming=True,
                          steer=trainer.steer, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"})
+        with gr.Tab("Aesthetic embedding"):
+            aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
+                                                                                   device=ui.device)),
+                          exclude=("model", "device"),
+                          defaults={"clip": "toy" if ui.model == "toy" else "", "name": "my-look"})
         with gr.Tab("Generate"):
             generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
                                                          "hypernetwork": "",
