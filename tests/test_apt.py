@@ -28,13 +28,13 @@ def config(tmp_path, family="tiny-sd1", **kw):
     return EmbeddingConfig(**base)
 
 
-def job_for(cfg, host, tmp_path, disc=None):
+def job_for(cfg, host, tmp_path, disc=None, unet_lora=None):
     from scal_sdt.training.run_setup import prepare_data
 
     dataset, _ = prepare_data(cfg, host, Collect(), cfg.resolution or host.native_resolution)
     params = lambda text, n: {k: torch.nn.Parameter(v.clone()) for k, v in init_vectors(host, text, n).items()}  # noqa
     return AptJob(cfg, host, dataset, params("*", cfg.vectors), ["a photo of [name]"], tmp_path / "run", None,
-                  params("", cfg.neg_vectors), disc)
+                  unet_lora=unet_lora, neg_vectors=params("", cfg.neg_vectors), discriminator=disc)
 
 
 def test_guided_is_cfg():
@@ -146,3 +146,60 @@ def test_apt_presets_fill_in_what_the_user_did_not_give():
         EmbeddingConfig(name="x", mode="apt", cfg_scale="5-3")
     with pytest.raises(ValueError, match="disc_clip and disc_head"):
         EmbeddingConfig(name="x", mode="apt", disc_clip="toy")
+
+
+def test_unet_parts_learn_as_a_lora_that_leaves_the_unet_as_it_was(tmp_path, tiny_hosts):
+    """--unet-parts: a LoRA on the chosen attention projections learns with its own rate (gradients reach it and
+    both embeddings, never the UNet's weights); it starts as a no-op and detaching leaves the UNet bit for bit; the
+    kohya file round-trips and another model's file is refused by name; APT writes NAME-unet.safetensors."""
+    from scal_sdt.lora.network import LoraNetwork, load_kohya, unet_targets
+
+    host = tiny_hosts("tiny-sd1")
+    modules = host.unet_modules()
+    targets = unet_targets(modules, "attn2-kv")
+    assert targets and all(p.endswith(("attn2.to_k", "attn2.to_v")) for p in targets)
+    assert len(unet_targets(modules, "attn")) == 4 * len(targets)
+    x_t = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    t = torch.tensor([500])
+    with torch.no_grad():
+        cond = host.encode_prompts(["a photo"])
+        before = host.predict(x_t, t, cond)
+    lora = LoraNetwork(targets, rank=2).attach()
+    with torch.no_grad():
+        assert torch.equal(host.predict(x_t, t, cond), before)  # up is zero: a new LoRA changes nothing
+    cfg = config(tmp_path, unet_parts="attn2-kv", unet_lr=1e-3)
+    job = job_for(cfg, host, tmp_path, unet_lora=lora)
+    groups = job.param_groups()
+    assert groups[-1]["lr_scale"] == pytest.approx(1e-3 / 0.01)
+    job.loss().backward()
+    assert all(p.grad is not None for p in lora.parameters() if p.requires_grad)
+    assert any(p.grad.abs().sum() > 0 for p in lora.parameters())
+    for vectors in (job.vectors, job.neg_vectors):
+        assert all(v.grad is not None and v.grad.abs().sum() > 0 for v in vectors.values())
+    assert all(p.grad is None for m in host.components.modules().values() for p in m.parameters())
+    with torch.no_grad():
+        for layer in lora.layers:
+            layer.up.weight.normal_(0, 0.5)
+        changed = host.predict(x_t, t, cond)
+    assert (changed - before).abs().max() > 1e-3
+    path = lora.save(tmp_path / "x.safetensors", "sd1", "x")
+    lora.detach()
+    with torch.no_grad():
+        assert torch.equal(host.predict(x_t, t, cond), before)
+        loaded = load_kohya(path, modules).attach()
+        assert torch.allclose(host.predict(x_t, t, cond), changed, atol=1e-6)
+        loaded.detach()
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    assert "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys
+    assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "2"
+    with pytest.raises(ValueError, match="not a UNet LoRA for this model"):
+        load_kohya(path, tiny_hosts("tiny-sdxl").unet_modules())
+
+    result = train_embedding(config(tmp_path, name="zu", steps=3, unet_parts="attn2", unet_rank=2,
+                                    lora_out=str(tmp_path / "Lora")), host, Collect())
+    assert result.step == 3 and (tmp_path / "Lora" / "zu-unet.safetensors").exists()
+    with torch.no_grad():
+        assert torch.equal(host.predict(x_t, t, cond), before)  # training detached its LoRA

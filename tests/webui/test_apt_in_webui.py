@@ -41,3 +41,23 @@ def test_an_apt_pair_trained_in_the_webui_is_usable_at_once(server, tmp_path_fac
     plain = pixels(server, prompt)
     assert pixels(server, prompt, "aptpink-neg") != plain  # the negative embedding acts through the WebUI
     assert pixels(server, prompt, "aptpink-neg") == pixels(server, prompt, "aptpink-neg")  # and deterministically
+
+
+def test_unet_parts_trained_in_the_webui_are_a_lora_it_lists_and_applies(server, tmp_path_factory):
+    """--unet-parts inside the WebUI: the LoRA lands in its models/Lora, is listed at once, <lora:NAME-unet:1> changes
+    the image through the WebUI's own Lora extension, and the loaded model is as it was after training."""
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    data = tmp_path_factory.mktemp("apt-unet-data")
+    make_held_out_colour_set(data, 6, seed=3)
+    prompt = "a large red circle on a white background"
+    before = pixels(server, prompt)
+    job = train(server, name="aptunet", data=str(data), mode="apt", neg_vectors=2, steps=8, lr="0.02",
+                template="filewords", unet_parts="attn2", unet_lr=0.05, unet_rank=4, save_every=0, preview_every=0,
+                gradient_checkpointing=True)
+    assert job["status"] == "finished", job
+    assert (server.data_dir / "models" / "Lora" / "aptunet-unet.safetensors").exists()
+    assert "aptunet-unet" in {item["name"] for item in server.get("/sdapi/v1/loras")}
+    assert pixels(server, prompt) == before  # our hooks are gone: the WebUI's model is as it was
+    assert pixels(server, prompt + " <lora:aptunet-unet:1>") != before
+    assert pixels(server, prompt + " <lora:aptunet-unet:0>") == before

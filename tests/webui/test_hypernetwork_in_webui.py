@@ -105,6 +105,14 @@ def test_a_hypernetwork_trained_through_our_api_is_listed_at_once(server, tmp_pa
     saved = torch.load(hypernetwork_dir(server) / "apitrained.pt", weights_only=True)
     assert saved["step"] == 4 and 64 in saved
     assert pixels(server, PROMPT + "<hypernet:apitrained:1>")[0]  # the WebUI applies it without error
+    # it learned: gradients reach a hypernetwork inside the WebUI's UNet (ldm's own checkpointing would drop them)
+    job = server.wait_job(server.post("/scal-sdt/v1/train/hypernetwork", {
+        "name": "apionestep", "data": str(folder), "steps": 1, "lr": "1e-4", "save_every": 0, "preview_every": 0}),
+        timeout=240)
+    assert job["status"] == "finished", job
+    one = torch.load(hypernetwork_dir(server) / "apionestep.pt", weights_only=True)
+    flat = lambda layers: torch.cat([v.flatten().float() for d in layers for v in d.values()])  # noqa: E731
+    assert (flat(saved[64]) - flat(one[64])).abs().max() > 0
 
 
 def test_a_file_the_webui_made_loads_here(server):

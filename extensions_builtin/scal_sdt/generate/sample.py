@@ -1,6 +1,7 @@
 """`scal-sdt generate`: PNG files from a prompt, with the WebUI's generation parameters in their text chunk."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
@@ -40,6 +41,7 @@ def generation_parameters(cfg: GenerateConfig, seed: int, width: int, height: in
               f"Size: {width}x{height}, Model hash: {model_hash}, Model: {model_name}")
     if cfg.hypernetwork:
         params += f", Hypernet: {Path(cfg.hypernetwork).stem}, Hypernet strength: {cfg.hypernetwork_strength:g}"
+
     if cfg.aesthetic:  # the aesthetic-gradients extension's infotext keys
         params += "".join(f", {k}: {v}" for k, v in aesthetic_settings(cfg).infotext(Path(cfg.aesthetic).stem).items())
     lines.append(params)
@@ -53,15 +55,18 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
     height = cfg.height or host.native_resolution
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.hypernetwork:
-        from ..hypernetwork.apply import apply_hypernetwork, remove_hypernetwork
+    with contextlib.ExitStack() as applied:
+        if cfg.hypernetwork:
+            from ..hypernetwork.apply import apply_hypernetwork, remove_hypernetwork
 
-        name = apply_hypernetwork(host, cfg.hypernetwork, cfg.hypernetwork_strength).name
-        try:
-            return _sample(cfg, host, used, width, height, out, report)
-        finally:
-            remove_hypernetwork(host, name)
-    return _sample(cfg, host, used, width, height, out, report)
+            name = apply_hypernetwork(host, cfg.hypernetwork, cfg.hypernetwork_strength).name
+            applied.callback(remove_hypernetwork, host, name)
+        if cfg.lora:
+            from ..lora.network import load_kohya
+
+            lora = load_kohya(cfg.lora, host.unet_modules()).to(host.device).attach(cfg.lora_strength)
+            applied.callback(lora.detach)
+        return _sample(cfg, host, used, width, height, out, report)
 
 
 def aesthetic_settings(cfg: GenerateConfig):

@@ -110,6 +110,11 @@ class Host(abc.ABC):
         """(to_k, to_v) of every attention layer of the UNet: where hypernetworks apply."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its attention layers")
 
+    def unet_modules(self) -> dict:
+        """The UNet's modules by their path in the original (LDM/SGM) layout, ``input_blocks.4.1.…``: where LoRA
+        layers attach and how kohya files name them."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its UNet modules")
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Trade compute for memory in the UNet and text encoders."""
 

@@ -148,6 +148,14 @@ class StandaloneHost(Host):
     def kv_projections(self) -> list:
         return kv_projections(self.components.unet)
 
+    def unet_modules(self) -> dict:
+        from .convert_keys import rename
+        from .convert_unet import unet_pairs
+
+        unet = self.components.unet
+        named = dict(unet.named_modules())
+        return dict(zip(rename(dict.fromkeys(named), unet_pairs(dict(unet.config)), reverse=True), named.values()))
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         unet, vae = self.components.unet, self.components.vae
         unet.enable_gradient_checkpointing() if enabled else unet.disable_gradient_checkpointing()

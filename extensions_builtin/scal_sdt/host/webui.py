@@ -44,6 +44,8 @@ class WebUIHost(Host):
         self.native_resolution = 1024 if self.family is SDXL else 768 if prediction == "v_prediction" else 512
         self.latent_factor = 8
         self._parked: set[str] = set()
+        self._ldm_checkpoint: list[tuple] = []  # (module, flag) switched off while we train
+        self._checkpointed: list = []  # blocks whose forward is torch's checkpoint while we train
 
     # -- identity ---------------------------------------------------------------------------------------------
     def _embedders(self) -> list:
@@ -148,12 +150,45 @@ class WebUIHost(Host):
             self.sd_model.first_stage_model.to(devices.cpu)
             self._parked.add("vae")
 
+    # -- training ---------------------------------------------------------------------------------------------
+    def begin_training(self) -> None:
+        """ldm's own gradient checkpointing (``use_checkpoint`` in the model's yaml, on in SD1's) backpropagates into
+        each block's own weights only: a LoRA or hypernetwork hooked into a block would never get a gradient. It is
+        switched off while we train; :meth:`set_gradient_checkpointing` puts torch's (which has no such limit) in."""
+        for m in self.sd_model.model.diffusion_model.modules():
+            for flag in ("checkpoint", "use_checkpoint"):
+                if getattr(m, flag, None) is True:
+                    setattr(m, flag, False)
+                    self._ldm_checkpoint.append((m, flag))
+
+    def set_gradient_checkpointing(self, enabled: bool) -> None:
+        """Each transformer and residual block of the UNet recomputed in the backward pass (torch's non-reentrant
+        checkpoint, per instance: the WebUI's classes are not touched)."""
+        from torch.utils.checkpoint import checkpoint
+
+        for m in self._checkpointed:
+            del m.forward
+        self._checkpointed = []
+        if not enabled:
+            return
+        for m in self.sd_model.model.diffusion_model.modules():
+            if type(m).__name__ in ("BasicTransformerBlock", "ResBlock") and hasattr(m, "_forward"):
+                m.forward = lambda *args, _f=m._forward, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
+                self._checkpointed.append(m)
+
     def restore(self) -> None:
         """Put everything back where the WebUI keeps it."""
         self.on_device("vae")
+        self.set_gradient_checkpointing(False)
+        for m, flag in self._ldm_checkpoint:
+            setattr(m, flag, True)
+        self._ldm_checkpoint = []
 
     def autocast(self, precision: str):
         return devices.autocast(disable=precision == "fp32")
+
+    def unet_modules(self) -> dict:
+        return dict(self.sd_model.model.diffusion_model.named_modules())
 
     def kv_projections(self) -> list:
         return kv_projections(self.sd_model.model.diffusion_model)
@@ -221,6 +256,25 @@ def reload_embeddings() -> None:
     sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
     for cache in (processing.StableDiffusionProcessing.cached_c, processing.StableDiffusionProcessing.cached_uc):
         cache[0] = cache[1] = None
+
+
+def lora_dir() -> str:
+    """The WebUI's Lora folder (its built-in Lora extension's --lora-dir)."""
+    import os
+
+    from modules import paths
+
+    return getattr(shared.cmd_opts, "lora_dir", None) or os.path.join(paths.models_path, "Lora")
+
+
+def reload_loras() -> None:
+    """New LoRA files are usable by name in a prompt (<lora:NAME:1>) without a restart: the built-in Lora
+    extension's list is rebuilt (it is importable as ``networks`` once the WebUI has loaded it)."""
+    import sys
+
+    networks = sys.modules.get("networks")
+    if networks is not None and hasattr(networks, "list_available_networks"):
+        networks.list_available_networks()
 
 
 def reload_hypernetworks() -> None:

@@ -29,7 +29,8 @@ from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
 from .families import family
 from .webui_aesthetic import family_name
-from .webui import BlipCaptioner, WebUIHost, WebUIReporter, reload_embeddings, reload_hypernetworks
+from .webui import (BlipCaptioner, WebUIHost, WebUIReporter, lora_dir, reload_embeddings, reload_hypernetworks,
+                    reload_loras)
 
 API_PREFIX = "/scal-sdt/v1"
 RESULT_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
@@ -61,7 +62,12 @@ def effective_config(cfg):
     what = "hypernetworks" if isinstance(cfg, HypernetworkConfig) else "textual_inversion"
     log_dir = cfg.log_dir or os.path.join(what, "scal-sdt", cfg.name)
     out = cfg.out or webui_defaults(type(cfg))["out"]
-    return dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
+    cfg = dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
+    if isinstance(cfg, EmbeddingConfig):  # the UNet-parts LoRA goes where the WebUI's Lora extension looks
+        default = EmbeddingConfig.__dataclass_fields__["lora_out"].default
+        lora_out = lora_dir() if cfg.lora_out in ("", default) else os.path.join(paths.data_path, cfg.lora_out)
+        cfg = dataclasses.replace(cfg, lora_out=lora_out)
+    return cfg
 
 
 _active_run: list[str] = []  # the log folder of the training running now (one at a time: the GPU queue)
@@ -114,6 +120,8 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
         if hasattr(host, "restore"):
             host.restore()
         reload_hypernetworks() if hypernetwork else reload_embeddings()
+        if not hypernetwork and cfg.unet_parts:
+            reload_loras()
     run_dir = Path(cfg.log_dir)
     previews = sorted((run_dir / "images").glob("*.png"), key=os.path.getmtime)
     state = "interrupted" if result.interrupted else "finished"
@@ -135,7 +143,9 @@ def is_forge(sd_model) -> bool:
 def training_host():
     """The WebUI's loaded model; on Forge a trainable copy of the selected checkpoint file (and say so)."""
     if not is_forge(shared.sd_model):
-        return WebUIHost()
+        host = WebUIHost()
+        host.begin_training()
+        return host
     from .standalone import load_host
 
     path = shared.sd_model.sd_checkpoint_info.filename

@@ -77,7 +77,7 @@ class AptJob(EmbeddingJob):
         first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
         scale = self.cfg.neg_lr / first if self.cfg.neg_lr and first else 1.0
         return [{"params": list(self.vectors.values())},
-                {"params": list(self.neg_vectors.values()), "lr_scale": scale}]
+                {"params": list(self.neg_vectors.values()), "lr_scale": scale}] + self.unet_groups()
 
     def embeddings(self) -> dict[str, dict[str, torch.Tensor]]:
         return {self.name: dict(self.vectors), self.neg: dict(self.neg_vectors)}
@@ -142,6 +142,7 @@ class AptJob(EmbeddingJob):
         from .create import embedding_path
 
         pos, neg = self.saved_vectors()
+        self.save_unet(step, final)
         paths = []
         for name, vectors in ((self.name, pos), (self.neg, neg)):
             emb = Embedding(name=name, vectors=file_vectors(self.host, vectors), step=step,

@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import check_bounds, option
+from ..lora.network import UNET_PARTS
 from ..host.toy import MODEL_HELP, TOY_NAME
 from ..training.options import TrainingOptions
 
@@ -99,6 +100,16 @@ class EmbeddingConfig(TrainingOptions):
                             choices=("add", "replace"), group="apt")
     ema_decay: float = option(0.0, "keep an EMA of the vectors (both, in APT) and save that; 0 = off", min=0.0,
                               max=0.99999, group="apt")
+    # selected UNet parts learn too, as a LoRA (kohya format) used with <lora:NAME-unet:1>
+    unet_parts: str = option("", "also train these UNet parts, as a LoRA saved to lora_out/NAME-unet.safetensors "
+                             "(write <lora:NAME-unet:1> in the prompt): attn2-kv (cross-attention keys and values), "
+                             "attn2 (all cross-attention), attn (self- and cross-attention); '' = off",
+                             choices=("", *UNET_PARTS), group="unet parts")
+    unet_lr: float = option(1e-4, "learning rate of the UNet LoRA (it follows lr's schedule, scaled by unet_lr / the "
+                            "first rate of lr)", min=0.0, group="unet parts")
+    unet_rank: int = option(4, "rank of the UNet LoRA", min=1, max=256, group="unet parts")
+    lora_out: str = option("Lora", "folder for NAME-unet.safetensors (in the WebUI: its models/Lora)",
+                           group="unet parts")
 
     def __post_init__(self):
         check_name(self.name)

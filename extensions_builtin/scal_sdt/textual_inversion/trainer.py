@@ -9,6 +9,7 @@ import torch
 
 from ..config import to_dict
 from ..host.base import Host
+from ..lora.network import LoraNetwork, unet_targets
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
 from ..training.loop import LoopResult, resolve_precision, run_loop
@@ -32,12 +33,31 @@ class EmbeddingJob(FrozenModelJob):
     templates: list[str]
     run_dir: Path
     validation: LatentDataset | None = None
+    unet_lora: LoraNetwork | None = None  # selected UNet parts learning along (attached to the host's UNet)
 
     def __post_init__(self):
         self.start_generators()
 
     def param_groups(self):
-        return [{"params": list(self.vectors.values())}]
+        return [{"params": list(self.vectors.values())}] + self.unet_groups()
+
+    def unet_groups(self) -> list[dict]:
+        if self.unet_lora is None:
+            return []
+        from ..training.lr import lr_at
+
+        first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
+        return [{"params": list(self.unet_lora.parameters()), "lr_scale": self.cfg.unet_lr / first if first else 1.0}]
+
+    def save_unet(self, step: int, final: bool) -> Path | None:
+        """The UNet parts as a kohya LoRA: ``lora_out/NAME-unet.safetensors`` (run checkpoints in the run folder)."""
+        if self.unet_lora is None:
+            return None
+        name = f"{self.name}-unet"
+        path = (Path(self.cfg.lora_out) / f"{name}.safetensors" if final
+                else self.run_dir / "lora" / f"{name}-{step}.safetensors")
+        meta = {"scal_sdt": json.dumps(to_dict(self.cfg)), "ss_steps": str(step)}
+        return self.unet_lora.save(path, self.host.family.name, name, meta)
 
     def loss(self) -> torch.Tensor:
         nb = self.noised_batch()
@@ -58,6 +78,7 @@ class EmbeddingJob(FrozenModelJob):
             path = embedding_path(Path(self.cfg.out), self.name, self.cfg.format)
         else:
             path = self.run_dir / "embeddings" / f"{self.name}-{step}.{self.cfg.format}"
+        self.save_unet(step, final)
         return save_embedding(self.embedding(step), path, self.cfg.format)
 
     def preview(self, step: int):
@@ -102,6 +123,13 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
     vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
     if cfg.gradient_checkpointing:
         host.set_gradient_checkpointing(True)
+    unet_lora = None
+    if cfg.unet_parts:
+        unet_lora = LoraNetwork(unet_targets(host.unet_modules(), cfg.unet_parts), rank=cfg.unet_rank)
+        unet_lora.to(host.device).attach()
+        reporter.message(f"UNet parts {cfg.unet_parts}: a rank-{cfg.unet_rank} LoRA on {len(unet_lora.layers)} layers "
+                         f"({sum(p.numel() for p in unet_lora.parameters()):,} weights) at lr {cfg.unet_lr:g}, saved "
+                         f"as {Path(cfg.lora_out) / (cfg.name + '-unet.safetensors')}")
     templates = templates_with_name(cfg.template, reporter, [item.caption for item in dataset.items])
     if cfg.mode == "apt":
         from .apt import AptJob
@@ -110,12 +138,13 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
         neg = init_vectors(host, cfg.neg_init_text, cfg.neg_vectors)
         neg_vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in neg.items()}
         disc = ClipScore.load(cfg.disc_clip, cfg.disc_head, host.device) if cfg.disc_clip else None
-        job = AptJob(cfg, host, dataset, vectors, templates, run_dir, validation, neg_vectors, disc)
+        job = AptJob(cfg, host, dataset, vectors, templates, run_dir, validation, unet_lora=unet_lora,
+                     neg_vectors=neg_vectors, discriminator=disc)
         what = (f"APT pair {cfg.name!r} / {cfg.name}-neg ({cfg.vectors} / {cfg.neg_vectors} vectors, CFG "
                 f"{cfg.cfg_scale} {cfg.cfg_schedule}" + (f", reconstruction x{cfg.rec_weight}" if cfg.rec_weight else "")
                 + (f", discriminator x{cfg.disc_weight} ({cfg.disc_mode})" if disc else "") + ")")
     else:
-        job = EmbeddingJob(cfg, host, dataset, vectors, templates, run_dir, validation)
+        job = EmbeddingJob(cfg, host, dataset, vectors, templates, run_dir, validation, unet_lora=unet_lora)
         what = f"embedding {cfg.name!r} ({cfg.vectors} vector(s))"
     reporter.message(f"training {what}, widths {host.widths}, on {host.model_name} [{host.family.name}, "
                      f"{host.device}], {len(dataset.items)} images at {resolution}px")
@@ -125,3 +154,5 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
     finally:
         if cfg.gradient_checkpointing:
             host.set_gradient_checkpointing(False)
+        if unet_lora is not None:
+            unet_lora.detach()  # the host's UNet is as it was

@@ -1,0 +1,120 @@
+"""LoRA layers added to named Linear layers of a model through forward hooks (so the host's modules are never
+replaced, and detaching leaves them exactly as they were), saved and loaded in kohya's format:
+``lora_unet_<module path with _>.lora_down.weight`` [rank, in], ``.lora_up.weight`` [out, rank], ``.alpha``.
+
+Module paths are the original (LDM/SGM) UNet's — ``input_blocks.4.1.transformer_blocks.0.attn2.to_k`` — which the
+WebUI (its "lora_unet" → "diffusion_model" fallback), ComfyUI and kohya's SDXL files use for every family."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+PREFIX = "lora_unet_"
+#: which attention projections each choice of UNet parts covers
+UNET_PARTS: dict[str, tuple[str, ...]] = {
+    "attn2-kv": ("attn2.to_k", "attn2.to_v"),
+    "attn2": ("attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+    "attn": ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+             "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0"),
+}
+BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
+
+
+class LoraLayer(nn.Module):
+    """down (Kaiming-uniform, as kohya) then up (zeros: a new LoRA changes nothing), scaled by alpha / rank."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float):
+        super().__init__()
+        self.down = nn.Linear(in_features, rank, bias=False)
+        self.up = nn.Linear(rank, out_features, bias=False)
+        nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.up.weight)
+        self.register_buffer("alpha", torch.tensor(float(alpha)))
+        self.multiplier = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.multiplier * float(self.alpha) / self.down.out_features
+        return self.up(self.down(x.to(self.down.weight.dtype))) * scale
+
+
+class LoraNetwork(nn.Module):
+    """LoRA layers for ``targets`` (module path → nn.Linear), applied while attached."""
+
+    def __init__(self, targets: dict[str, nn.Linear], rank: int = 4, alpha: float | None = None):
+        super().__init__()
+        if not targets:
+            raise ValueError("no layers to put a LoRA on")
+        self.targets = targets
+        self.paths = list(targets)
+        self.layers = nn.ModuleList(LoraLayer(m.in_features, m.out_features, rank, alpha if alpha else rank)
+                                    for m in targets.values())
+        self._hooks: list = []
+
+    def attach(self, multiplier: float = 1.0) -> "LoraNetwork":
+        self.detach()
+        for layer, module in zip(self.layers, self.targets.values()):
+            layer.multiplier = multiplier
+            self._hooks.append(module.register_forward_hook(
+                lambda mod, args, out, layer=layer: out + layer(args[0]).to(out.dtype)))
+        return self
+
+    def detach(self) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def kohya_state_dict(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for path, layer in zip(self.paths, self.layers):
+            key = PREFIX + path.replace(".", "_")
+            out[f"{key}.lora_down.weight"] = layer.down.weight.detach().float().cpu().contiguous()
+            out[f"{key}.lora_up.weight"] = layer.up.weight.detach().float().cpu().contiguous()
+            out[f"{key}.alpha"] = layer.alpha.detach().float().cpu().reshape(())
+        return out
+
+    def save(self, path: str | Path, family: str, name: str, extra: dict[str, str] | None = None) -> Path:
+        from ..files import save_safetensors
+
+        layer = self.layers[0]
+        meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(layer.down.out_features),
+                "ss_network_alpha": f"{float(layer.alpha):g}", "ss_base_model_version": BASE_MODEL_VERSION[family],
+                "ss_output_name": name, **(extra or {})}
+        return save_safetensors(self.kohya_state_dict(), path, metadata=meta)
+
+
+def unet_targets(modules: dict[str, nn.Module], parts: str) -> dict[str, nn.Linear]:
+    """The Linear layers of the UNet (``modules``: original module path → module) that ``parts`` names."""
+    if parts not in UNET_PARTS:
+        raise ValueError(f"unet parts {parts!r}: choose one of {', '.join(UNET_PARTS)}")
+    ends = UNET_PARTS[parts]
+    return {path: m for path, m in modules.items() if isinstance(m, nn.Linear) and path.endswith(ends)}
+
+
+def load_kohya(path: str | Path, modules: dict[str, nn.Module]) -> LoraNetwork:
+    """A kohya LoRA file for the UNet (``modules`` as for :func:`unet_targets`); a key for a layer this model lacks,
+    or of another shape, is an error naming it."""
+    from safetensors.torch import load_file
+
+    sd = load_file(str(path))
+    by_key = {PREFIX + p.replace(".", "_"): (p, m) for p, m in modules.items() if isinstance(m, nn.Linear)}
+    names = sorted({k.rsplit(".", 2)[0] for k in sd if k.endswith(".lora_down.weight")})
+    missing = [n for n in names if n not in by_key]
+    if not names or missing:
+        raise ValueError(f"{Path(path).name}: not a UNet LoRA for this model (no layer for "
+                         f"{', '.join(missing[:3]) or 'any key'})")
+    first = sd[f"{names[0]}.lora_down.weight"]
+    alpha = float(sd.get(f"{names[0]}.alpha", torch.tensor(first.shape[0])))
+    net = LoraNetwork({by_key[n][0]: by_key[n][1] for n in names}, rank=first.shape[0], alpha=alpha)
+    with torch.no_grad():
+        for n, layer in zip(names, net.layers):
+            down, up = sd[f"{n}.lora_down.weight"], sd[f"{n}.lora_up.weight"]
+            if down.shape != layer.down.weight.shape or up.shape != layer.up.weight.shape:
+                raise ValueError(f"{Path(path).name}: {n} has shapes {tuple(down.shape)}/{tuple(up.shape)}, this model "
+                                 f"needs {tuple(layer.down.weight.shape)}/{tuple(layer.up.weight.shape)}")
+            layer.down.weight.copy_(down)
+            layer.up.weight.copy_(up)
+            layer.alpha.fill_(float(sd.get(f"{n}.alpha", torch.tensor(down.shape[0]))))
+    return net
