@@ -66,6 +66,13 @@ def _train_hypernetwork(cfg, explicit: set[str]) -> int:
     return _report_run(cfg, train_hypernetwork(cfg, host))
 
 
+def _dreambooth(cfg, explicit: set[str]) -> int:
+    from .dreambooth.trainer import train_dreambooth
+
+    cfg, host = _training_host(cfg, explicit)
+    return _report_run(cfg, train_dreambooth(cfg, host))
+
+
 def _create_embedding(cfg, explicit: set[str]) -> int:
     from .host.standalone import load_host
     from .textual_inversion.create import create_embedding
@@ -195,6 +202,7 @@ def commands() -> list[Command]:
     from .tagging.config import TagConfig
     from .tagging.clean import CleanConfig
     from .aesthetic.config import AestheticEmbeddingConfig
+    from .dreambooth.config import DreamBoothConfig
     from .ui_config import UiConfig
 
     return [
@@ -202,6 +210,8 @@ def commands() -> list[Command]:
         Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
         Command("train-hypernetwork", "train a hypernetwork (the WebUI's .pt format)", HypernetworkConfig,
                 _train_hypernetwork),
+        Command("dreambooth", "fine-tune a checkpoint on a concept (DreamBooth, prior preservation): a new "
+                "single-file checkpoint", DreamBoothConfig, _dreambooth),
         Command("tag", "tag every image of a folder with ONNX taggers: a caption file beside each image", TagConfig,
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",

@@ -86,6 +86,16 @@ def with_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
     return torch.where(ids < 0, torch.full_like(ids, pad_id), ids)
 
 
+def _unwrapped_keys(module, state_dict, prefix, local_metadata):
+    for key in [k for k in state_dict if k.startswith(prefix + "wrapped.")]:
+        state_dict[prefix + key[len(prefix) + len("wrapped."):]] = state_dict.pop(key)
+
+
+def _wrapped_keys(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(prefix + "wrapped.")]:
+        state_dict[prefix + "wrapped." + key[len(prefix):]] = state_dict.pop(key)
+
+
 class PlaceholderEmbedding(nn.Module):
     """Wraps a text encoder's token-embedding table; splices embedding vectors into the looked-up rows.
 
@@ -96,6 +106,9 @@ class PlaceholderEmbedding(nn.Module):
         super().__init__()
         self.wrapped = wrapped
         self.pending: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # rows, cols, values
+        # the state dict is the table's own (``…token_embedding.weight``), so a wrapped model saves and loads as one
+        self._register_state_dict_hook(_unwrapped_keys)
+        self._register_load_state_dict_pre_hook(_wrapped_keys)
 
     @property
     def weight(self) -> torch.Tensor:

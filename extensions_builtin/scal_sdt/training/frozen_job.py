@@ -71,13 +71,17 @@ class FrozenModelJob:
             out.append(render(self.prompt_rng.choice(self.templates), self.name, words))
         return out
 
-    def noised_batch(self) -> NoisedBatch:
-        """The next micro-batch with noise and timesteps drawn from the job's generator (on the CPU, so a run is
-        the same on every device)."""
-        batch = self.dataset.next_batch()
+    def noised_batch(self, dataset: LatentDataset | None = None, noise_offset: float = 0.0) -> NoisedBatch:
+        """The next micro-batch (of ``dataset``, default the job's) with noise and timesteps drawn from the job's
+        generator (on the CPU, so a run is the same on every device); ``noise_offset`` adds that much of one random
+        value per image and channel to the noise (offset noise: darker darks, brighter brights)."""
+        batch = (dataset or self.dataset).next_batch()
         host, schedule = self.host, self.host.schedule
         x0 = batch.latents.to(host.device, torch.float32)
-        noise = torch.randn(x0.shape, generator=self.noise).to(host.device)
+        noise = torch.randn(x0.shape, generator=self.noise)
+        if noise_offset:
+            noise = noise + noise_offset * torch.randn((*x0.shape[:2], 1, 1), generator=self.noise)
+        noise = noise.to(host.device)
         t = torch.randint(0, schedule.num_steps, (x0.shape[0],), generator=self.noise).to(host.device)
         size = (x0.shape[-2] * host.latent_factor, x0.shape[-1] * host.latent_factor)
         return NoisedBatch(batch, x0, noise, t, schedule.add_noise(x0, noise, t), size)

@@ -1,0 +1,61 @@
+"""The parameters of `scal-sdt dreambooth`: the one source for the CLI, the form, the API and the run's JSON."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..config import option
+from ..textual_inversion.config import check_name
+from ..training.options import TrainingOptions
+
+
+@dataclass(kw_only=True)
+class DreamBoothConfig(TrainingOptions):
+    """DreamBooth: the whole UNet (and optionally the text encoders) learns a concept from a few images, while
+    class images the model made itself keep what it knew of the class (prior preservation)."""
+
+    name: str = option(help="the new checkpoint's name (NAME.safetensors in out)", group="dreambooth")
+    # DreamBooth's usual settings where TrainingOptions' defaults suit embeddings
+    lr: str = option("2e-6", "learning rate, or the WebUI's schedule syntax '2e-6:400, 1e-6'", group="optimisation")
+    steps: int = option(800, "optimizer steps to train", min=1, group="optimisation")
+    template: str = option("none", "unused by DreamBooth: instance_prompt and class_prompt are the prompts",
+                           group="model and data")
+    out: str = option("models/Stable-diffusion", "folder for NAME.safetensors (and its .yaml and run JSON)",
+                      group="output")
+    save_every: int = option(0, "also write the checkpoint every N steps into the run folder (0 = only at the end)",
+                             min=0, group="output")
+    preview_every: int = option(200, "render preview images every N steps (0 = never)", min=0, group="output")
+    instance_data: str = option("", "folder of the concept's images (captions beside them are used by [filewords])",
+                                group="dreambooth")
+    instance_prompt: str = option("", "the prompt of every instance image, e.g. 'a photo of sks dog'; [filewords] "
+                                  "puts the image's caption in; '' = the caption alone", group="dreambooth")
+    class_data: str = option("", "folder of class images; missing ones are generated into it with class_prompt (and "
+                             "reused next time); '' = no prior preservation", group="dreambooth")
+    class_prompt: str = option("", "the prompt of the class images, e.g. 'a photo of a dog'", group="dreambooth")
+    num_class_images: int = option(50, "class images to have in class_data (the missing ones are generated)", min=0,
+                                   group="dreambooth")
+    prior_loss_weight: float = option(1.0, "weight of the class images' loss", min=0.0, group="dreambooth")
+    concepts: str = option("", "a JSON file with a list of concepts (instance_data, instance_prompt, class_data, "
+                           "class_prompt, num_class_images; the DreamBooth extension's names instance_data_dir / "
+                           "class_data_dir work too) instead of the single one above", group="dreambooth")
+    class_steps: int = option(20, "sampling steps for generated class images", min=1, group="dreambooth")
+    class_cfg: float = option(7.0, "CFG scale for generated class images", min=0.0, group="dreambooth")
+    train_text_encoder: bool = option(False, "also fine-tune the text encoder(s)", group="dreambooth")
+    text_encoder_lr: float = option(0.0, "the text encoders' learning rate (on lr's schedule); 0 = lr", min=0.0,
+                                    group="dreambooth")
+    stop_text_encoder: float = option(1.0, "freeze the text encoders after this fraction of the steps", min=0.0,
+                                      max=1.0, group="dreambooth")
+    min_snr_gamma: float = option(0.0, "min-SNR loss weighting with this gamma (5 is usual); 0 = off", min=0.0,
+                                  group="dreambooth")
+    noise_offset: float = option(0.0, "offset noise (0.05-0.1 lets the model learn darker darks); 0 = off", min=0.0,
+                                 group="dreambooth")
+    save_fp16: bool = option(True, "write the checkpoint in fp16 (half the size; what the WebUI loads anyway)",
+                             group="dreambooth")
+    overwrite: bool = option(False, "replace an existing checkpoint of that name", group="dreambooth")
+
+    def __post_init__(self):
+        check_name(self.name)
+        super().__post_init__()
+        if not self.concepts and not self.instance_data and not self.data:
+            raise ValueError("instance_data is required: the folder of the concept's images (or a concepts JSON)")
+        if self.class_data and not self.class_prompt and not self.concepts:
+            raise ValueError("class_data needs a class_prompt, e.g. 'a photo of a dog'")

@@ -1,0 +1,211 @@
+"""DreamBooth (Ruiz et al. 2022): the UNet (and optionally the text encoders) fine-tuned on a concept's images with
+its instance prompt; prior preservation adds, in the same forward pass, the class images the model drew for the class
+prompt, their loss weighted by ``prior_loss_weight``. Latents are cached and the VAE leaves the device; the result is
+a single-file checkpoint in the original layout (with its yaml) that the WebUI, ComfyUI and diffusers load."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..config import to_dict
+from ..files import atomic_write_text
+from ..host.base import Host
+from ..host.checkpoint import save_checkpoint
+from ..training.dataset import LatentDataset
+from ..training.frozen_job import FrozenModelJob, NoisedBatch
+from ..training.loop import LoopResult, resolve_precision, run_loop
+from ..training.report import ConsoleReporter, Reporter
+from ..training.run_setup import prepare_data, run_dir_for
+from ..training.templates import process_tags, render
+from .class_images import ensure_class_images
+from .concepts import Concept, concepts_of
+from .config import DreamBoothConfig
+
+
+@dataclass
+class ConceptData:
+    concept: Concept
+    instances: LatentDataset
+    classes: LatentDataset | None
+
+
+def min_snr_weights(schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Min-SNR-γ (Hang et al. 2023): each timestep's loss weighted by min(SNR, γ) / SNR (ε) or / (SNR + 1) (v)."""
+    a = schedule.alphas_cumprod.to(t.device)[t].float()
+    snr = a / (1 - a)
+    return snr.clamp(max=gamma) / (snr + 1 if schedule.prediction_type == "v_prediction" else snr)
+
+
+@dataclass
+class DreamBoothJob(FrozenModelJob):
+    cfg: DreamBoothConfig
+    host: Host
+    concepts: list[ConceptData]
+    run_dir: Path
+    text_encoders: list[torch.nn.Module] = field(default_factory=list)  # trained along, until stop_text_encoder
+    validation: LatentDataset | None = None
+
+    def __post_init__(self):
+        self.dataset = self.concepts[0].instances  # the preview's default caption comes from it
+        self.templates = [self.concepts[0].concept.instance_prompt or "[filewords]"]
+        self.start_generators()
+        self.turn = 0
+
+    # -- what learns ------------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        groups = [{"params": [p for p in self.host.components.unet.parameters() if p.requires_grad]}]
+        if self.text_encoders:
+            from ..training.lr import lr_at
+
+            first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
+            scale = self.cfg.text_encoder_lr / first if self.cfg.text_encoder_lr and first else 1.0
+            groups.append({"params": [p for te in self.text_encoders for p in te.parameters()], "lr_scale": scale})
+        return groups
+
+    @property
+    def training_text(self) -> bool:
+        return any(p.requires_grad for te in self.text_encoders for p in te.parameters())
+
+    # -- the loss ---------------------------------------------------------------------------------------------
+    def prompts(self, template: str, captions: list[str]) -> list[str]:
+        return [render(template or "[filewords]", self.name, process_tags(c, self.cfg.shuffle_tags, self.cfg.tag_dropout,
+                                                                          self.cfg.keep_tokens, self.prompt_rng))
+                for c in captions]
+
+    def mse(self, nb: NoisedBatch, out: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.min_snr_gamma:
+            return nb.loss(self.host, out)
+        err = (out.float() - self.host.schedule.target(nb.x0, nb.noise, nb.t).float()) ** 2
+        per_image = err.mean(dim=tuple(range(1, err.dim())))
+        return (per_image * min_snr_weights(self.host.schedule, nb.t, self.cfg.min_snr_gamma)).mean()
+
+    def loss(self) -> torch.Tensor:
+        """The instance batch and (with prior preservation) as many class images, in one UNet call when their sizes
+        agree: mse(instances) + prior_loss_weight · mse(classes)."""
+        data = self.concepts[self.turn % len(self.concepts)]
+        self.turn += 1
+        parts = [(self.noised_batch(data.instances, self.cfg.noise_offset), data.concept.instance_prompt)]
+        if data.classes is not None:
+            parts.append((self.noised_batch(data.classes, self.cfg.noise_offset), data.concept.class_prompt))
+        prompts = [self.prompts(template, nb.batch.captions) for nb, template in parts]
+        host = self.host
+        with host.on_device("text", "unet"):
+            with torch.set_grad_enabled(self.training_text):
+                conds = [host.encode_prompts(p, size=nb.size) for (nb, _), p in zip(parts, prompts)]
+            if len(parts) == 2 and parts[0][0].x_t.shape[1:] == parts[1][0].x_t.shape[1:]:
+                from ..host.base import Conditioning
+
+                n = parts[0][0].x_t.shape[0]
+                out = host.predict(torch.cat([nb.x_t for nb, _ in parts]), torch.cat([nb.t for nb, _ in parts]),
+                                   Conditioning.cat(conds))
+                outs = [out[:n], out[n:]]
+            else:
+                outs = [host.predict(nb.x_t, nb.t, c) for (nb, _), c in zip(parts, conds)]
+        loss = self.mse(parts[0][0], outs[0])
+        if len(parts) == 2:
+            loss = loss + self.cfg.prior_loss_weight * self.mse(parts[1][0], outs[1])
+        return loss
+
+    def after_step(self, step: int) -> None:
+        if self.text_encoders and self.training_text and step >= self.cfg.stop_text_encoder * self.cfg.steps:
+            for te in self.text_encoders:
+                te.requires_grad_(False)
+                for p in te.parameters():
+                    p.grad = None
+
+    # -- results ----------------------------------------------------------------------------------------------
+    def save(self, step: int, final: bool) -> Path:
+        """The checkpoint (original layout, fp16 unless save_fp16 is off) with its yaml and the run's JSON."""
+        path = (Path(self.cfg.out) / f"{self.name}.safetensors" if final
+                else self.run_dir / "models" / f"{self.name}-{step}.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(self.host.components, path, dtype=torch.float16 if self.cfg.save_fp16 else None)
+        atomic_write_text(path.with_suffix(".json"), json.dumps({"trainer": "scal-sdt dreambooth", "step": step,
+                                                                 "source": self.host.model_name,
+                                                                 "config": to_dict(self.cfg)}, indent=1))
+        return path
+
+    def preview(self, step: int):
+        return self.preview_grid(step, lambda prompts, **kw: self.host.sample(prompts, **kw))
+
+    def state_dict(self) -> dict:
+        return {"turn": self.turn, "noise": self.noise.get_state(), "prompt_rng": self.prompt_rng.getstate(),
+                "data": [{"instances": c.instances.state_dict(),
+                          "classes": c.classes.state_dict() if c.classes is not None else None}
+                         for c in self.concepts],
+                "text_encoders": self.training_text}
+
+    def load_state_dict(self, state: dict) -> None:
+        from ..training.state import as_tuple
+
+        self.turn = int(state["turn"])
+        self.noise.set_state(state["noise"])
+        self.prompt_rng.setstate(as_tuple(state["prompt_rng"]))
+        for c, s in zip(self.concepts, state["data"]):
+            c.instances.load_state_dict(s["instances"])
+            if c.classes is not None and s["classes"] is not None:
+                c.classes.load_state_dict(s["classes"])
+        if not state.get("text_encoders", True):
+            for te in self.text_encoders:
+                te.requires_grad_(False)
+
+
+def prepare_concepts(cfg: DreamBoothConfig, host: Host, reporter: Reporter, resolution: int) -> list[ConceptData]:
+    """Each concept's cached instance latents and, with prior preservation, its class images (generated where
+    missing) and their latents."""
+    out = []
+    for i, concept in enumerate(concepts_of(cfg)):
+        if concept.prior:
+            ensure_class_images(host.sample, concept.class_data, concept.class_prompt, concept.num_class_images,
+                                resolution, cfg.class_steps, cfg.class_cfg, cfg.seed + 1000 * i, reporter)
+        instances, _ = prepare_data(dataclasses.replace(cfg, data=concept.instance_data), host, reporter, resolution)
+        classes = None
+        if concept.prior:
+            classes, _ = prepare_data(dataclasses.replace(cfg, data=concept.class_data, validation_images=0,
+                                                          validation_data="", seed=cfg.seed + 1 + i, alpha_weight=False,
+                                                          flip=False), host, reporter, resolution)
+        reporter.message(f"concept {i + 1}: {len(instances.items)} instance image(s), prompt "
+                         f"{concept.instance_prompt or '[filewords]'!r}" + (
+                             f"; {len(classes.items)} class image(s), prompt {concept.class_prompt!r}, prior weight "
+                             f"{cfg.prior_loss_weight:g}" if classes is not None else "; no prior preservation"))
+        out.append(ConceptData(concept, instances, classes))
+    return out
+
+
+def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | None = None) -> LoopResult:
+    """Fine-tune ``host``'s model on the concepts; the host's weights are trained in place (the caller gives a host
+    it owns) and left as trained, in the host's dtype."""
+    reporter = reporter or ConsoleReporter()
+    target = Path(cfg.out) / f"{cfg.name}.safetensors"
+    if target.exists() and not cfg.overwrite and not cfg.resume:
+        raise FileExistsError(f"checkpoint {target} already exists; choose another name or pass --overwrite")
+    run_dir = run_dir_for(cfg)
+    resolution = cfg.resolution or host.native_resolution
+    concepts = prepare_concepts(cfg, host, reporter, resolution)
+    unet = host.components.unet
+    trained = [unet] + (list(host.components.text_encoders) if cfg.train_text_encoder else [])
+    for module in trained:  # fp32 master weights; autocast runs the maths in fp16/bf16
+        module.to(torch.float32).requires_grad_(True)
+    for te in host.components.text_encoders:  # the placeholder wrapper's table is not a separate parameter
+        if not cfg.train_text_encoder:
+            te.requires_grad_(False)
+    if cfg.gradient_checkpointing:
+        host.set_gradient_checkpointing(True)
+    job = DreamBoothJob(cfg, host, concepts, run_dir, list(host.components.text_encoders) if cfg.train_text_encoder
+                        else [])
+    n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])
+    reporter.message(f"DreamBooth {cfg.name!r} on {host.model_name} [{host.family.name}, {host.device}]: "
+                     f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}), "
+                     f"{resolution}px, lr {cfg.lr}")
+    precision = resolve_precision(cfg.precision, host.device)
+    try:
+        return run_loop(cfg, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))
+    finally:
+        if cfg.gradient_checkpointing:
+            host.set_gradient_checkpointing(False)
+        for module in trained:
+            module.requires_grad_(False).to(host.dtype)

@@ -1,0 +1,118 @@
+"""DreamBooth: the checkpoint round trip (original layout in, trained, original layout out with the same keys and
+shapes, loadable by the standalone adapter), the prior-preservation loss as specified (one forward for instance and
+class images equals two; the class term scales with its weight), class images generated once and reused, concepts
+JSON, text-encoder training that stops at its fraction, resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recording import RecordingReporter as Collect
+from scal_sdt.dreambooth.concepts import concepts_of
+from scal_sdt.dreambooth.config import DreamBoothConfig
+from scal_sdt.dreambooth.trainer import DreamBoothJob, prepare_concepts, train_dreambooth
+from scal_sdt.host.checkpoint import read_state_dict, save_checkpoint
+from scal_sdt.host.standalone import load_components, load_host
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    root = tmp_path_factory.mktemp("db")
+    make_held_out_colour_set(root / "inst", 4, seed=1)
+    return root
+
+
+def config(root, tmp_path, **kw):
+    base = dict(model="tiny-sd1", name="dbt", instance_data=str(root / "inst"),
+                instance_prompt="a photo of sks [filewords]", class_data=str(root / "cls"),
+                class_prompt="a photo of a shape", num_class_images=2, class_steps=2, steps=2, resolution=64,
+                lr="1e-3", out=str(tmp_path / "out"), log_dir=str(tmp_path / "run"), preview_every=0, save_every=0,
+                device="cpu")
+    base.update(kw)
+    return DreamBoothConfig(**base)
+
+
+def test_round_trip_keeps_the_checkpoints_layout_and_learns(folders, tmp_path):
+    source = save_checkpoint(load_components("tiny-sd1"), tmp_path / "src.safetensors")
+    cfg = config(folders, tmp_path, model=str(source), save_fp16=False)
+    result = train_dreambooth(cfg, load_host(str(source), device="cpu"), Collect())
+    assert result.step == 2 and result.final_path == tmp_path / "out" / "dbt.safetensors"
+    before, after = read_state_dict(source), read_state_dict(result.final_path)
+    assert {k: tuple(v.shape) for k, v in before.items()} == {k: tuple(v.shape) for k, v in after.items()}
+    unet_changed = [k for k in before if k.startswith("model.diffusion_model.") and not torch.equal(before[k], after[k])]
+    text_changed = [k for k in before if k.startswith("cond_stage_model.") and not torch.equal(before[k], after[k])]
+    assert len(unet_changed) > 10 and text_changed == []  # the UNet learned; the text encoder was frozen
+    assert result.final_path.with_suffix(".yaml").exists()
+    run = json.loads(result.final_path.with_suffix(".json").read_text())
+    assert run["config"]["instance_prompt"] == "a photo of sks [filewords]" and run["step"] == 2
+    host = load_host(str(result.final_path), device="cpu")  # the standalone adapter loads the result
+    with torch.no_grad():
+        out = host.predict(torch.randn(1, 4, 8, 8), torch.tensor([10]), host.encode_prompts(["a photo of sks"]))
+    assert torch.isfinite(out).all()
+    assert len(list((folders / "cls").glob("*.png"))) == 2  # the class images it generated stay for next time
+    with pytest.raises(FileExistsError, match="dbt.safetensors"):
+        train_dreambooth(cfg, load_host(str(source), device="cpu"), Collect())
+
+
+def test_prior_preservation_loss_is_instance_plus_weighted_class(folders, tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd1")
+    losses = {}
+    for w in (0.0, 1.0, 2.5):
+        cfg = config(folders, tmp_path, prior_loss_weight=w)
+        job = DreamBoothJob(cfg, host, prepare_concepts(cfg, host, Collect(), 64), tmp_path / "run")
+        with torch.no_grad():
+            losses[w] = float(job.loss())
+    class_term = losses[1.0] - losses[0.0]
+    assert class_term > 0 and losses[2.5] == pytest.approx(losses[0.0] + 2.5 * class_term, rel=1e-5)
+    # by hand: the same draws, instance and class images through the UNet separately
+    cfg = config(folders, tmp_path, prior_loss_weight=1.0)
+    job = DreamBoothJob(cfg, host, prepare_concepts(cfg, host, Collect(), 64), tmp_path / "run")
+    data = job.concepts[0]
+    inst, cls = job.noised_batch(data.instances), job.noised_batch(data.classes)
+    with torch.no_grad():
+        parts = []
+        for nb, template in ((inst, cfg.instance_prompt), (cls, cfg.class_prompt)):
+            cond = host.encode_prompts(job.prompts(template, nb.batch.captions), size=nb.size)
+            parts.append(nb.loss(host, host.predict(nb.x_t, nb.t, cond)))
+    assert losses[1.0] == pytest.approx(float(parts[0] + parts[1]), rel=1e-4)
+    assert losses[0.0] == pytest.approx(float(parts[0]), rel=1e-4)
+
+
+def test_concepts_json_takes_the_dreambooth_extensions_names(tmp_path):
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps([{"instance_data_dir": "a", "instance_prompt": "sks dog", "class_data_dir": "c",
+                                 "class_prompt": "a dog", "num_class_images": 7}, {"instance_data": "b"}]))
+    first, second = concepts_of(DreamBoothConfig(name="x", concepts=str(path)))
+    assert (first.instance_data, first.class_data, first.num_class_images, first.prior) == ("a", "c", 7, True)
+    assert second.instance_data == "b" and not second.prior
+    path.write_text(json.dumps([{"instance_data": "a", "colour": "red"}]))
+    with pytest.raises(ValueError, match="unknown keys \\['colour'\\]"):
+        concepts_of(DreamBoothConfig(name="x", concepts=str(path)))
+    with pytest.raises(ValueError, match="class_prompt"):
+        DreamBoothConfig(name="x", instance_data="a", class_data="c")
+
+
+@pytest.mark.parametrize("family", ["tiny-sd2", "tiny-sdxl"])
+def test_text_encoders_learn_until_their_fraction_then_stop(folders, tmp_path, family):
+    """SD2 (v-prediction) and SDXL (both text encoders): with train_text_encoder they change, and freeze after
+    stop_text_encoder of the steps; the run resumes where it stopped."""
+    source = save_checkpoint(load_components(family), tmp_path / "src.safetensors")
+    cfg = config(folders, tmp_path, model=str(source), class_data="", class_prompt="", train_text_encoder=True,
+                 text_encoder_lr=1e-3, stop_text_encoder=0.5, steps=4, save_every=2, save_fp16=False,
+                 min_snr_gamma=5.0, noise_offset=0.05)
+    result = train_dreambooth(cfg, load_host(str(source), device="cpu"), Collect())
+    ckpt = tmp_path / "run" / "models"
+    at2, at4 = read_state_dict(ckpt / "dbt-2.safetensors"), read_state_dict(result.final_path)
+    before = read_state_dict(source)
+    text = [k for k in before if k.startswith(("cond_stage_model.", "conditioner."))]
+    assert any(not torch.equal(before[k], at2[k]) for k in text)
+    assert all(torch.equal(at2[k], at4[k]) for k in text)  # frozen after half of the steps
+    again = train_dreambooth(config(folders, tmp_path, model=str(source), class_data="", class_prompt="",
+                                    train_text_encoder=True, text_encoder_lr=1e-3, stop_text_encoder=0.5, steps=6,
+                                    save_every=2, save_fp16=False, resume=True),
+                             load_host(str(source), device="cpu"), Collect())
+    assert again.step == 6
