@@ -116,3 +116,30 @@ def test_text_encoders_learn_until_their_fraction_then_stop(folders, tmp_path, f
                                     save_every=2, save_fp16=False, resume=True),
                              load_host(str(source), device="cpu"), Collect())
     assert again.step == 6
+
+
+def test_cached_prompts_give_the_same_loss_and_free_the_text_encoder(folders, tmp_path, tiny_hosts):
+    host = tiny_hosts("tiny-sd1")
+    cfg = config(folders, tmp_path)
+    losses = []
+    for cache in (False, True):
+        job = DreamBoothJob(cfg, host, prepare_concepts(cfg, host, Collect(), 64), tmp_path / "run")
+        if cache:
+            assert job.cache_prompts(64) == 4 + 1  # four captions, one class prompt
+            assert "text" not in host.placement.resident
+        with torch.no_grad():
+            losses.append(float(job.loss()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    with host.on_device("text"):
+        pass  # back for the other tests
+
+
+def test_full_bf16_with_adafactor_learns_and_saves(folders, tmp_path):
+    """The least-memory settings: bf16 weights, gradients and optimizer state; Adafactor's factored moments."""
+    source = save_checkpoint(load_components("tiny-sd1"), tmp_path / "src.safetensors")
+    cfg = config(folders, tmp_path, model=str(source), master_weights="bf16", optimizer="adafactor", steps=3,
+                 class_data="", class_prompt="", lr="1e-3")
+    result = train_dreambooth(cfg, load_host(str(source), device="cpu"), Collect())
+    assert result.step == 3 and all(v == v for v in result.losses)
+    before, after = read_state_dict(source), read_state_dict(result.final_path)
+    assert any(not torch.equal(before[k].half(), after[k]) for k in before if k.startswith("model.diffusion_model."))

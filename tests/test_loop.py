@@ -93,6 +93,20 @@ def test_nan_at_step_k_is_rolled_back_and_halves_the_lr(tmp_path):
     assert len(res.losses) == 6 and job.calls == 7  # the poisoned batch was skipped, training went on
 
 
+def test_a_large_model_skips_a_bad_step_without_a_rollback_copy(tmp_path, monkeypatch):
+    """Above SNAPSHOT_LIMIT weights no copy of weights and optimizer state is kept (it would double a full
+    fine-tune's memory): a non-finite loss is caught before the step is applied, so skipping it loses nothing."""
+    import scal_sdt.training.loop as loop
+
+    monkeypatch.setattr(loop, "SNAPSHOT_LIMIT", 0)
+    monkeypatch.setattr(loop, "_snapshot", lambda *a: pytest.fail("no snapshot for a large model"))
+    job = RegressionJob(poison={4})
+    rep = Quiet()
+    res = run_loop(opts(tmp_path, steps=6, save_every=0), job, tmp_path, rep, torch.device("cpu"))
+    assert res.step == 6 and res.bad_steps == 1 and torch.isfinite(job.w).all()
+    assert any("skipped it and halved" in m for m in rep.messages)
+
+
 def test_repeated_nan_stops_with_a_clear_message_and_keeps_the_last_good_state(tmp_path):
     job = RegressionJob(poison=set(range(3, 100)))
     with pytest.raises(TrainingDiverged, match="diverged"):

@@ -48,6 +48,11 @@ class DreamBoothConfig(TrainingOptions):
                                   group="dreambooth")
     noise_offset: float = option(0.0, "offset noise (0.05-0.1 lets the model learn darker darks); 0 = off", min=0.0,
                                  group="dreambooth")
+    master_weights: str = option("fp32", "the trained weights' dtype: fp32 (mixed precision, the usual) or bf16 "
+                                 "(full bf16: weights, gradients and optimizer state in bf16, about half the memory)",
+                                 choices=("fp32", "bf16"), group="memory")
+    cache_text: bool = option(True, "encode each prompt once and move the text encoders off the device (when they "
+                              "are not trained and tags are not shuffled or dropped)", group="memory")
     save_fp16: bool = option(True, "write the checkpoint in fp16 (half the size; what the WebUI loads anyway)",
                              group="dreambooth")
     overwrite: bool = option(False, "replace an existing checkpoint of that name", group="dreambooth")

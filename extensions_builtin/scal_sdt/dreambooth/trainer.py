@@ -54,6 +54,32 @@ class DreamBoothJob(FrozenModelJob):
         self.templates = [self.concepts[0].concept.instance_prompt or "[filewords]"]
         self.start_generators()
         self.turn = 0
+        self.text_cache: dict[str, object] = {}  # prompt -> Conditioning, while the text is frozen
+
+    def cache_prompts(self, resolution: int) -> int:
+        """Encode every prompt the run will use once (when they are fixed: text frozen, no tag shuffle or dropout,
+        and for SDXL one size), then let the text encoders leave the device. Returns how many were cached."""
+        if (self.training_text or self.cfg.shuffle_tags or self.cfg.tag_dropout
+                or (self.cfg.buckets and self.host.family.size_conditioning)):
+            return 0
+        wanted = {self.prompts(template, [item.caption])[0]
+                  for data in self.concepts
+                  for ds, template in ((data.instances, data.concept.instance_prompt),
+                                       (data.classes, data.concept.class_prompt)) if ds is not None
+                  for item in ds.items}
+        with self.host.on_device("text"), torch.no_grad():
+            for prompt in wanted:
+                self.text_cache[prompt] = self.host.encode_prompts([prompt], size=(resolution, resolution))
+        self.host.park("text")
+        return len(wanted)
+
+    def encode(self, prompts: list[str], size):
+        from ..host.base import Conditioning
+
+        if self.text_cache and all(p in self.text_cache for p in prompts):
+            return Conditioning.cat([self.text_cache[p] for p in prompts])
+        with self.host.on_device("text"), torch.set_grad_enabled(self.training_text):
+            return self.host.encode_prompts(prompts, size=size)
 
     # -- what learns ------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
@@ -93,9 +119,8 @@ class DreamBoothJob(FrozenModelJob):
             parts.append((self.noised_batch(data.classes, self.cfg.noise_offset), data.concept.class_prompt))
         prompts = [self.prompts(template, nb.batch.captions) for nb, template in parts]
         host = self.host
-        with host.on_device("text", "unet"):
-            with torch.set_grad_enabled(self.training_text):
-                conds = [host.encode_prompts(p, size=nb.size) for (nb, _), p in zip(parts, prompts)]
+        conds = [self.encode(p, nb.size) for (nb, _), p in zip(parts, prompts)]
+        with host.on_device("unet"):
             if len(parts) == 2 and parts[0][0].x_t.shape[1:] == parts[1][0].x_t.shape[1:]:
                 from ..host.base import Conditioning
 
@@ -180,6 +205,8 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
     """Fine-tune ``host``'s model on the concepts; the host's weights are trained in place (the caller gives a host
     it owns) and left as trained, in the host's dtype."""
     reporter = reporter or ConsoleReporter()
+    if cfg.master_weights == "bf16" and cfg.precision != "bf16":  # bf16 weights compute in bf16
+        cfg = dataclasses.replace(cfg, precision="bf16")
     target = Path(cfg.out) / f"{cfg.name}.safetensors"
     if target.exists() and not cfg.overwrite and not cfg.resume:
         raise FileExistsError(f"checkpoint {target} already exists; choose another name or pass --overwrite")
@@ -188,8 +215,9 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
     concepts = prepare_concepts(cfg, host, reporter, resolution)
     unet = host.components.unet
     trained = [unet] + (list(host.components.text_encoders) if cfg.train_text_encoder else [])
-    for module in trained:  # fp32 master weights; autocast runs the maths in fp16/bf16
-        module.to(torch.float32).requires_grad_(True)
+    master = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
+    for module in trained:  # fp32 master weights (autocast runs the maths in fp16/bf16), or full bf16
+        module.to(master).requires_grad_(True)
     for te in host.components.text_encoders:  # the placeholder wrapper's table is not a separate parameter
         if not cfg.train_text_encoder:
             te.requires_grad_(False)
@@ -197,6 +225,8 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
         host.set_gradient_checkpointing(True)
     job = DreamBoothJob(cfg, host, concepts, run_dir, list(host.components.text_encoders) if cfg.train_text_encoder
                         else [])
+    if cfg.cache_text and (cached := job.cache_prompts(resolution)):
+        reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
     n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])
     reporter.message(f"DreamBooth {cfg.name!r} on {host.model_name} [{host.family.name}, {host.device}]: "
                      f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}), "

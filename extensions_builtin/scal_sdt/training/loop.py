@@ -69,6 +69,21 @@ def _params(groups: list[dict]) -> list[torch.Tensor]:
     return [p for g in groups for p in g["params"]]
 
 
+#: weights above which no rollback copy is kept (it would cost as much device memory as the model and its optimizer
+#: state): a bad step is then skipped before it is applied, and weights gone non-finite end the run
+SNAPSHOT_LIMIT = 50_000_000
+
+
+def _finite_grads(params) -> bool:
+    """One device sync for all gradients (their total norm is finite iff every gradient is)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return True
+    norm = (torch.nn.utils.get_total_norm(grads) if hasattr(torch.nn.utils, "get_total_norm")
+            else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
+    return bool(torch.isfinite(norm))
+
+
 def _snapshot(params, optimizer) -> tuple[list[torch.Tensor], dict]:
     opt = optimizer.state_dict()
     opt_copy = {"state": {k: {n: (v.detach().clone() if torch.is_tensor(v) else v) for n, v in s.items()}
@@ -141,7 +156,8 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
         log.write()
         reporter.message(f"step {at_step}: saved {path}")
 
-    good = _snapshot(params, optimizer)
+    small = sum(p.numel() for p in params) <= SNAPSHOT_LIMIT
+    good = _snapshot(params, optimizer) if small else None
     bad_in_row = bad_total = 0
     losses: list[float] = []
     interrupted = False
@@ -178,18 +194,21 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
                     scaler.step(optimizer)  # skips the step itself on inf/NaN gradients (fp16 overflow)
                     scaler.update()
                 else:
-                    if any(p.grad is not None and not torch.isfinite(p.grad).all() for p in params):
+                    if not _finite_grads(params):
                         finite = False
                     else:
                         optimizer.step()
-                finite = finite and all(torch.isfinite(p.detach()).all() for p in params)
+                if small:  # large models: weights gone non-finite show in the next loss
+                    finite = finite and all(torch.isfinite(p.detach()).all() for p in params)
             if not finite:
                 bad_in_row += 1
                 bad_total += 1
-                _restore(params, optimizer, good)
+                if good is not None:
+                    _restore(params, optimizer, good)
                 lr_scale *= 0.5
-                reporter.message(f"step {step + 1}: loss or gradients not finite; rolled back to the last good state "
-                                 f"and halved the learning rate (x{lr_scale:g}) [{bad_in_row}/{opts.max_bad_steps}]")
+                what = "rolled back to the last good state" if good is not None else "skipped it"
+                reporter.message(f"step {step + 1}: loss or gradients not finite; {what} and halved the learning "
+                                 f"rate (x{lr_scale:g}) [{bad_in_row}/{opts.max_bad_steps}]")
                 if bad_in_row >= opts.max_bad_steps:
                     raise TrainingDiverged(
                         f"training of {job.name} diverged: {bad_in_row} steps in a row gave non-finite values. "
@@ -200,7 +219,8 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
             step += 1
             if hasattr(job, "after_step"):
                 job.after_step(step)
-            good = _snapshot(params, optimizer)
+            if small:
+                good = _snapshot(params, optimizer)
             losses.append(total)
             log.append(step, total, lr, time.monotonic() - started)
             reporter.step({"step": step, "loss": total, "lr": lr})

@@ -13,7 +13,7 @@ from .templates import list_templates
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLIP_MODES = ("none", "value", "norm")
-OPTIMIZERS = ("adamw", "adamw8bit")
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 LATENT_SAMPLING = ("once", "deterministic", "random")
 
 
@@ -60,7 +60,8 @@ class TrainingOptions:
                                            "of the first rate), constant", choices=SCHEDULES, group="optimisation")
     lr_cycles: int = option(3, "cycles of cosine_restarts", min=1, group="optimisation")
     warmup_steps: int = option(0, "linear warm-up steps", min=0, group="optimisation")
-    optimizer: str = option("adamw", "adamw, or adamw8bit (bitsandbytes, CUDA)", choices=OPTIMIZERS, group="optimisation")
+    optimizer: str = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or adafactor (factored moments: the least "
+                                     "memory)", choices=OPTIMIZERS, group="optimisation")
     weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, group="optimisation")
     clip_grad: str = option("none", "gradient clipping: none, value or norm", choices=CLIP_MODES, group="optimisation")
     clip_value: float = option(1.0, "the clipping threshold", min=0.0, group="optimisation")

@@ -1,0 +1,197 @@
+"""DreamBooth: peak memory and seconds per step of each memory preset, next to a plain reference loop, on the same
+model in the same run.
+
+reference  the straightforward loop: fp32 UNet, torch AdamW (fp32 moments), the VAE and the text encoder on the
+           device in fp32, every step encoding its image with the VAE and its prompt with the text encoder, no
+           gradient checkpointing.
+presets    `train_dreambooth` as users run it (cached latents with the VAE off the device, prompts encoded once with
+           the text encoder off the device), with the options each preset names.
+
+Batch 1, no prior preservation (a class image doubles the batch on both sides alike). Peak = CUDA's
+max_memory_allocated over the timed steps (weights included); on the CPU the RSS rise (a rough guide). Each run is a
+fresh subprocess. A preset whose optimizer is missing (bitsandbytes) is reported as such.
+
+    python bench/dreambooth.py                                          # tiny-sd1, 64 px, CPU
+    python bench/dreambooth.py --device cuda --model real-sd1 --resolution 512 --json db.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PRESETS = {
+    "fp16+adamw": dict(precision="fp16", optimizer="adamw"),
+    "fp16+ckpt+adamw": dict(precision="fp16", gradient_checkpointing=True, optimizer="adamw"),
+    "fp16+ckpt+adamw8bit": dict(precision="fp16", gradient_checkpointing=True, optimizer="adamw8bit"),
+    "fp16+ckpt+adafactor": dict(precision="fp16", gradient_checkpointing=True, optimizer="adafactor"),
+    "bf16 weights+ckpt+adamw8bit": dict(master_weights="bf16", gradient_checkpointing=True, optimizer="adamw8bit"),
+    "bf16 weights+ckpt+adafactor": dict(master_weights="bf16", gradient_checkpointing=True, optimizer="adafactor"),
+    "text encoder too: fp16+ckpt+adamw8bit": dict(precision="fp16", gradient_checkpointing=True,
+                                                  optimizer="adamw8bit", train_text_encoder=True),
+    "text encoder too: bf16 weights+ckpt+adafactor": dict(master_weights="bf16", gradient_checkpointing=True,
+                                                          optimizer="adafactor", train_text_encoder=True),
+}
+
+
+def images_folder(resolution: int, n: int = 4) -> Path:
+    from PIL import Image
+
+    folder = Path(tempfile.mkdtemp(prefix="db-bench-"))
+    g = torch.Generator().manual_seed(0)
+    for i in range(n):
+        pixels = (torch.rand(resolution, resolution, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+        (folder / f"{i}.txt").write_text("a photo of sks dog")
+    return folder
+
+
+class Measure:
+    """A reporter that times each step and reads the peak once the warm-up steps are done."""
+
+    def __init__(self, device, warmup: int):
+        from scal_sdt.training.report import Reporter
+
+        class R(Reporter):
+            def step(inner, info):
+                self.on_step(info)
+        self.reporter, self.device, self.warmup = R(), device, warmup
+        self.times, self.peak, self.n = [], 0.0, 0
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def on_step(self, info):
+        self.sync()
+        self.n += 1
+        now = time.perf_counter()
+        if self.n == self.warmup:
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            self.rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        elif self.n > self.warmup:
+            self.times.append(now - self.last)
+            self.peak = (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda"
+                         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.rss0) / 1024)
+        self.last = now
+
+
+def run_preset(a, name: str) -> dict:
+    from apt_memory import build
+
+    from scal_sdt.dreambooth.config import DreamBoothConfig
+    from scal_sdt.dreambooth.trainer import train_dreambooth
+    from scal_sdt.host.standalone import load_host
+
+    dev = torch.device(a.device)
+    options = dict(PRESETS[name])
+    if dev.type == "cpu":
+        options.pop("precision", None)
+        if options.get("optimizer") == "adamw8bit":
+            return {"error": "adamw8bit needs CUDA"}
+    host = load_host(build(a.model), a.device)
+    out = Path(tempfile.mkdtemp(prefix="db-bench-out-"))
+    cfg = DreamBoothConfig(model=a.model, name="bench", instance_data=str(images_folder(a.resolution)),
+                           instance_prompt="a photo of sks dog", steps=a.warmup + a.steps, resolution=a.resolution,
+                           lr="1e-6", out=str(out), log_dir=str(out / "run"), preview_every=0, save_every=0,
+                           device=a.device, keep_checkpoints=1, **options)
+    m = Measure(dev, a.warmup)
+    try:
+        train_dreambooth(cfg, host, m.reporter)
+    except RuntimeError as e:
+        if "bitsandbytes" in str(e):
+            return {"error": "bitsandbytes is not installed"}
+        raise
+    return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
+
+
+def run_reference(a) -> dict:
+    from apt_memory import build
+
+    from scal_sdt.host.schedule import NoiseSchedule, scaled_linear_alphas_cumprod
+    from scal_sdt.host.tokenizer import clip_token_ids
+
+    dev = torch.device(a.device)
+    comps = build(a.model)
+    unet, te, vae = comps.unet.to(dev).float(), comps.text_encoders[0].to(dev).float(), comps.vae.to(dev).float()
+    te.requires_grad_(False)
+    vae.requires_grad_(False)
+    unet.requires_grad_(True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=1e-6)
+    schedule = NoiseSchedule(scaled_linear_alphas_cumprod(), comps.family.prediction_type)
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand((4, 3, a.resolution, a.resolution), generator=g) * 2 - 1
+    ids = clip_token_ids(["a photo of sks dog"]).to(dev)
+    m = Measure(dev, a.warmup)
+    for i in range(a.warmup + a.steps):
+        with torch.no_grad():
+            x0 = vae.encode(images[i % 4:i % 4 + 1].to(dev)).latent_dist.sample() * vae.config.scaling_factor
+            context = te(input_ids=ids).last_hidden_state
+        noise = torch.randn(x0.shape, generator=g).to(dev)
+        t = torch.randint(0, 1000, (1,), generator=g).to(dev)
+        pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
+        loss = torch.nn.functional.mse_loss(pred, schedule.target(x0, noise, t))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        m.on_step({})
+    return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
+
+
+def child(a, name: str) -> dict:
+    cmd = [sys.executable, __file__, "--run", name, "--model", a.model, "--device", a.device, "--resolution",
+           str(a.resolution), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = proc.stderr.strip().splitlines()
+        return {"error": tail[-1] if tail else f"rc {proc.returncode}"}
+    return json.loads(lines[-1][7:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny-sd1", help="tiny-sd1, real-sd1 (full-size SD1 shapes, random weights)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--resolution", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=4, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--presets", default="", help="comma-separated preset names (default: all)")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--run", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.run:
+        result = run_reference(a) if a.run == "reference" else run_preset(a, a.run)
+        print("RESULT " + json.dumps(result))
+        return
+    names = [n for n in (a.presets.split(",") if a.presets else PRESETS) if n]
+    results = {"reference": child(a, "reference")}
+    for name in names:
+        results[name] = child(a, name)
+    ref = results["reference"]
+    print(f"{a.model} at {a.resolution}px on {a.device}, batch 1, median of {a.steps} steps")
+    print(f"{'':48}{'peak MB':>10}{'s/step':>9}{'peak ratio':>12}{'time ratio':>12}")
+    for name, r in results.items():
+        if "error" in r:
+            print(f"{name:48}  {r['error']}")
+            continue
+        pr = r["peak_mb"] / ref["peak_mb"] if ref.get("peak_mb") else float("nan")
+        tr = r["s_per_step"] / ref["s_per_step"] if ref.get("s_per_step") else float("nan")
+        print(f"{name:48}{r['peak_mb']:10.0f}{r['s_per_step']:9.3f}{pr:12.2f}{tr:12.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
