@@ -13,7 +13,7 @@ from modules import call_queue, script_callbacks  # noqa: E402
 
 try:
     from scal_sdt.host import webui_service  # noqa: E402
-    from scal_sdt.ui.training_tab import EMBEDDING, HYPERNETWORK, training_tab  # noqa: E402
+    from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, training_tab  # noqa: E402
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
@@ -30,12 +30,12 @@ def _say_missing(gr, package):
 def on_ui_train_tabs(params):
     import gradio as gr
 
-    for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn")):
+    for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
             if _missing is not None:
                 _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
                 continue
-            kind = EMBEDDING if prefix == EMBEDDING.elem_prefix else HYPERNETWORK
+            kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH) if k.elem_prefix == prefix)
             training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
                          steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
                          txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,

@@ -184,3 +184,27 @@ def test_dataset_editor_from_the_page(tmp_path):
     assert [c[0] if isinstance(c, (list, tuple)) else c for c in choices][:2] == ["smile", "smiling face"]
     s, *_, status, _ = _handler(app, "scal_sdt_edit_add_end")(s, "selection", "x")
     assert "selection is empty" in status  # refused with the reason; nothing written
+
+
+def test_dreambooth_from_the_page_keeps_the_pages_model(tmp_path):
+    """The DreamBooth tab writes a checkpoint and leaves the page's own model as it was (Generate still draws
+    the same)."""
+    import torch
+
+    from scal_sdt.dreambooth.config import DreamBoothConfig
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    app = build_app(UiConfig(model="tiny-sd1", checkpoints=str(tmp_path / "ckpt")))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_db_start", "scal_sdt_db_instance_prompt", "scal_sdt_db_prior_loss_weight"} <= ids
+    make_held_out_colour_set(tmp_path / "inst", 2, seed=3)
+    host = app.scal_sdt_trainer.host()
+    before = {k: v.clone() for k, v in host.components.unet.state_dict().items()}
+    cfg = DreamBoothConfig(name="pagedb", instance_data=str(tmp_path / "inst"), instance_prompt="a photo of sks",
+                           steps=2, lr="1e-3", resolution=64, out=str(tmp_path / "ckpt"), log_dir=str(tmp_path / "run"),
+                           preview_every=0)
+    last = list(app.scal_sdt_trainer.run(cfg))[-1]
+    assert "Checkpoint <b>pagedb</b> finished at step 2" in last["text"]
+    assert (tmp_path / "ckpt" / "pagedb.safetensors").exists()
+    after = host.components.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)

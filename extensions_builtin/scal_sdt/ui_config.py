@@ -16,6 +16,7 @@ class UiConfig:
     port: int = option(7861, "port", min=1, max=65535)
     out: str = option("embeddings", "where trained embeddings go (and Generate finds them by name)")
     hypernetworks: str = option("hypernetworks", "where trained hypernetworks go (and Generate finds them by name)")
+    checkpoints: str = option("models/Stable-diffusion", "where DreamBooth checkpoints go")
 
     def __post_init__(self):
         check_bounds(self)

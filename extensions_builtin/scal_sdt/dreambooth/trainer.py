@@ -14,7 +14,6 @@ import torch
 from ..config import to_dict
 from ..files import atomic_write_text
 from ..host.base import Host
-from ..host.checkpoint import save_checkpoint
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob, NoisedBatch
 from ..training.loop import LoopResult, resolve_precision, run_loop
@@ -83,7 +82,7 @@ class DreamBoothJob(FrozenModelJob):
 
     # -- what learns ------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        groups = [{"params": [p for p in self.host.components.unet.parameters() if p.requires_grad]}]
+        groups = [{"params": [p for p in self.host.trainable_modules()[0].parameters() if p.requires_grad]}]
         if self.text_encoders:
             from ..training.lr import lr_at
 
@@ -148,7 +147,7 @@ class DreamBoothJob(FrozenModelJob):
         path = (Path(self.cfg.out) / f"{self.name}.safetensors" if final
                 else self.run_dir / "models" / f"{self.name}-{step}.safetensors")
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(self.host.components, path, dtype=torch.float16 if self.cfg.save_fp16 else None)
+        self.host.save_checkpoint(path, dtype=torch.float16 if self.cfg.save_fp16 else None)
         atomic_write_text(path.with_suffix(".json"), json.dumps({"trainer": "scal-sdt dreambooth", "step": step,
                                                                  "source": self.host.model_name,
                                                                  "config": to_dict(self.cfg)}, indent=1))
@@ -213,18 +212,13 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
     run_dir = run_dir_for(cfg)
     resolution = cfg.resolution or host.native_resolution
     concepts = prepare_concepts(cfg, host, reporter, resolution)
-    unet = host.components.unet
-    trained = [unet] + (list(host.components.text_encoders) if cfg.train_text_encoder else [])
+    trained = host.trainable_modules(cfg.train_text_encoder)
     master = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
     for module in trained:  # fp32 master weights (autocast runs the maths in fp16/bf16), or full bf16
         module.to(master).requires_grad_(True)
-    for te in host.components.text_encoders:  # the placeholder wrapper's table is not a separate parameter
-        if not cfg.train_text_encoder:
-            te.requires_grad_(False)
     if cfg.gradient_checkpointing:
         host.set_gradient_checkpointing(True)
-    job = DreamBoothJob(cfg, host, concepts, run_dir, list(host.components.text_encoders) if cfg.train_text_encoder
-                        else [])
+    job = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:])
     if cfg.cache_text and (cached := job.cache_prompts(resolution)):
         reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
     n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])

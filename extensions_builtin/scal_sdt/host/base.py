@@ -115,6 +115,31 @@ class Host(abc.ABC):
         layers attach and how kohya files name them."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its UNet modules")
 
+    def trainable_modules(self, text: bool = False) -> list:
+        """What a fine-tune (DreamBooth) trains: the UNet and, with ``text``, the text encoders."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be fine-tuned")
+
+    @contextlib.contextmanager
+    def weights_kept(self, text: bool = False) -> Iterator[None]:
+        """Inside, the UNet (and text encoders) may be trained in place; on leaving they are exactly as loaded
+        again (a CPU copy of their weights is put back, in their dtype): the WebUI's model, or the page's, is as it
+        was."""
+        modules = self.trainable_modules(text)
+        saved = [({k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()},
+                  next(m.parameters()).dtype) for m in modules]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for m, (sd, dtype) in zip(modules, saved):
+                    m.requires_grad_(False).to(dtype)
+                    m.load_state_dict(sd)
+
+    def save_checkpoint(self, path, dtype=None):
+        """The model as an original-layout single-file ``.safetensors`` (with the yaml the WebUI needs), written
+        atomically; ``dtype`` casts the floating-point tensors. Returns the path."""
+        raise NotImplementedError(f"{type(self).__name__} cannot save a checkpoint")
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Trade compute for memory in the UNet and text encoders."""
 

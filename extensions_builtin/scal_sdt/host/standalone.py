@@ -148,6 +148,14 @@ class StandaloneHost(Host):
     def kv_projections(self) -> list:
         return kv_projections(self.components.unet)
 
+    def trainable_modules(self, text: bool = False) -> list:
+        return [self.components.unet] + (list(self.components.text_encoders) if text else [])
+
+    def save_checkpoint(self, path, dtype=None):
+        from .checkpoint import save_checkpoint
+
+        return save_checkpoint(self.components, path, dtype=dtype)
+
     def unet_modules(self) -> dict:
         from .convert_keys import rename
         from .convert_unet import unet_pairs

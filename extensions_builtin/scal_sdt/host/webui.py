@@ -150,6 +150,48 @@ class WebUIHost(Host):
             self.sd_model.first_stage_model.to(devices.cpu)
             self._parked.add("vae")
 
+    # -- fine-tuning ------------------------------------------------------------------------------------------
+    def _text_modules(self) -> list:
+        out = []
+        for embedder in self._embedders():
+            wrapped = embedder.wrapped
+            out.append(wrapped.transformer if hasattr(wrapped, "transformer") else wrapped.model)
+        return out
+
+    def trainable_modules(self, text: bool = False) -> list:
+        return [self.sd_model.model.diffusion_model] + (self._text_modules() if text else [])
+
+    def save_checkpoint(self, path, dtype=None):
+        """The WebUI's model in its file's layout (the hijack's ``wrapped`` levels taken out of the keys), with the
+        source's yaml beside it when it had one."""
+        import shutil
+        from pathlib import Path
+
+        from ..files import save_safetensors
+
+        path = Path(path)
+        info = getattr(self.sd_model, "sd_checkpoint_info", None)
+        source = Path(info.filename) if info is not None else None
+        keep = None  # the source file's keys, when its header says them (buffers it lacked are not added)
+        if source is not None and source.suffix == ".safetensors" and source.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(source), framework="pt") as f:
+                keep = set(f.keys())
+        sd = {}
+        for k, v in self.sd_model.state_dict().items():
+            k = k.replace(".wrapped.", ".")
+            if keep is not None and k not in keep:
+                continue
+            if k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")):
+                v = v.detach().to("cpu")
+                sd[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+        save_safetensors(sd, path, metadata={"format": "pt"})
+        source_yaml = source.with_suffix(".yaml") if source is not None else None
+        if source_yaml is not None and source_yaml.is_file():
+            shutil.copyfile(source_yaml, path.with_suffix(".yaml"))
+        return path
+
     # -- training ---------------------------------------------------------------------------------------------
     def begin_training(self) -> None:
         """ldm's own gradient checkpointing (``use_checkpoint`` in the model's yaml, on in SD1's) backpropagates into
@@ -275,6 +317,13 @@ def reload_loras() -> None:
     networks = sys.modules.get("networks")
     if networks is not None and hasattr(networks, "list_available_networks"):
         networks.list_available_networks()
+
+
+def reload_checkpoints() -> None:
+    """A new checkpoint file appears in the WebUI's checkpoint list without a restart."""
+    from modules import sd_models
+
+    sd_models.list_models()
 
 
 def reload_hypernetworks() -> None:

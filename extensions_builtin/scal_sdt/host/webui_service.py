@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from secrets import compare_digest
 
@@ -15,6 +16,8 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
 from ..config import changed_options, describe, from_dict
+from ..dreambooth.config import DreamBoothConfig
+from ..dreambooth.trainer import train_dreambooth
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
 from ..hypernetwork.trainer import train_hypernetwork
@@ -29,8 +32,8 @@ from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
 from .families import family
 from .webui_aesthetic import family_name
-from .webui import (BlipCaptioner, WebUIHost, WebUIReporter, lora_dir, reload_embeddings, reload_hypernetworks,
-                    reload_loras)
+from .webui import (BlipCaptioner, WebUIHost, WebUIReporter, lora_dir, reload_checkpoints, reload_embeddings,
+                    reload_hypernetworks, reload_loras)
 
 API_PREFIX = "/scal-sdt/v1"
 RESULT_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
@@ -44,8 +47,14 @@ def hypernetworks_dir() -> str:
     return shared.cmd_opts.hypernetwork_dir
 
 
+def checkpoints_dir() -> str:
+    return getattr(shared.cmd_opts, "ckpt_dir", None) or os.path.join(paths.models_path, "Stable-diffusion")
+
+
 def webui_defaults(kind: type = EmbeddingConfig) -> dict:
-    """Form defaults that come from the WebUI: where its embeddings / hypernetworks live."""
+    """Form defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live."""
+    if kind is DreamBoothConfig:
+        return {"out": checkpoints_dir()}
     return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
 
 
@@ -59,10 +68,13 @@ def make_aesthetic(cfg: AestheticEmbeddingConfig, reporter=None) -> AestheticRes
 
 def effective_config(cfg):
     """The run's folders inside the WebUI's data folder unless the user chose others (relative paths too)."""
-    what = "hypernetworks" if isinstance(cfg, HypernetworkConfig) else "textual_inversion"
+    what = ("hypernetworks" if isinstance(cfg, HypernetworkConfig) else "dreambooth" if isinstance(cfg, DreamBoothConfig)
+            else "textual_inversion")
     log_dir = cfg.log_dir or os.path.join(what, "scal-sdt", cfg.name)
     out = cfg.out or webui_defaults(type(cfg))["out"]
     cfg = dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
+    if isinstance(cfg, DreamBoothConfig) and out == DreamBoothConfig.__dataclass_fields__["out"].default:
+        cfg = dataclasses.replace(cfg, out=checkpoints_dir())  # where the WebUI lists checkpoints
     if isinstance(cfg, EmbeddingConfig):  # the UNet-parts LoRA goes where the WebUI's Lora extension looks
         default = EmbeddingConfig.__dataclass_fields__["lora_out"].default
         lora_out = lora_dir() if cfg.lora_out in ("", default) else os.path.join(paths.data_path, cfg.lora_out)
@@ -106,28 +118,38 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
     webui_reporter = WebUIReporter(on_step=on_step)
     reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter
     hypernetwork = isinstance(cfg, HypernetworkConfig)
+    dreambooth = isinstance(cfg, DreamBoothConfig)
     loaded = list(getattr(shared, "loaded_hypernetworks", []))
     try:
-        if hypernetwork:  # the WebUI applies its loaded ones inside attention: none but ours while training
+        if hypernetwork or dreambooth:  # the WebUI applies its loaded ones inside attention: none but ours
             shared.loaded_hypernetworks.clear()
+        if hypernetwork:
             result = train_hypernetwork(cfg, host, reporter)
+        elif dreambooth:  # trained in place, then put back as loaded: the WebUI's model is as it was
+            with host.weights_kept(cfg.train_text_encoder) if hasattr(host, "weights_kept") else nullcontext():
+                result = train_dreambooth(cfg, host, reporter)
         else:
             result = train_embedding(cfg, host, reporter)
     finally:
         _active_run.remove(cfg.log_dir)
-        if hypernetwork:
+        if hypernetwork or dreambooth:
             shared.loaded_hypernetworks[:] = loaded
         if hasattr(host, "restore"):
             host.restore()
-        reload_hypernetworks() if hypernetwork else reload_embeddings()
-        if not hypernetwork and cfg.unet_parts:
+        if dreambooth:
+            reload_checkpoints()
+        else:
+            reload_hypernetworks() if hypernetwork else reload_embeddings()
+        if isinstance(cfg, EmbeddingConfig) and cfg.unet_parts:
             reload_loras()
     run_dir = Path(cfg.log_dir)
     previews = sorted((run_dir / "images").glob("*.png"), key=os.path.getmtime)
     state = "interrupted" if result.interrupted else "finished"
     use = (f"Pick it in Settings or write <code>&lt;hypernet:{html.escape(cfg.name)}:1&gt;</code>" if hypernetwork
+           else "Pick it in the checkpoint list" if dreambooth
            else f"Write <code>{html.escape(cfg.name)}</code> in a prompt")
-    text = (f"<p>{'Hypernetwork' if hypernetwork else 'Embedding'} <b>{html.escape(cfg.name)}</b> {state} at step "
+    what = "Hypernetwork" if hypernetwork else "Checkpoint" if dreambooth else "Embedding"
+    text = (f"<p>{what} <b>{html.escape(cfg.name)}</b> {state} at step "
             f"{result.step}: {html.escape(str(result.final_path))}. {use}.</p>"
             + "".join(f"<p>{html.escape(m)}</p>" for m in webui_reporter.lines[-8:]))
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
@@ -184,8 +206,10 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                 cfg = from_dict(kind, {**webui_defaults(kind), **body})
             except (TypeError, ValueError) as e:
                 raise HTTPException(status_code=422, detail=str(e)) from None
-            if not os.path.isdir(cfg.data):
-                raise HTTPException(status_code=422, detail=f"data: dataset folder does not exist: {cfg.data}")
+            folder = (cfg.instance_data or cfg.data) if kind is DreamBoothConfig else cfg.data
+            if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
+                field = "instance_data" if kind is DreamBoothConfig else "data"
+                raise HTTPException(status_code=422, detail=f"{field}: dataset folder does not exist: {folder}")
 
             def work(reporter):
                 shared.state.begin(job=f"scal-sdt-{name}")
@@ -259,11 +283,14 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
     def options():
         return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
                 "tag": describe(TagConfig), "clean": describe(CleanConfig),
-                "make-aesthetic-embedding": describe(AestheticEmbeddingConfig)}
+                "make-aesthetic-embedding": describe(AestheticEmbeddingConfig),
+                "dreambooth": describe(DreamBoothConfig)}
 
     app.add_api_route(f"{API_PREFIX}/train/embedding", starter(EmbeddingConfig, "train-embedding"), methods=["POST"],
                       dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/train/hypernetwork", starter(HypernetworkConfig, "train-hypernetwork"),
+                      methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/train/dreambooth", starter(DreamBoothConfig, "train-dreambooth"),
                       methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/clean", start_cleaning, methods=["POST"], dependencies=deps)

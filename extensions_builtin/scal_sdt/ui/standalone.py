@@ -19,7 +19,9 @@ from ..textual_inversion.config import EmbeddingConfig, apply_apt_preset
 from ..textual_inversion.trainer import train_embedding
 from ..training import control
 from ..training.run_setup import run_dir_for
-from .training_tab import EMBEDDING, HYPERNETWORK, training_tab
+from .training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, training_tab
+from ..dreambooth.config import DreamBoothConfig
+from ..dreambooth.trainer import train_dreambooth
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
@@ -75,10 +77,15 @@ class StandaloneTrainer:
 
     @staticmethod
     def _what(cfg) -> str:
-        return "hypernetwork" if isinstance(cfg, HypernetworkConfig) else "embedding"
+        return ("hypernetwork" if isinstance(cfg, HypernetworkConfig) else "checkpoint"
+                if isinstance(cfg, DreamBoothConfig) else "embedding")
 
     def _train(self, cfg, reporter, box):
         try:
+            if isinstance(cfg, DreamBoothConfig):  # fine-tuned in place, then put back: the page's model stays
+                with self.host().weights_kept(cfg.train_text_encoder):
+                    box["result"] = train_dreambooth(cfg, self.host(), reporter)
+                return
             trainer = train_hypernetwork if isinstance(cfg, HypernetworkConfig) else train_embedding
             box["result"] = trainer(cfg, self.host(), reporter)
         except Exception as e:  # shown on the page
@@ -132,6 +139,9 @@ def build_app(ui: UiConfig) -> gr.Blocks:
         with gr.Tab("Hypernetwork"):
             training_tab(HYPERNETWORK, run=trainer.run, interrupt=trainer.interrupt, streaming=True,
                          steer=trainer.steer, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"})
+        with gr.Tab("DreamBooth"):
+            training_tab(DREAMBOOTH, run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
+                         defaults={"out": ui.checkpoints, "name": "my-dreambooth"})
         with gr.Tab("Aesthetic embedding"):
             aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
                                                                                    device=ui.device)),

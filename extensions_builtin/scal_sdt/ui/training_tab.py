@@ -1,4 +1,4 @@
-"""A training tab (Embedding, Hypernetwork): a form from the trainer's config, Start / Interrupt, loss plot,
+"""A training tab (Embedding, Hypernetwork, DreamBooth): a form from the trainer's config, Start / Interrupt, loss plot,
 preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Callable
 
 import gradio as gr
 
+from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..textual_inversion.config import EmbeddingConfig
 from .form import build_form, js_kwarg, values_to_config
@@ -28,6 +29,7 @@ class TrainerKind:
 
 EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding")
 HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork")
+DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth")
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],

@@ -1,0 +1,75 @@
+"""DreamBooth inside the real WebUI: trained through our API on the loaded model (class images drawn by the WebUI's
+own txt2img), the new checkpoint lands in its checkpoint folder with the source's keys and shapes, is listed at once,
+loads in the WebUI and in the standalone adapter and draws differently; the WebUI's loaded model is as it was."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from .test_extension_in_webui import digest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(webui_server, tiny_checkpoint):
+    return webui_server(tiny_checkpoint("tiny-sd1"), extensions=[REPO], name="webui-scal-sdt")
+
+
+def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
+    from safetensors import safe_open
+
+    from scal_sdt.host.standalone import load_host
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    root = tmp_path_factory.mktemp("db-webui")
+    make_held_out_colour_set(root / "inst", 4, seed=4)
+    prompt = "a photo of sks"
+    before = digest(server, prompt)
+    job = server.post("/scal-sdt/v1/train/dreambooth", {
+        "name": "dbweb", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks [filewords]",
+        "class_data": str(root / "cls"), "class_prompt": "a photo of a shape", "num_class_images": 2,
+        "class_steps": 2, "steps": 4, "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True})
+    job = server.wait_job(job, timeout=300)
+    assert job["status"] == "finished", job
+    assert len(list((root / "cls").glob("*.png"))) == 2  # drawn by the WebUI's txt2img
+    assert digest(server, prompt) == before  # the loaded model was put back as it was
+
+    source = tiny_checkpoint("tiny-sd1")
+    trained = source.parent / "dbweb.safetensors"
+    assert trained.exists() and trained.with_suffix(".yaml").exists()
+    shapes = {}
+    for path in (source, trained):
+        with safe_open(str(path), framework="pt") as f:
+            shapes[path] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert shapes[trained] == shapes[source]
+    assert "dbweb" in {m["model_name"] for m in server.get("/sdapi/v1/sd-models")}
+
+    host = load_host(str(trained), device="cpu")  # the standalone adapter (diffusers' layout) loads it too
+    with torch.no_grad():
+        assert torch.isfinite(host.predict(torch.randn(1, 4, 8, 8), torch.tensor([3]),
+                                           host.encode_prompts([prompt]))).all()
+
+    original = server.get("/sdapi/v1/options")["sd_model_checkpoint"]
+    try:
+        server.post("/sdapi/v1/options", {"sd_model_checkpoint": "dbweb"}, timeout=300)
+        assert server.get("/sdapi/v1/options")["sd_model_checkpoint"].startswith("dbweb")
+        assert digest(server, prompt) != before  # the fine-tune draws differently
+    finally:
+        server.post("/sdapi/v1/options", {"sd_model_checkpoint": original}, timeout=300)
+    assert digest(server, prompt) == before
+
+
+def test_the_dreambooth_train_tab_is_built_from_the_config(server):
+    import dataclasses
+
+    from scal_sdt.dreambooth.config import DreamBoothConfig
+
+    ids = {c.get("props", {}).get("elem_id") for c in server.get("/config")["components"]}
+    assert "scal_sdt_db_tab" in ids and "scal_sdt_db_start" in ids
+    for f in dataclasses.fields(DreamBoothConfig):
+        if f.name not in ("model", "device", "memory_mode"):
+            assert f"scal_sdt_db_{f.name}" in ids, f.name
+    assert "dreambooth" in server.get("/scal-sdt/v1/options")
