@@ -143,3 +143,26 @@ def test_full_bf16_with_adafactor_learns_and_saves(folders, tmp_path):
     assert result.step == 3 and all(v == v for v in result.losses)
     before, after = read_state_dict(source), read_state_dict(result.final_path)
     assert any(not torch.equal(before[k].half(), after[k]) for k in before if k.startswith("model.diffusion_model."))
+
+
+def test_out_of_memory_steps_down_instead_of_crashing(folders, tmp_path, monkeypatch):
+    """A fake out-of-memory error while the UNet sees more than two images: the run turns gradient checkpointing on,
+    then halves the batch (doubling the accumulation), and finishes; with nothing left to give, a clear error."""
+    host = load_host("tiny-sd1", device="cpu")
+    real_predict = host.predict
+
+    def predict(x_t, t, cond):
+        if x_t.shape[0] > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_predict(x_t, t, cond)
+
+    monkeypatch.setattr(host, "predict", predict)
+    rep = Collect()
+    result = train_dreambooth(config(folders, tmp_path, batch_size=2, steps=2), host, rep)
+    assert result.step == 2
+    downs = [m for m in rep.messages if m.startswith("out of memory")]
+    assert downs == ["out of memory before the first step: trying again with gradient checkpointing on",
+                     "out of memory before the first step: trying again with batch 1 x 2 accumulated"]
+    monkeypatch.setattr(host, "predict", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
+    with pytest.raises(RuntimeError, match="--master-weights bf16 --optimizer adafactor"):
+        train_dreambooth(config(folders, tmp_path, name="dbt2", gradient_checkpointing=True), host, Collect())

@@ -53,6 +53,7 @@ class DreamBoothJob(FrozenModelJob):
         self.templates = [self.concepts[0].concept.instance_prompt or "[filewords]"]
         self.start_generators()
         self.turn = 0
+        self.steps_done = 0  # optimizer steps applied by this run
         self.text_cache: dict[str, object] = {}  # prompt -> Conditioning, while the text is frozen
 
     def cache_prompts(self, resolution: int) -> int:
@@ -135,6 +136,7 @@ class DreamBoothJob(FrozenModelJob):
         return loss
 
     def after_step(self, step: int) -> None:
+        self.steps_done += 1
         if self.text_encoders and self.training_text and step >= self.cfg.stop_text_encoder * self.cfg.steps:
             for te in self.text_encoders:
                 te.requires_grad_(False)
@@ -200,15 +202,58 @@ def prepare_concepts(cfg: DreamBoothConfig, host: Host, reporter: Reporter, reso
     return out
 
 
+def is_out_of_memory(e: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+
+
+def step_down(cfg: DreamBoothConfig) -> tuple[DreamBoothConfig, str] | None:
+    """The next smaller setting after an out-of-memory error: gradient checkpointing on, then half the batch (twice
+    the accumulation, so the effective batch stays); None when nothing is left to give."""
+    if not cfg.gradient_checkpointing:
+        return dataclasses.replace(cfg, gradient_checkpointing=True), "gradient checkpointing on"
+    if cfg.batch_size > 1:
+        half = cfg.batch_size // 2
+        return (dataclasses.replace(cfg, batch_size=half, grad_accum=cfg.grad_accum * cfg.batch_size // half),
+                f"batch {half} x {cfg.grad_accum * cfg.batch_size // half} accumulated")
+    return None
+
+
 def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | None = None) -> LoopResult:
     """Fine-tune ``host``'s model on the concepts; the host's weights are trained in place (the caller gives a host
-    it owns) and left as trained, in the host's dtype."""
+    it owns, or keeps them with ``host.weights_kept``) and left as trained, in the host's dtype. Out of memory before
+    the first step is applied, it steps down (:func:`step_down`) and starts again instead of failing."""
     reporter = reporter or ConsoleReporter()
     if cfg.master_weights == "bf16" and cfg.precision != "bf16":  # bf16 weights compute in bf16
         cfg = dataclasses.replace(cfg, precision="bf16")
     target = Path(cfg.out) / f"{cfg.name}.safetensors"
     if target.exists() and not cfg.overwrite and not cfg.resume:
         raise FileExistsError(f"checkpoint {target} already exists; choose another name or pass --overwrite")
+    while True:
+        box: dict = {}
+        try:
+            return _train(cfg, host, reporter, box)
+        except Exception as e:
+            job = box.pop("job", None)
+            if not is_out_of_memory(e) or (job is not None and job.steps_done > 0):
+                raise
+            smaller = step_down(cfg)
+            if smaller is None:
+                raise RuntimeError(f"out of memory even with gradient checkpointing at batch 1: try --master-weights "
+                                   f"bf16 --optimizer adafactor (or adamw8bit), --resolution lower than "
+                                   f"{cfg.resolution or host.native_resolution}, or memory_mode medvram") from e
+            cfg, what = smaller
+            del job, box
+            import gc
+
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            reporter.message(f"out of memory before the first step: trying again with {what}")
+
+
+def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> LoopResult:
+    """One attempt; ``box["job"]`` is the job, so the caller can tell whether a step was applied."""
     run_dir = run_dir_for(cfg)
     resolution = cfg.resolution or host.native_resolution
     concepts = prepare_concepts(cfg, host, reporter, resolution)
@@ -218,13 +263,13 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
         module.to(master).requires_grad_(True)
     if cfg.gradient_checkpointing:
         host.set_gradient_checkpointing(True)
-    job = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:])
+    job = box["job"] = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:])
     if cfg.cache_text and (cached := job.cache_prompts(resolution)):
         reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
     n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])
     reporter.message(f"DreamBooth {cfg.name!r} on {host.model_name} [{host.family.name}, {host.device}]: "
                      f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}), "
-                     f"{resolution}px, lr {cfg.lr}")
+                     f"{resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}")
     precision = resolve_precision(cfg.precision, host.device)
     try:
         return run_loop(cfg, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))
