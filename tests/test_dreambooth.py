@@ -166,3 +166,38 @@ def test_out_of_memory_steps_down_instead_of_crashing(folders, tmp_path, monkeyp
     monkeypatch.setattr(host, "predict", lambda *a: (_ for _ in ()).throw(torch.cuda.OutOfMemoryError("oom")))
     with pytest.raises(RuntimeError, match="--master-weights bf16 --optimizer adafactor"):
         train_dreambooth(config(folders, tmp_path, name="dbt2", gradient_checkpointing=True), host, Collect())
+
+
+def test_an_extracted_lora_carries_the_fine_tune(folders, tmp_path):
+    """--extract-lora: every Linear layer's change as a kohya LoRA — at full rank exactly (before + up·down = after);
+    on the source model it moves the UNet's output towards the fine-tuned one's (the rest of the change is in the
+    convolutions and norms, which a LoRA of Linear layers does not carry)."""
+    from safetensors.torch import load_file
+
+    from scal_sdt.lora.network import PREFIX, load_kohya
+
+    source = save_checkpoint(load_components("tiny-sd1"), tmp_path / "src.safetensors")
+    cfg = config(folders, tmp_path, model=str(source), class_data="", class_prompt="", steps=4, lr="3e-3",
+                 extract_lora=128, save_fp16=False)
+    result = train_dreambooth(cfg, load_host(str(source), device="cpu"), Collect())
+    lora_path = tmp_path / "out" / "dbt-lora.safetensors"
+    base, tuned = load_host(str(source), device="cpu"), load_host(str(result.final_path), device="cpu")
+    lora_sd = load_file(str(lora_path))
+    before, after = base.unet_modules(), tuned.unet_modules()
+    checked = 0
+    for path, module in before.items():
+        key = PREFIX + path.replace(".", "_")
+        if f"{key}.lora_up.weight" in lora_sd:
+            delta = lora_sd[f"{key}.lora_up.weight"] @ lora_sd[f"{key}.lora_down.weight"]
+            assert torch.allclose(module.weight + delta, after[path].weight, atol=1e-5), path
+            checked += 1
+    assert checked > 20
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 4, 8, 8, generator=g), torch.tensor([100, 700])
+    with torch.no_grad():
+        cond = base.encode_prompts(["a photo of sks", "a red circle"])
+        plain, want = base.predict(x, t, cond), tuned.predict(x, t, cond)
+        lora = load_kohya(lora_path, base.unet_modules()).attach()
+        got = base.predict(x, t, cond)
+        lora.detach()
+    assert (got - want).norm() < (plain - want).norm()

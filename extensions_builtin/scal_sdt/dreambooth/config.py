@@ -53,6 +53,11 @@ class DreamBoothConfig(TrainingOptions):
                                  choices=("fp32", "bf16"), group="memory")
     cache_text: bool = option(True, "encode each prompt once and move the text encoders off the device (when they "
                               "are not trained and tags are not shuffled or dropped)", group="memory")
+    extract_lora: int = option(0, "also write NAME-lora.safetensors: a LoRA of this rank extracted from the UNet's "
+                               "change (kohya format, <lora:NAME-lora:1> on the source model); 0 = off", min=0,
+                               max=1024, group="output")
+    lora_out: str = option("", "folder for the extracted LoRA; '' = beside the checkpoint (in the WebUI: models/Lora)",
+                           group="output")
     save_fp16: bool = option(True, "write the checkpoint in fp16 (half the size; what the WebUI loads anyway)",
                              group="dreambooth")
     overwrite: bool = option(False, "replace an existing checkpoint of that name", group="dreambooth")

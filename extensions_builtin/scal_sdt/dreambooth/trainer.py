@@ -47,6 +47,7 @@ class DreamBoothJob(FrozenModelJob):
     run_dir: Path
     text_encoders: list[torch.nn.Module] = field(default_factory=list)  # trained along, until stop_text_encoder
     validation: LatentDataset | None = None
+    before: dict | None = None  # the UNet's Linear weights before training, for extract_lora
 
     def __post_init__(self):
         self.dataset = self.concepts[0].instances  # the preview's default caption comes from it
@@ -153,6 +154,13 @@ class DreamBoothJob(FrozenModelJob):
         atomic_write_text(path.with_suffix(".json"), json.dumps({"trainer": "scal-sdt dreambooth", "step": step,
                                                                  "source": self.host.model_name,
                                                                  "config": to_dict(self.cfg)}, indent=1))
+        if final and self.before is not None:
+            from ..lora.extract import extract_lora
+
+            lora = Path(self.cfg.lora_out or self.cfg.out) / f"{self.name}-lora.safetensors"
+            lora.parent.mkdir(parents=True, exist_ok=True)
+            extract_lora(self.before, self.host.unet_modules(), self.cfg.extract_lora, self.host.family.name,
+                         f"{self.name}-lora", lora)
         return path
 
     def preview(self, step: int):
@@ -263,7 +271,12 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
         module.to(master).requires_grad_(True)
     if cfg.gradient_checkpointing:
         host.set_gradient_checkpointing(True)
-    job = box["job"] = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:])
+    before = None
+    if cfg.extract_lora:
+        from ..lora.extract import linear_weights
+
+        before = linear_weights(host.unet_modules())
+    job = box["job"] = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:], before=before)
     if cfg.cache_text and (cached := job.cache_prompts(resolution)):
         reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
     n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])

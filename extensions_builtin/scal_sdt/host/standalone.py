@@ -161,8 +161,9 @@ class StandaloneHost(Host):
         from .convert_unet import unet_pairs
 
         unet = self.components.unet
-        named = dict(unet.named_modules())
-        return dict(zip(rename(dict.fromkeys(named), unet_pairs(dict(unet.config)), reverse=True), named.values()))
+        named = {n + ".": m for n, m in unet.named_modules() if n}  # prefixes end with "." in the table
+        renamed = rename(dict.fromkeys(named), unet_pairs(dict(unet.config)), reverse=True)
+        return {k[:-1]: m for k, m in zip(renamed, named.values())}
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         unet, vae = self.components.unet, self.components.vae

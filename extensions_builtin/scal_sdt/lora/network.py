@@ -105,16 +105,18 @@ def load_kohya(path: str | Path, modules: dict[str, nn.Module]) -> LoraNetwork:
     if not names or missing:
         raise ValueError(f"{Path(path).name}: not a UNet LoRA for this model (no layer for "
                          f"{', '.join(missing[:3]) or 'any key'})")
-    first = sd[f"{names[0]}.lora_down.weight"]
-    alpha = float(sd.get(f"{names[0]}.alpha", torch.tensor(first.shape[0])))
-    net = LoraNetwork({by_key[n][0]: by_key[n][1] for n in names}, rank=first.shape[0], alpha=alpha)
+    net = LoraNetwork({by_key[n][0]: by_key[n][1] for n in names}, rank=1)
     with torch.no_grad():
-        for n, layer in zip(names, net.layers):
+        for i, n in enumerate(names):
             down, up = sd[f"{n}.lora_down.weight"], sd[f"{n}.lora_up.weight"]
-            if down.shape != layer.down.weight.shape or up.shape != layer.up.weight.shape:
-                raise ValueError(f"{Path(path).name}: {n} has shapes {tuple(down.shape)}/{tuple(up.shape)}, this model "
-                                 f"needs {tuple(layer.down.weight.shape)}/{tuple(layer.up.weight.shape)}")
+            module = by_key[n][1]
+            if down.shape[1] != module.in_features or up.shape[0] != module.out_features or up.shape[1] != down.shape[0]:
+                raise ValueError(f"{Path(path).name}: {n} has shapes {tuple(down.shape)}/{tuple(up.shape)}, this model's "
+                                 f"layer is {module.in_features} -> {module.out_features}")
+            rank = down.shape[0]
+            layer = LoraLayer(module.in_features, module.out_features, rank,
+                              float(sd.get(f"{n}.alpha", torch.tensor(rank))))
             layer.down.weight.copy_(down)
             layer.up.weight.copy_(up)
-            layer.alpha.fill_(float(sd.get(f"{n}.alpha", torch.tensor(down.shape[0]))))
+            net.layers[i] = layer
     return net

@@ -1,0 +1,49 @@
+"""A LoRA extracted from a fine-tune: each Linear layer's weight change, truncated to ``rank`` by an SVD, in kohya's
+format — a small file that carries most of a DreamBooth run for users who want one."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .network import BASE_MODEL_VERSION, PREFIX
+
+
+def linear_weights(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """CPU copies of the Linear layers' weights (``modules``: original UNet path -> module): the 'before'."""
+    return {p: m.weight.detach().to("cpu", torch.float32, copy=True)
+            for p, m in modules.items() if isinstance(m, nn.Linear)}
+
+
+def extract_lora(before: dict[str, torch.Tensor], modules: dict[str, nn.Module], rank: int, family: str, name: str,
+                 path: str | Path) -> tuple[Path, int]:
+    """Write the low-rank approximation of (now - before) for every Linear layer that changed; returns the path and
+    how many layers it holds."""
+    from ..files import save_safetensors
+
+    sd = {}
+    for p, before_w in before.items():
+        module = modules.get(p)
+        if not isinstance(module, nn.Linear):
+            continue
+        delta = module.weight.detach().to("cpu", torch.float32) - before_w
+        if not torch.any(delta):
+            continue
+        r = min(rank, *delta.shape)
+        if r < min(delta.shape) // 2:
+            u, s, v = torch.svd_lowrank(delta, q=min(r + 8, *delta.shape), niter=4)
+            up, down = u[:, :r] * s[:r], v[:, :r].T
+        else:
+            u, s, vh = torch.linalg.svd(delta, full_matrices=False)
+            up, down = u[:, :r] * s[:r], vh[:r]
+        key = PREFIX + p.replace(".", "_")
+        sd[f"{key}.lora_up.weight"] = up.contiguous()
+        sd[f"{key}.lora_down.weight"] = down.contiguous()
+        sd[f"{key}.alpha"] = torch.tensor(float(r))
+    if not sd:
+        raise ValueError("no Linear layer of the UNet changed: nothing to extract")
+    meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
+            "ss_base_model_version": BASE_MODEL_VERSION[family], "ss_output_name": name,
+            "scal_sdt": "extracted from a DreamBooth fine-tune"}
+    return save_safetensors(sd, path, metadata=meta), len(sd) // 3
