@@ -201,3 +201,32 @@ def test_an_extracted_lora_carries_the_fine_tune(folders, tmp_path):
         got = base.predict(x, t, cond)
         lora.detach()
     assert (got - want).norm() < (plain - want).norm()
+
+
+def test_pivotal_tuning_learns_an_embedding_saved_alone_and_bundled(folders, tmp_path):
+    """--pivotal-vectors: a new embedding NAME learns with the fine-tune (the prompts say [name]); it is written as a
+    WebUI embedding and bundled in the extracted LoRA under bundle_emb.NAME (the WebUI's Lora extension loads it from
+    there); an embedding of that name already there is refused."""
+    import webui_rules
+    from safetensors.torch import load_file
+
+    from scal_sdt.textual_inversion.create import init_vectors
+    from scal_sdt.textual_inversion.format import load_embedding
+
+    source = save_checkpoint(load_components("tiny-sd1"), tmp_path / "src.safetensors")
+    kw = dict(model=str(source), name="zqpet", instance_prompt="a photo of [name] [filewords]", class_data="",
+              class_prompt="", steps=3, lr="1e-4", pivotal_vectors=2, pivotal_init_text="dog", pivotal_lr=0.05,
+              extract_lora=8, embeddings_out=str(tmp_path / "emb"))
+    train_dreambooth(config(folders, tmp_path, **kw), load_host(str(source), device="cpu"), Collect())
+    path = tmp_path / "emb" / "zqpet.safetensors"
+    emb = load_embedding(path)
+    start = init_vectors(load_host(str(source), device="cpu"), "dog", 2)
+    assert emb.name == "zqpet" and emb.vectors["*"].shape == start["clip_l"].shape
+    assert not torch.allclose(emb.vectors["*"], start["clip_l"])  # it learned
+    seen = webui_rules.load_embedding_file(path)
+    assert seen is not None and seen.vectors == 2
+    bundled = load_file(str(tmp_path / "out" / "zqpet-lora.safetensors"))
+    assert torch.equal(bundled["bundle_emb.zqpet.string_to_param.*"], emb.vectors["*"])
+    with pytest.raises(FileExistsError, match="embedding 'zqpet' already exists"):
+        train_dreambooth(config(folders, tmp_path, **{**kw, "out": str(tmp_path / "other")}),
+                         load_host(str(source), device="cpu"), Collect())

@@ -44,6 +44,13 @@ class DreamBoothConfig(TrainingOptions):
                                     group="dreambooth")
     stop_text_encoder: float = option(1.0, "freeze the text encoders after this fraction of the steps", min=0.0,
                                       max=1.0, group="dreambooth")
+    pivotal_vectors: int = option(0, "pivotal tuning: also learn a new embedding NAME of this many vectors (write "
+                                  "[name] in the prompts); saved in embeddings_out and bundled in the extracted LoRA; "
+                                  "0 = off", min=0, max=75, group="dreambooth")
+    pivotal_init_text: str = option("*", "text whose token vectors start that embedding", group="dreambooth")
+    pivotal_lr: float = option(5e-3, "that embedding's learning rate (on lr's schedule)", min=0.0, group="dreambooth")
+    embeddings_out: str = option("embeddings", "folder for the pivotal embedding (in the WebUI: its embeddings folder)",
+                                 group="output")
     min_snr_gamma: float = option(0.0, "min-SNR loss weighting with this gamma (5 is usual); 0 = off", min=0.0,
                                   group="dreambooth")
     noise_offset: float = option(0.0, "offset noise (0.05-0.1 lets the model learn darker darks); 0 = off", min=0.0,

@@ -19,6 +19,7 @@ from ..training.frozen_job import FrozenModelJob, NoisedBatch
 from ..training.loop import LoopResult, resolve_precision, run_loop
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
+from ..textual_inversion.format import save_embedding
 from ..training.templates import process_tags, render
 from .class_images import ensure_class_images
 from .concepts import Concept, concepts_of
@@ -48,6 +49,7 @@ class DreamBoothJob(FrozenModelJob):
     text_encoders: list[torch.nn.Module] = field(default_factory=list)  # trained along, until stop_text_encoder
     validation: LatentDataset | None = None
     before: dict | None = None  # the UNet's Linear weights before training, for extract_lora
+    vectors: dict[str, torch.nn.Parameter] | None = None  # pivotal tuning: the new token's embedding
 
     def __post_init__(self):
         self.dataset = self.concepts[0].instances  # the preview's default caption comes from it
@@ -60,7 +62,7 @@ class DreamBoothJob(FrozenModelJob):
     def cache_prompts(self, resolution: int) -> int:
         """Encode every prompt the run will use once (when they are fixed: text frozen, no tag shuffle or dropout,
         and for SDXL one size), then let the text encoders leave the device. Returns how many were cached."""
-        if (self.training_text or self.cfg.shuffle_tags or self.cfg.tag_dropout
+        if (self.training_text or self.vectors or self.cfg.shuffle_tags or self.cfg.tag_dropout
                 or (self.cfg.buckets and self.host.family.size_conditioning)):
             return 0
         wanted = {self.prompts(template, [item.caption])[0]
@@ -79,8 +81,8 @@ class DreamBoothJob(FrozenModelJob):
 
         if self.text_cache and all(p in self.text_cache for p in prompts):
             return Conditioning.cat([self.text_cache[p] for p in prompts])
-        with self.host.on_device("text"), torch.set_grad_enabled(self.training_text):
-            return self.host.encode_prompts(prompts, size=size)
+        with self.host.on_device("text"), torch.set_grad_enabled(self.training_text or bool(self.vectors)):
+            return self.host.encode_prompts(prompts, self.embeddings(), size=size)
 
     # -- what learns ------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
@@ -91,7 +93,16 @@ class DreamBoothJob(FrozenModelJob):
             first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
             scale = self.cfg.text_encoder_lr / first if self.cfg.text_encoder_lr and first else 1.0
             groups.append({"params": [p for te in self.text_encoders for p in te.parameters()], "lr_scale": scale})
+        if self.vectors:
+            from ..training.lr import lr_at
+
+            first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
+            groups.append({"params": list(self.vectors.values()),
+                           "lr_scale": self.cfg.pivotal_lr / first if first else 1.0})
         return groups
+
+    def embeddings(self) -> dict | None:
+        return {self.name: dict(self.vectors)} if self.vectors else None
 
     @property
     def training_text(self) -> bool:
@@ -154,14 +165,31 @@ class DreamBoothJob(FrozenModelJob):
         atomic_write_text(path.with_suffix(".json"), json.dumps({"trainer": "scal-sdt dreambooth", "step": step,
                                                                  "source": self.host.model_name,
                                                                  "config": to_dict(self.cfg)}, indent=1))
+        bundle = {}
+        if self.vectors:
+            emb = self.embedding(step)
+            target = (Path(self.cfg.embeddings_out) / f"{self.name}.safetensors" if final
+                      else self.run_dir / "embeddings" / f"{self.name}-{step}.safetensors")
+            save_embedding(emb, target)
+            bundle = {f"bundle_emb.{self.name}." + ("string_to_param.*" if k == "*" else k): v
+                      for k, v in emb.vectors.items()}  # how the WebUI finds embeddings inside a LoRA file
         if final and self.before is not None:
             from ..lora.extract import extract_lora
 
             lora = Path(self.cfg.lora_out or self.cfg.out) / f"{self.name}-lora.safetensors"
             lora.parent.mkdir(parents=True, exist_ok=True)
             extract_lora(self.before, self.host.unet_modules(), self.cfg.extract_lora, self.host.family.name,
-                         f"{self.name}-lora", lora)
+                         f"{self.name}-lora", lora, extra=bundle)
         return path
+
+    def embedding(self, step: int):
+        from ..textual_inversion.create import file_vectors
+        from ..textual_inversion.format import Embedding
+
+        vectors = file_vectors(self.host, {k: v.detach().float().cpu().clone() for k, v in self.vectors.items()})
+        return Embedding(name=self.name, vectors=vectors, step=step, sd_checkpoint=self.host.model_hash,
+                         sd_checkpoint_name=self.host.model_name,
+                         meta={"trainer": "scal-sdt dreambooth pivotal tuning", "scal_sdt": json.dumps(to_dict(self.cfg))})
 
     def preview(self, step: int):
         return self.preview_grid(step, lambda prompts, **kw: self.host.sample(prompts, **kw))
@@ -237,6 +265,12 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
     target = Path(cfg.out) / f"{cfg.name}.safetensors"
     if target.exists() and not cfg.overwrite and not cfg.resume:
         raise FileExistsError(f"checkpoint {target} already exists; choose another name or pass --overwrite")
+    if cfg.pivotal_vectors and not cfg.overwrite and not cfg.resume:
+        from ..textual_inversion.create import existing_embeddings
+
+        if clash := existing_embeddings(Path(cfg.embeddings_out), cfg.name):
+            raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or pass "
+                                  f"--overwrite")
     while True:
         box: dict = {}
         try:
@@ -276,12 +310,19 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
         from ..lora.extract import linear_weights
 
         before = linear_weights(host.unet_modules())
-    job = box["job"] = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:], before=before)
+    vectors = None
+    if cfg.pivotal_vectors:
+        from ..textual_inversion.create import init_vectors
+
+        start = init_vectors(host, cfg.pivotal_init_text, cfg.pivotal_vectors)
+        vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
+    job = box["job"] = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:], before=before, vectors=vectors)
     if cfg.cache_text and (cached := job.cache_prompts(resolution)):
         reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
     n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])
     reporter.message(f"DreamBooth {cfg.name!r} on {host.model_name} [{host.family.name}, {host.device}]: "
-                     f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}), "
+                     f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}"
+                     f"{f' + a {cfg.pivotal_vectors}-vector embedding {cfg.name!r}' if vectors else ''}), "
                      f"{resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}")
     precision = resolve_precision(cfg.precision, host.device)
     try:

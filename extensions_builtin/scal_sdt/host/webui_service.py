@@ -77,6 +77,9 @@ def effective_config(cfg):
         cfg = dataclasses.replace(cfg, out=checkpoints_dir())  # where the WebUI lists checkpoints
     if isinstance(cfg, DreamBoothConfig) and cfg.extract_lora and not cfg.lora_out:
         cfg = dataclasses.replace(cfg, lora_out=lora_dir())
+    if isinstance(cfg, DreamBoothConfig) and cfg.embeddings_out == DreamBoothConfig.__dataclass_fields__[
+            "embeddings_out"].default:
+        cfg = dataclasses.replace(cfg, embeddings_out=embeddings_dir())
     if isinstance(cfg, EmbeddingConfig):  # the UNet-parts LoRA goes where the WebUI's Lora extension looks
         default = EmbeddingConfig.__dataclass_fields__["lora_out"].default
         lora_out = lora_dir() if cfg.lora_out in ("", default) else os.path.join(paths.data_path, cfg.lora_out)
@@ -142,6 +145,8 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
             reload_checkpoints()
             if cfg.extract_lora:
                 reload_loras()
+            if cfg.pivotal_vectors:
+                reload_embeddings()
         else:
             reload_hypernetworks() if hypernetwork else reload_embeddings()
         if isinstance(cfg, EmbeddingConfig) and cfg.unet_parts:

@@ -17,9 +17,9 @@ def linear_weights(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
 
 
 def extract_lora(before: dict[str, torch.Tensor], modules: dict[str, nn.Module], rank: int, family: str, name: str,
-                 path: str | Path) -> tuple[Path, int]:
-    """Write the low-rank approximation of (now - before) for every Linear layer that changed; returns the path and
-    how many layers it holds."""
+                 path: str | Path, extra: dict[str, torch.Tensor] | None = None) -> tuple[Path, int]:
+    """Write the low-rank approximation of (now - before) for every Linear layer that changed (plus ``extra``
+    tensors, e.g. bundled embeddings); returns the path and how many layers it holds."""
     from ..files import save_safetensors
 
     sd = {}
@@ -46,4 +46,6 @@ def extract_lora(before: dict[str, torch.Tensor], modules: dict[str, nn.Module],
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(rank),
             "ss_base_model_version": BASE_MODEL_VERSION[family], "ss_output_name": name,
             "scal_sdt": "extracted from a DreamBooth fine-tune"}
-    return save_safetensors(sd, path, metadata=meta), len(sd) // 3
+    layers = len(sd) // 3
+    sd.update({k: v.contiguous() for k, v in (extra or {}).items()})
+    return save_safetensors(sd, path, metadata=meta), layers
