@@ -17,6 +17,7 @@ from ..host.base import Host
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob, NoisedBatch
 from ..training.loop import LoopResult, resolve_precision, run_loop
+from ..training.lr import rate_scale
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
 from ..textual_inversion.format import save_embedding
@@ -88,17 +89,11 @@ class DreamBoothJob(FrozenModelJob):
     def param_groups(self) -> list[dict]:
         groups = [{"params": [p for p in self.host.trainable_modules()[0].parameters() if p.requires_grad]}]
         if self.text_encoders:
-            from ..training.lr import lr_at
-
-            first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
-            scale = self.cfg.text_encoder_lr / first if self.cfg.text_encoder_lr and first else 1.0
-            groups.append({"params": [p for te in self.text_encoders for p in te.parameters()], "lr_scale": scale})
+            groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
+                           "lr_scale": rate_scale(self.cfg.text_encoder_lr, self.cfg.lr, self.cfg.steps)})
         if self.vectors:
-            from ..training.lr import lr_at
-
-            first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
             groups.append({"params": list(self.vectors.values()),
-                           "lr_scale": self.cfg.pivotal_lr / first if first else 1.0})
+                           "lr_scale": rate_scale(self.cfg.pivotal_lr, self.cfg.lr, self.cfg.steps)})
         return groups
 
     def embeddings(self) -> dict | None:
@@ -192,7 +187,8 @@ class DreamBoothJob(FrozenModelJob):
                          meta={"trainer": "scal-sdt dreambooth pivotal tuning", "scal_sdt": json.dumps(to_dict(self.cfg))})
 
     def preview(self, step: int):
-        return self.preview_grid(step, lambda prompts, **kw: self.host.sample(prompts, **kw))
+        return self.preview_grid(step, lambda prompts, **kw: self.host.sample(prompts, embeddings=self.embeddings(),
+                                                                              **kw))
 
     def state_dict(self) -> dict:
         return {"turn": self.turn, "noise": self.noise.get_state(), "prompt_rng": self.prompt_rng.getstate(),

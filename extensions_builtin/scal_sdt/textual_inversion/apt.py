@@ -72,12 +72,11 @@ class AptJob(EmbeddingJob):
         return {**{f"pos.{k}": v for k, v in self.vectors.items()}, **{f"neg.{k}": v for k, v in self.neg_vectors.items()}}
 
     def param_groups(self):
-        from ..training.lr import lr_at
+        from ..training.lr import rate_scale
 
-        first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
-        scale = self.cfg.neg_lr / first if self.cfg.neg_lr and first else 1.0
         return [{"params": list(self.vectors.values())},
-                {"params": list(self.neg_vectors.values()), "lr_scale": scale}] + self.unet_groups()
+                {"params": list(self.neg_vectors.values()),
+                 "lr_scale": rate_scale(self.cfg.neg_lr, self.cfg.lr, self.cfg.steps)}] + self.unet_groups()
 
     def embeddings(self) -> dict[str, dict[str, torch.Tensor]]:
         return {self.name: dict(self.vectors), self.neg: dict(self.neg_vectors)}

@@ -44,10 +44,10 @@ class EmbeddingJob(FrozenModelJob):
     def unet_groups(self) -> list[dict]:
         if self.unet_lora is None:
             return []
-        from ..training.lr import lr_at
+        from ..training.lr import rate_scale
 
-        first = lr_at(0, "constant", self.cfg.lr, self.cfg.steps, 0)
-        return [{"params": list(self.unet_lora.parameters()), "lr_scale": self.cfg.unet_lr / first if first else 1.0}]
+        return [{"params": list(self.unet_lora.parameters()),
+                 "lr_scale": rate_scale(self.cfg.unet_lr, self.cfg.lr, self.cfg.steps)}]
 
     def save_unet(self, step: int, final: bool) -> Path | None:
         """The UNet parts as a kohya LoRA: ``lora_out/NAME-unet.safetensors`` (run checkpoints in the run folder)."""

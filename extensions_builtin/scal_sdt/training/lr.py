@@ -75,3 +75,10 @@ def lr_at(step: int, schedule: str, lr: str, total_steps: int, warmup_steps: int
     if warmup_steps and step < warmup_steps:
         base *= (step + 1) / warmup_steps
     return base
+
+
+def rate_scale(rate: float, lr: str, steps: int) -> float:
+    """The ``lr_scale`` that gives a parameter group ``rate`` at the start of lr's schedule (it then follows the
+    schedule); 1 when ``rate`` is 0 (use lr itself)."""
+    first = lr_at(0, "constant", lr, steps, 0)
+    return rate / first if rate and first else 1.0
