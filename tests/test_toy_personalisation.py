@@ -48,3 +48,37 @@ def test_embedding_teaches_the_toy_model_the_held_out_colour(tmp_path):
     after = prompt_accuracy(host, judge, triples, seed=9, colour_words=words, embeddings={NAME: learned})
     assert before["colour"] <= 0.1, before
     assert after["colour"] >= 0.2, (before, after)  # measured: 0.0 before, 0.375 after (chance 1/12)
+
+
+def test_dreambooth_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
+    """DreamBooth on the toy model: the UNet fine-tuned on the 16 pink pictures ("a medium sks diamond ..."), a
+    pivotal embedding for "sks" learning along, with real pictures of the other colours as regularisation (prior
+    preservation with their own captions). The judge sees pink for "sks" prompts, and the other colours are kept.
+    Measured: pink 0.00 -> 0.31, other colours 0.91 -> 0.84 (a UNet-only run does not bind "sks" to pink on this toy
+    model: 0.00, see the README)."""
+    from scal_sdt.dreambooth.config import DreamBoothConfig
+    from scal_sdt.dreambooth.trainer import train_dreambooth
+    from scal_sdt.toy_world.world import make_dataset
+
+    host = load_host("toy", device="cpu")
+    judge = Judge.load(PRETRAINED / JUDGE)
+    data, reg = tmp_path / "pink", tmp_path / "reg"
+    make_held_out_colour_set(data, 16, seed=5)
+    make_dataset(reg, 64, seed=8)
+    shapes = [s for s in SHAPES if s != HELD_OUT["shape"]]
+    triples = prompt_set(32, seed=77, shapes=shapes, colours=[HELD_OUT["colour"]])
+    words = {HELD_OUT["colour"]: "sks"}
+    others = prompt_set(32, seed=78)
+    before = prompt_accuracy(host, judge, triples, seed=9, colour_words=words)["colour"]
+    cfg = DreamBoothConfig(model="toy", name="sks", instance_data=str(data), instance_prompt="[filewords]",
+                           class_data=str(reg), class_prompt="[filewords]", num_class_images=0, steps=400, lr="1e-4",
+                           batch_size=4, pivotal_vectors=1, pivotal_init_text="red", pivotal_lr=0.02,
+                           embeddings_out=str(tmp_path / "emb"), out=str(tmp_path / "out"), log_dir=str(tmp_path / "run"),
+                           preview_every=0, save_every=0, device="cpu")
+    with host.weights_kept():
+        train_dreambooth(cfg, host, Reporter())
+        learned = {"sks": load_embedding(tmp_path / "emb" / "sks.safetensors").for_encoders(list(host.widths))}
+        after = prompt_accuracy(host, judge, triples, seed=9, colour_words=words, embeddings=learned)["colour"]
+        kept = prompt_accuracy(host, judge, others, seed=11)["colour"]
+    assert before <= 0.1 and after >= 0.2, (before, after)
+    assert kept >= 0.7, kept
