@@ -230,3 +230,30 @@ def test_pivotal_tuning_learns_an_embedding_saved_alone_and_bundled(folders, tmp
     with pytest.raises(FileExistsError, match="embedding 'zqpet' already exists"):
         train_dreambooth(config(folders, tmp_path, **{**kw, "out": str(tmp_path / "other")}),
                          load_host(str(source), device="cpu"), Collect())
+
+
+def test_the_preflight_estimate_matches_the_measured_peaks_and_advises():
+    """The memory arithmetic against bench/dreambooth.py's H200 measurements (SD1 at 512 px): within 10% for every
+    configuration measured; for an 8 GiB card it names the options that make a plain run fit, in order."""
+    from pathlib import Path
+
+    from scal_sdt.dreambooth.preflight import ModelSize, advise, estimate
+
+    data = json.loads((Path(__file__).resolve().parents[1] / "bench" / "dreambooth_h200.json").read_text())
+    size = ModelSize(data["params"]["unet"], data["params"]["text"], data["params"]["vae"], "sd1")
+    for name, run in data["runs"].items():
+        options = dict(run["options"])
+        frozen = 4 if options.pop("frozen_dtype", "fp16") == "fp32" else 2
+        cfg = DreamBoothConfig(name="x", instance_data="d", **options)
+        got = estimate(cfg, size, 512, frozen_bytes=frozen).peak_mib
+        assert abs(got - run["peak_mib"]) <= 0.1 * run["peak_mib"], (name, got, run["peak_mib"])
+    plain = DreamBoothConfig(name="x", instance_data="d", batch_size=2)
+    now, advice = advise(plain, size, 512, 8.0)
+    assert now.peak_mib > 8 * 1024
+    assert advice[0].startswith("--gradient-checkpointing") and any("--optimizer adafactor" in a for a in advice)
+    assert float(advice[-1].split("-> ")[1].split(" GiB")[0]) <= 8.0
+    with pytest.raises(ValueError, match="more than the 0.001 GiB given"):
+        from scal_sdt.dreambooth.trainer import preflight
+
+        preflight(DreamBoothConfig(name="x", instance_data="d", vram_gb=0.001, model="tiny-sd1"),
+                  load_host("toy", device="cpu"), Collect())

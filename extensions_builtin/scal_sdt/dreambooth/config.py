@@ -58,6 +58,9 @@ class DreamBoothConfig(TrainingOptions):
     master_weights: str = option("fp32", "the trained weights' dtype: fp32 (mixed precision, the usual) or bf16 "
                                  "(full bf16: weights, gradients and optimizer state in bf16, about half the memory)",
                                  choices=("fp32", "bf16"), group="memory")
+    vram_gb: float = option(0.0, "the card's memory in GiB: the run's peak is estimated first and, if it does not fit, "
+                            "training stops before it starts and says which options to switch on; 0 = the CUDA "
+                            "device's own size, and only a warning", min=0.0, group="memory")
     cache_text: bool = option(True, "encode each prompt once and move the text encoders off the device (when they "
                               "are not trained and tags are not shuffled or dropped)", group="memory")
     extract_lora: int = option(0, "also write NAME-lora.safetensors: a LoRA of this rank extracted from the UNet's "

@@ -251,6 +251,22 @@ def step_down(cfg: DreamBoothConfig) -> tuple[DreamBoothConfig, str] | None:
     return None
 
 
+def preflight(cfg: DreamBoothConfig, host: Host, reporter: Reporter) -> None:
+    """Say the estimated peak; with ``vram_gb`` given and exceeded, stop with the options that make it fit."""
+    from .preflight import ModelSize, advise
+
+    budget = cfg.vram_gb
+    if not budget and host.device.type == "cuda":
+        budget = torch.cuda.get_device_properties(host.device).total_memory / 2 ** 30
+    resolution = cfg.resolution or host.native_resolution
+    estimate, advice = advise(cfg, ModelSize.of(host), resolution, budget or float("inf"))
+    fits = not budget or estimate.peak_mib <= budget * 1024
+    reporter.message(estimate.describe() + ("" if fits else f"; more than {budget:g} GiB — to fit: " + "; ".join(advice)))
+    if not fits and cfg.vram_gb:
+        raise ValueError(f"DreamBooth {cfg.name!r} needs about {estimate.peak_mib / 1024:.1f} GiB, more than the "
+                         f"{cfg.vram_gb:g} GiB given (vram_gb); switch on: " + "; ".join(advice))
+
+
 def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | None = None) -> LoopResult:
     """Fine-tune ``host``'s model on the concepts; the host's weights are trained in place (the caller gives a host
     it owns, or keeps them with ``host.weights_kept``) and left as trained, in the host's dtype. Out of memory before
@@ -267,6 +283,7 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
         if clash := existing_embeddings(Path(cfg.embeddings_out), cfg.name):
             raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or pass "
                                   f"--overwrite")
+    preflight(cfg, host, reporter)
     while True:
         box: dict = {}
         try:

@@ -1,0 +1,97 @@
+"""Before a DreamBooth run: its peak device memory, as arithmetic over the parameter counts and the options, and the
+options that make it fit a card. The terms and their constants come from measurements (bench/dreambooth.py on an
+H200, SD1 at 512 px; bench/dreambooth_h200.json, which a test holds the estimate to):
+
+- trained weights and their gradients: 4 bytes each (fp32 master weights) or 2 (``master_weights bf16``);
+- optimizer state: AdamW two moments in the weights' dtype, AdamW8bit 2 bytes, Adafactor's factored moments ~0;
+  AdamW's step also makes one weights-sized temporary;
+- autocast's fp16/bf16 copies of fp32 weights during forward and backward (2 bytes per weight);
+- full bf16: one more weights-sized buffer (measured; the fp32 view of bf16 gradients in the optimizer/norm step);
+- frozen parts left on the device: the text encoder(s) unless prompts are cached, the VAE unless offloaded;
+- activations: ~1.7 GiB per image at 512 px for SD1 in fp16 (twice in fp32), a third with checkpointing, scaling
+  with the pixel count; SDXL's per-pixel cost is taken as twice SD1's (an estimate, not yet measured).
+The peak is the larger of the forward/backward phase and the optimizer step."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .config import DreamBoothConfig
+
+MIB = 2 ** 20
+ACTIVATIONS_MIB_512 = 1700.0  # SD1, one image, fp16, no checkpointing
+CHECKPOINTED = 0.3
+FAMILY_ACTIVATIONS = {"sd1": 1.0, "sd2": 1.0, "sdxl": 2.0}
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    unet: int
+    text: int  # all text encoders together
+    vae: int
+    family: str = "sd1"
+
+    @classmethod
+    def of(cls, host) -> "ModelSize":
+        count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
+        trainable = host.trainable_modules(True)
+        vae = getattr(getattr(host, "components", None), "vae", None) or getattr(host.sd_model, "first_stage_model")
+        return cls(count(trainable[:1]), count(trainable[1:]), count([vae]), host.family.name)
+
+
+@dataclass
+class Estimate:
+    parts: dict[str, float]  # MiB
+    peak_mib: float
+
+    def describe(self) -> str:
+        shown = ", ".join(f"{k} {v / 1024:.1f}" for k, v in self.parts.items() if v >= 1)
+        return f"estimated peak {self.peak_mib / 1024:.1f} GiB ({shown})"
+
+
+def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_bytes: int = 2) -> Estimate:
+    trained = size.unet + (size.text if cfg.train_text_encoder else 0)
+    w = 2 if cfg.master_weights == "bf16" else 4
+    mixed = w == 4 and cfg.precision in ("fp16", "bf16", "auto")
+    state = {"adamw": 2 * w, "adamw8bit": 2, "adafactor": 0}[cfg.optimizer]
+    parts = {"weights": trained * w / MIB, "gradients": trained * w / MIB, "optimizer": trained * state / MIB}
+    transient = trained * w / MIB if cfg.optimizer == "adamw" else 0.0
+    autocast = trained * 2 / MIB if mixed else 0.0
+    bf16_extra = trained * 2 / MIB if w == 2 else 0.0
+    cached = cfg.cache_text and not (cfg.shuffle_tags or cfg.tag_dropout or cfg.pivotal_vectors)
+    frozen_text = 0 if (cfg.train_text_encoder or cached) else size.text * frozen_bytes / MIB
+    frozen_vae = 0 if cfg.offload_vae else size.vae * frozen_bytes / MIB
+    rows = cfg.batch_size * (2 if cfg.class_data or cfg.concepts else 1)
+    act = (ACTIVATIONS_MIB_512 * rows * (resolution / 512) ** 2 * FAMILY_ACTIVATIONS.get(size.family, 1.0)
+           * (CHECKPOINTED if cfg.gradient_checkpointing else 1.0) * (1.0 if (mixed or w == 2) else 2.0))
+    parts.update({"autocast copies": autocast, "bf16 extra": bf16_extra, "frozen text encoders": frozen_text,
+                  "frozen VAE": frozen_vae, "activations": act})
+    held = parts["weights"] + parts["gradients"] + parts["optimizer"] + frozen_text + frozen_vae + bf16_extra
+    return Estimate(parts, max(held + autocast + act, held + transient))
+
+
+#: what to switch on, in order, until a run fits (each is a DreamBoothConfig change)
+STEPS = (("gradient_checkpointing", True, "--gradient-checkpointing"),
+         ("cache_text", True, "--cache-text"),
+         ("optimizer", "adafactor", "--optimizer adafactor (or adamw8bit with bitsandbytes)"),
+         ("master_weights", "bf16", "--master-weights bf16"))
+
+
+def advise(cfg: DreamBoothConfig, size: ModelSize, resolution: int, budget_gib: float) -> tuple[Estimate, list[str]]:
+    """The estimate of ``cfg`` and the options to switch on (in order) until it fits ``budget_gib``; then halving
+    the batch (with more accumulation) and a lower resolution."""
+    now = estimate(cfg, size, resolution)
+    advice, trial = [], cfg
+    for field, value, flag in STEPS:
+        if estimate(trial, size, resolution).peak_mib <= budget_gib * 1024:
+            break
+        if getattr(trial, field) != value:
+            trial = dataclasses.replace(trial, **{field: value})
+            advice.append(f"{flag} -> {estimate(trial, size, resolution).peak_mib / 1024:.1f} GiB")
+    while estimate(trial, size, resolution).peak_mib > budget_gib * 1024 and trial.batch_size > 1:
+        trial = dataclasses.replace(trial, batch_size=trial.batch_size // 2, grad_accum=trial.grad_accum * 2)
+        advice.append(f"--batch-size {trial.batch_size} --grad-accum {trial.grad_accum} -> "
+                      f"{estimate(trial, size, resolution).peak_mib / 1024:.1f} GiB")
+    if estimate(trial, size, resolution).peak_mib > budget_gib * 1024:
+        advice.append(f"a lower --resolution than {resolution} (activations scale with the pixels), or a bigger card")
+    return now, advice
