@@ -61,6 +61,15 @@ def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
         server.post("/sdapi/v1/options", {"sd_model_checkpoint": original}, timeout=300)
     assert digest(server, prompt) == before
 
+    # pivotal tuning and an extracted LoRA: the embedding and the LoRA land where the WebUI lists them, at once
+    job = server.wait_job(server.post("/scal-sdt/v1/train/dreambooth", {
+        "name": "dbpiv", "instance_data": str(root / "inst"), "instance_prompt": "a photo of [name] [filewords]",
+        "steps": 2, "resolution": 64, "lr": "1e-4", "preview_every": 0, "pivotal_vectors": 1, "extract_lora": 4}),
+        timeout=300)
+    assert job["status"] == "finished", job
+    assert "dbpiv" in server.get("/sdapi/v1/embeddings")["loaded"]
+    assert "dbpiv-lora" in {item["name"] for item in server.get("/sdapi/v1/loras")}
+
 
 def test_the_dreambooth_train_tab_is_built_from_the_config(server):
     import dataclasses

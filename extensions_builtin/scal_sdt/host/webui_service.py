@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from secrets import compare_digest
 
@@ -73,13 +72,12 @@ def effective_config(cfg):
     log_dir = cfg.log_dir or os.path.join(what, "scal-sdt", cfg.name)
     out = cfg.out or webui_defaults(type(cfg))["out"]
     cfg = dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
-    if isinstance(cfg, DreamBoothConfig) and out == DreamBoothConfig.__dataclass_fields__["out"].default:
-        cfg = dataclasses.replace(cfg, out=checkpoints_dir())  # where the WebUI lists checkpoints
-    if isinstance(cfg, DreamBoothConfig) and cfg.extract_lora and not cfg.lora_out:
-        cfg = dataclasses.replace(cfg, lora_out=lora_dir())
-    if isinstance(cfg, DreamBoothConfig) and cfg.embeddings_out == DreamBoothConfig.__dataclass_fields__[
-            "embeddings_out"].default:
-        cfg = dataclasses.replace(cfg, embeddings_out=embeddings_dir())
+    if isinstance(cfg, DreamBoothConfig):  # the checkpoint, its LoRA and embedding where the WebUI lists them
+        defaults = {f: DreamBoothConfig.__dataclass_fields__[f].default for f in ("out", "embeddings_out")}
+        cfg = dataclasses.replace(
+            cfg, out=checkpoints_dir() if out == defaults["out"] else cfg.out,
+            lora_out=cfg.lora_out or (lora_dir() if cfg.extract_lora else ""),
+            embeddings_out=embeddings_dir() if cfg.embeddings_out == defaults["embeddings_out"] else cfg.embeddings_out)
     if isinstance(cfg, EmbeddingConfig):  # the UNet-parts LoRA goes where the WebUI's Lora extension looks
         default = EmbeddingConfig.__dataclass_fields__["lora_out"].default
         lora_out = lora_dir() if cfg.lora_out in ("", default) else os.path.join(paths.data_path, cfg.lora_out)
@@ -131,7 +129,7 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
         if hypernetwork:
             result = train_hypernetwork(cfg, host, reporter)
         elif dreambooth:  # trained in place, then put back as loaded: the WebUI's model is as it was
-            with host.weights_kept(cfg.train_text_encoder) if hasattr(host, "weights_kept") else nullcontext():
+            with host.weights_kept(cfg.train_text_encoder):
                 result = train_dreambooth(cfg, host, reporter)
         else:
             result = train_embedding(cfg, host, reporter)
