@@ -35,8 +35,7 @@ class ModelSize:
     def of(cls, host) -> "ModelSize":
         count = lambda modules: sum(p.numel() for m in modules for p in m.parameters())  # noqa: E731
         trainable = host.trainable_modules(True)
-        vae = getattr(getattr(host, "components", None), "vae", None) or getattr(host.sd_model, "first_stage_model")
-        return cls(count(trainable[:1]), count(trainable[1:]), count([vae]), host.family.name)
+        return cls(count(trainable[:1]), count(trainable[1:]), count([host.vae_module()]), host.family.name)
 
 
 @dataclass

@@ -16,7 +16,7 @@ from ..files import atomic_write_text
 from ..host.base import Host
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob, NoisedBatch
-from ..training.loop import LoopResult, resolve_precision, run_loop
+from ..training.loop import LoopResult, run_on_host
 from ..training.lr import rate_scale
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
@@ -316,8 +316,6 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
     master = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
     for module in trained:  # fp32 master weights (autocast runs the maths in fp16/bf16), or full bf16
         module.to(master).requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        host.set_gradient_checkpointing(True)
     before = None
     if cfg.extract_lora:
         from ..lora.extract import linear_weights
@@ -337,11 +335,8 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
                      f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}"
                      f"{f' + a {cfg.pivotal_vectors}-vector embedding {cfg.name!r}' if vectors else ''}), "
                      f"{resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}")
-    precision = resolve_precision(cfg.precision, host.device)
     try:
-        return run_loop(cfg, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))
+        return run_on_host(cfg, job, run_dir, reporter, host)
     finally:
-        if cfg.gradient_checkpointing:
-            host.set_gradient_checkpointing(False)
         for module in trained:
             module.requires_grad_(False).to(host.dtype)

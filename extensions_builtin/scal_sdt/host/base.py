@@ -115,6 +115,10 @@ class Host(abc.ABC):
         layers attach and how kohya files name them."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its UNet modules")
 
+    def vae_module(self):
+        """The VAE (its size counts in a memory estimate)."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose its VAE")
+
     def trainable_modules(self, text: bool = False) -> list:
         """What a fine-tune (DreamBooth) trains: the UNet and, with ``text``, the text encoders."""
         raise NotImplementedError(f"{type(self).__name__} cannot be fine-tuned")

@@ -148,6 +148,9 @@ class StandaloneHost(Host):
     def kv_projections(self) -> list:
         return kv_projections(self.components.unet)
 
+    def vae_module(self):
+        return self.components.vae
+
     def trainable_modules(self, text: bool = False) -> list:
         return [self.components.unet] + (list(self.components.text_encoders) if text else [])
 

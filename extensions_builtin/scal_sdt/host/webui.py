@@ -158,6 +158,9 @@ class WebUIHost(Host):
             out.append(wrapped.transformer if hasattr(wrapped, "transformer") else wrapped.model)
         return out
 
+    def vae_module(self):
+        return self.sd_model.first_stage_model
+
     def trainable_modules(self, text: bool = False) -> list:
         return [self.sd_model.model.diffusion_model] + (self._text_modules() if text else [])
 

@@ -20,7 +20,7 @@ from ..host.base import Conditioning, Host
 from ..training.checkpoints import CheckpointStore
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
-from ..training.loop import LoopResult, resolve_precision, run_loop
+from ..training.loop import LoopResult, run_on_host
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
 from ..training.templates import load_template, render
@@ -191,14 +191,9 @@ def train_hypernetwork(cfg: HypernetworkConfig, host: Host, reporter: Reporter |
     """Create (or resume) the hypernetwork ``cfg.name`` and train it on ``cfg.data``."""
     reporter = reporter or ConsoleReporter()
     job = prepare_job(cfg, host, reporter)
-    precision = resolve_precision(cfg.precision, host.device)
-    if cfg.gradient_checkpointing:
-        host.set_gradient_checkpointing(True)
     try:
-        return run_loop(job.cfg, job, job.run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))
+        return run_on_host(job.cfg, job, job.run_dir, reporter, host)
     finally:
-        if cfg.gradient_checkpointing:
-            host.set_gradient_checkpointing(False)
         job.hooks.unset(cfg.name)
 
 

@@ -12,7 +12,7 @@ from ..host.base import Host
 from ..lora.network import LoraNetwork, unet_targets
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
-from ..training.loop import LoopResult, resolve_precision, run_loop
+from ..training.loop import LoopResult, run_on_host
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
 from ..training.templates import load_template
@@ -121,8 +121,6 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
     dataset, validation = prepare_data(cfg, host, reporter, resolution)
     start = init_vectors(host, cfg.init_text, cfg.vectors)
     vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
-    if cfg.gradient_checkpointing:
-        host.set_gradient_checkpointing(True)
     unet_lora = None
     if cfg.unet_parts:
         unet_lora = LoraNetwork(unet_targets(host.unet_modules(), cfg.unet_parts), rank=cfg.unet_rank)
@@ -148,11 +146,8 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
         what = f"embedding {cfg.name!r} ({cfg.vectors} vector(s))"
     reporter.message(f"training {what}, widths {host.widths}, on {host.model_name} [{host.family.name}, "
                      f"{host.device}], {len(dataset.items)} images at {resolution}px")
-    precision = resolve_precision(cfg.precision, host.device)
     try:
-        return run_loop(cfg, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))
+        return run_on_host(cfg, job, run_dir, reporter, host)
     finally:
-        if cfg.gradient_checkpointing:
-            host.set_gradient_checkpointing(False)
         if unet_lora is not None:
             unet_lora.detach()  # the host's UNet is as it was

@@ -262,3 +262,16 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
         log.write()
         reporter.end()
     return LoopResult(step=step, final_path=final_path, interrupted=interrupted, losses=losses, bad_steps=bad_total)
+
+
+def run_on_host(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: Reporter, host) -> LoopResult:
+    """:func:`run_loop` on a host: the host's autocast at the run's precision, and its gradient checkpointing on
+    for the run when ``opts.gradient_checkpointing`` asks (off again afterwards, however the run ends)."""
+    precision = resolve_precision(opts.precision, host.device)
+    if opts.gradient_checkpointing:
+        host.set_gradient_checkpointing(True)
+    try:
+        return run_loop(opts, job, run_dir, reporter, host.device, autocast=lambda: host.autocast(precision))
+    finally:
+        if opts.gradient_checkpointing:
+            host.set_gradient_checkpointing(False)
