@@ -8,17 +8,19 @@ presets    `train_dreambooth` as users run it (cached latents with the VAE off t
            the text encoder off the device), with the options each preset names.
 
 Batch 1, no prior preservation (a class image doubles the batch on both sides alike). Peak = CUDA's
-max_memory_allocated over the timed steps (weights included); on the CPU the RSS rise (a rough guide). Each run is a
+max_memory_allocated over the timed steps (weights included); on the CPU the peak resident set over the timed steps
+less the process's before the model was built (weights included too; a rough guide). Each run is a
 fresh subprocess. A preset whose optimizer is missing (bitsandbytes) is reported as such.
 
     python bench/dreambooth.py                                          # tiny-sd1, 64 px, CPU
     python bench/dreambooth.py --device cuda --model real-sd1 --resolution 512 --json db.json
+    python bench/dreambooth.py --device cuda --model real-sdxl --resolution 1024 --presets "bf16 weights+ckpt+adafactor+fused backward"
+    python bench/dreambooth.py --resolution 256 --baseline bench/dreambooth_cpu_256.json   # memory regressions
 """
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -37,6 +39,12 @@ PRESETS = {
     "fp16+ckpt+adafactor": dict(precision="fp16", gradient_checkpointing=True, optimizer="adafactor"),
     "bf16 weights+ckpt+adamw8bit": dict(master_weights="bf16", gradient_checkpointing=True, optimizer="adamw8bit"),
     "bf16 weights+ckpt+adafactor": dict(master_weights="bf16", gradient_checkpointing=True, optimizer="adafactor"),
+    "fp16+ckpt+adafactor+fused backward": dict(precision="fp16", gradient_checkpointing=True, optimizer="adafactor",
+                                               fused_backward=True),
+    "bf16 weights+ckpt+adafactor+fused backward": dict(master_weights="bf16", gradient_checkpointing=True,
+                                                       optimizer="adafactor", fused_backward=True),
+    "fp16+ckpt+adafactor+EMA": dict(precision="fp16", gradient_checkpointing=True, optimizer="adafactor",
+                                    ema_decay=0.999),
     "text encoder too: fp16+ckpt+adamw8bit": dict(precision="fp16", gradient_checkpointing=True,
                                                   optimizer="adamw8bit", train_text_encoder=True),
     "text encoder too: bf16 weights+ckpt+adafactor": dict(master_weights="bf16", gradient_checkpointing=True,
@@ -59,13 +67,13 @@ def images_folder(resolution: int, n: int = 4) -> Path:
 class Measure:
     """A reporter that times each step and reads the peak once the warm-up steps are done."""
 
-    def __init__(self, device, warmup: int):
+    def __init__(self, device, warmup: int, start_mb: float):
         from scal_sdt.training.report import Reporter
 
         class R(Reporter):
             def step(inner, info):
                 self.on_step(info)
-        self.reporter, self.device, self.warmup = R(), device, warmup
+        self.reporter, self.device, self.warmup, self.start_mb = R(), device, warmup, start_mb
         self.times, self.peak, self.n = [], 0.0, 0
 
     def sync(self):
@@ -79,11 +87,18 @@ class Measure:
         if self.n == self.warmup:
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            self.rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            else:  # the peak mark restarts at what is held now (weights, optimizer state), as CUDA's does
+                from presets import reset_peak_rss
+
+                reset_peak_rss()
         elif self.n > self.warmup:
             self.times.append(now - self.last)
-            self.peak = (torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda"
-                         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self.rss0) / 1024)
+            if self.device.type == "cuda":
+                self.peak = torch.cuda.max_memory_allocated() / 2**20
+            else:
+                from presets import peak_rss_mb
+
+                self.peak = peak_rss_mb() - self.start_mb
         self.last = now
 
 
@@ -94,6 +109,9 @@ def run_preset(a, name: str) -> dict:
     from scal_sdt.dreambooth.trainer import train_dreambooth
     from scal_sdt.host.standalone import load_host
 
+    from presets import rss_mb
+
+    start_mb = rss_mb()  # before the model: on the CPU the peak counts from here (weights included, as on CUDA)
     dev = torch.device(a.device)
     options = dict(PRESETS[name])
     if dev.type == "cpu":
@@ -106,7 +124,7 @@ def run_preset(a, name: str) -> dict:
                            instance_prompt="a photo of sks dog", steps=a.warmup + a.steps, resolution=a.resolution,
                            lr="1e-6", out=str(out), log_dir=str(out / "run"), preview_every=0, save_every=0,
                            device=a.device, keep_checkpoints=1, **options)
-    m = Measure(dev, a.warmup)
+    m = Measure(dev, a.warmup, start_mb)
     try:
         train_dreambooth(cfg, host, m.reporter)
     except RuntimeError as e:
@@ -122,9 +140,13 @@ def run_reference(a) -> dict:
     from scal_sdt.host.schedule import NoiseSchedule, scaled_linear_alphas_cumprod
     from scal_sdt.host.tokenizer import clip_token_ids
 
+    from presets import rss_mb
+
+    start_mb = rss_mb()
     dev = torch.device(a.device)
     comps = build(a.model)
     unet, te, vae = comps.unet.to(dev).float(), comps.text_encoders[0].to(dev).float(), comps.vae.to(dev).float()
+    te2 = comps.text_encoders[1].to(dev).float().requires_grad_(False) if comps.family.size_conditioning else None
     te.requires_grad_(False)
     vae.requires_grad_(False)
     unet.requires_grad_(True)
@@ -133,14 +155,22 @@ def run_reference(a) -> dict:
     g = torch.Generator().manual_seed(0)
     images = torch.rand((4, 3, a.resolution, a.resolution), generator=g) * 2 - 1
     ids = clip_token_ids(["a photo of sks dog"]).to(dev)
-    m = Measure(dev, a.warmup)
+    m = Measure(dev, a.warmup, start_mb)
     for i in range(a.warmup + a.steps):
         with torch.no_grad():
             x0 = vae.encode(images[i % 4:i % 4 + 1].to(dev)).latent_dist.sample() * vae.config.scaling_factor
-            context = te(input_ids=ids).last_hidden_state
+            if te2 is None:
+                context, added = te(input_ids=ids).last_hidden_state, None
+            else:  # SDXL: both towers' penultimate layers side by side, the second's pooled output and the sizes
+                second = te2(input_ids=ids, output_hidden_states=True)
+                context = torch.cat([te(input_ids=ids, output_hidden_states=True).hidden_states[-2],
+                                     second.hidden_states[-2]], dim=-1)
+                r = a.resolution
+                added = {"text_embeds": second.text_embeds,
+                         "time_ids": torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32, device=dev)}
         noise = torch.randn(x0.shape, generator=g).to(dev)
         t = torch.randint(0, 1000, (1,), generator=g).to(dev)
-        pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
+        pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=context, added_cond_kwargs=added).sample
         loss = torch.nn.functional.mse_loss(pred, schedule.target(x0, noise, t))
         loss.backward()
         opt.step()
@@ -162,13 +192,18 @@ def child(a, name: str) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="tiny-sd1", help="tiny-sd1, real-sd1 (full-size SD1 shapes, random weights)")
+    ap.add_argument("--model", default="tiny-sd1", help="tiny-sd1, real-sd1 or real-sdxl (full-size shapes, random "
+                    "weights)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--steps", type=int, default=4, help="timed steps")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--presets", default="", help="comma-separated preset names (default: all)")
-    ap.add_argument("--json", default="")
+    ap.add_argument("--json", default="", help="write the results here (a later run's --baseline)")
+    ap.add_argument("--baseline", default="", help="an earlier --json of the same model, device and resolution: each "
+                    "preset's peak against it, exit 1 when one grew by more than --tolerance (memory regressions)")
+    ap.add_argument("--tolerance", type=float, default=0.10, help="flag a peak this fraction above the baseline")
+    ap.add_argument("--slack-mb", type=float, default=2.0, help="... and at least this many MB above it (CPU noise)")
     ap.add_argument("--run", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.run:
@@ -191,6 +226,25 @@ def main() -> None:
         print(f"{name:48}{r['peak_mb']:10.0f}{r['s_per_step']:9.3f}{pr:12.2f}{tr:12.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+    if a.baseline:
+        sys.exit(compare(results, json.loads(Path(a.baseline).read_text()), a.tolerance, a.slack_mb))
+
+
+def compare(results: dict, baseline: dict, tolerance: float, slack_mb: float) -> int:
+    """Each preset's peak against the baseline's: 1 when one grew by more than ``tolerance`` and ``slack_mb``."""
+    then = baseline["results"]
+    print(f"\nagainst {baseline['args'].get('model')} at {baseline['args'].get('resolution')}px on "
+          f"{baseline['args'].get('device')}:")
+    worse = 0
+    for name, r in results.items():
+        old = then.get(name, {})
+        if "peak_mb" not in r or "peak_mb" not in old:
+            continue
+        ratio = r["peak_mb"] / old["peak_mb"]
+        flag = ratio > 1 + tolerance and r["peak_mb"] - old["peak_mb"] > slack_mb
+        worse += flag
+        print(f"{name:48}{old['peak_mb']:10.0f} -> {r['peak_mb']:8.0f} MB  x{ratio:.2f}{'  WORSE' if flag else ''}")
+    return 1 if worse else 0
 
 
 if __name__ == "__main__":

@@ -35,8 +35,11 @@ NAME, TEMPLATE, INIT_TEXT, CHECK_STEP = "scalbench", "a photo of [name]", "*", 3
 
 
 def build_components(model: str):
-    """A built-in tiny model, a checkpoint/diffusers path, or 'real-sd1': full-size SD1 UNet + CLIP-L, random."""
+    """A built-in tiny model, a checkpoint/diffusers path, 'real-sd1' (full-size SD1 UNet + CLIP-L, random) or
+    'real-sdxl' (full-size SDXL UNet + CLIP-L + OpenCLIP bigG, random)."""
     from scal_sdt.host.standalone import load_components
+    if model == "real-sdxl":
+        return build_real_sdxl()
     if model != "real-sd1":
         return load_components(model)
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -54,6 +57,28 @@ def build_components(model: str):
     te = CLIPTextModel(clip_l_config(width=768, layers=12, heads=12))  # vocab 49408, quick_gelu
     vae = AutoencoderKL(**vae_config(), scaling_factor=SD1.vae_scale)  # unused: latents are given
     return Components(family=SD1, unet=unet, vae=vae, text_encoders=[te], name="real-sd1", source="real-sd1")
+
+
+def build_real_sdxl():
+    """SDXL base 1.0's shapes (2.57B-weight UNet, CLIP-L + OpenCLIP bigG text towers), random weights."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+    from scal_sdt.host.components import Components
+    from scal_sdt.host.families import SDXL
+    from scal_sdt.host.tiny import _randomize_zero_inits, clip_l_config, open_clip_config, vae_config
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
+        attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+        use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"))
+    _randomize_zero_inits(unet)
+    encoders = [CLIPTextModel(clip_l_config(width=768, layers=12, heads=12)),
+                CLIPTextModelWithProjection(open_clip_config(width=1280, layers=32, heads=20, projection_dim=1280))]
+    vae = AutoencoderKL(**vae_config(), scaling_factor=SDXL.vae_scale)  # small: latents are cached before the steps
+    return Components(family=SDXL, unet=unet, vae=vae, text_encoders=encoders, name="real-sdxl", source="real-sdxl")
 
 
 def setup_ours(host, latents, a, nudge: bool = False):

@@ -13,7 +13,8 @@ from modules import call_queue, script_callbacks  # noqa: E402
 
 try:
     from scal_sdt.host import webui_service  # noqa: E402
-    from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, training_tab  # noqa: E402
+    from scal_sdt.ui.form import Offer  # noqa: E402
+    from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HOST_FIELDS, HYPERNETWORK, training_tab  # noqa: E402
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
@@ -28,6 +29,7 @@ def _say_missing(gr, package):
 
 
 def on_ui_train_tabs(params):
+    """Our sub-tabs of the WebUI's Train tab (in Forge, which has none, they are a tab of their own: on_ui_tabs)."""
     import gradio as gr
 
     for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db")):
@@ -36,7 +38,11 @@ def on_ui_train_tabs(params):
                 _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
                 continue
             kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH) if k.elem_prefix == prefix)
+            dreambooth = kind is DREAMBOOTH  # picks its source checkpoint from the WebUI's list
             training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
+                         exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,
+                         offers={"model": Offer(webui_service.checkpoint_choices, webui_service.SOURCE_HELP)}
+                         if dreambooth else None,
                          steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
                          txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
                          wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
@@ -59,7 +65,19 @@ def on_ui_tabs():
             _say_missing(gr, "onnxruntime")
         else:
             tagger_tab(TaggingRunner(captioner=webui_service.BlipCaptioner()))
-    return [(tab, "SCAL-SDT Tagger", "scal_sdt_tagger")]
+    tabs = [(tab, "SCAL-SDT Tagger", "scal_sdt_tagger")]
+    if not _has_train_tab():  # Forge removed the Train tab and never calls on_ui_train_tabs
+        with gr.Blocks(analytics_enabled=False) as train:
+            with gr.Tabs():
+                on_ui_train_tabs(None)
+        tabs.append((train, "SCAL-SDT Train", "scal_sdt_train"))
+    return tabs
+
+
+def _has_train_tab() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("modules_forge") is None
 
 
 def on_app_started(demo, app):

@@ -257,3 +257,46 @@ def test_the_preflight_estimate_matches_the_measured_peaks_and_advises():
 
         preflight(DreamBoothConfig(name="x", instance_data="d", vram_gb=0.001, model="tiny-sd1"),
                   load_host("toy", device="cpu"), Collect())
+
+
+def test_fused_backward_and_ema_fine_tune_and_save_the_average(folders, tmp_path):
+    """The least-memory SDXL recipe on SD1's layout (fused backward, bf16 weights, Adafactor) with an EMA: it learns,
+    the checkpoint holds the average (not the last step's weights) and the UNet is left with no hooks."""
+    source = save_checkpoint(load_components("tiny-sd1"), tmp_path / "src.safetensors")
+    cfg = config(folders, tmp_path, model=str(source), class_data="", class_prompt="", steps=4, lr="1e-3",
+                 fused_backward=True, master_weights="bf16", optimizer="adafactor", ema_decay=0.5, save_fp16=False)
+    host = load_host(str(source), device="cpu")
+    result = train_dreambooth(cfg, host, Collect())
+    assert result.step == 4 and all(v == v for v in result.losses)
+    before, saved = read_state_dict(source), read_state_dict(result.final_path)
+    changed = [k for k in before if k.startswith("model.diffusion_model.") and not torch.equal(before[k], saved[k])]
+    assert len(changed) > 10
+    unet = host.trainable_modules()[0]
+    assert all(not getattr(p, "_post_accumulate_grad_hooks", None) for p in unet.parameters())
+    again = tmp_path / "again.safetensors"
+    host.save_checkpoint(again)  # the host keeps the last step's weights; the file has their average
+    last = read_state_dict(again)
+    assert any(not torch.allclose(last[k].float(), saved[k].float()) for k in changed)
+
+
+def test_two_processes_train_one_checkpoint_under_torchrun(folders, tmp_path):
+    """`torchrun --nproc_per_node 2 -m scal_sdt.cli dreambooth ...` (what `accelerate launch --multi_gpu` runs): one
+    checkpoint file, a resume state per process, and --resume continues both."""
+    from test_loop_fine_tune import torchrun
+
+    common = ["-m", "scal_sdt.cli", "dreambooth", "--model", "tiny-sd1", "--name", "dbd", "--instance-data",
+              str(folders / "inst"), "--instance-prompt", "a photo of sks", "--resolution", "64", "--device", "cpu",
+              "--lr", "1e-3", "--out", str(tmp_path / "out"), "--log-dir", str(tmp_path / "run"), "--preview-every",
+              "0", "--save-every", "1"]
+    done = torchrun(*common, "--steps", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("finished at step 2") == 1  # the first process alone reports
+    assert (tmp_path / "out" / "dbd.safetensors").exists()
+    from recording import latest_state
+
+    state = latest_state(tmp_path / "run")
+    assert state["step"] == 2 and len(state["ranks"]) == 2
+    assert state["ranks"][0]["job"]["noise"].tolist() != state["ranks"][1]["job"]["noise"].tolist()
+    done = torchrun(*common, "--steps", "3", "--resume")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "finished at step 3" in done.stdout and latest_state(tmp_path / "run")["step"] == 3

@@ -20,20 +20,42 @@ class Command:
 
 
 def _training_host(cfg, explicit: set[str]):
-    """The model for a training run, with the memory preset applied: (cfg, host)."""
+    """The model for a training run, with the memory preset applied: (cfg, host). Under ``accelerate launch`` or
+    ``torchrun`` each process takes its own GPU and its own seed (its own draws of images, noise and timesteps)."""
+    import dataclasses
+
     from .host.standalone import load_components, load_host, resolve_device
+    from .training import distributed
     from .training.control import install_signal_handlers
     from .training.presets import apply_preset
 
     install_signal_handlers()
+    processes = distributed.current()
+    if processes.distributed:
+        cfg = dataclasses.replace(cfg, device=processes.device(cfg.device), seed=cfg.seed + processes.rank)
     components = load_components(cfg.model)
     if cfg.preset:
         if resolve_device(cfg.device).type == "cpu":
             explicit = explicit | {"precision"}  # reduced precision only slows a CPU down
         cfg = apply_preset(cfg, components.family.name, explicit)
-        print(f"preset {cfg.preset} for {components.family.name}: batch {cfg.batch_size} x {cfg.grad_accum}, "
+        _say(f"preset {cfg.preset} for {components.family.name}: batch {cfg.batch_size} x {cfg.grad_accum}, "
               f"{cfg.precision}, memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
     return cfg, load_host(components, cfg.device, cfg.memory_mode, cfg.precision)
+
+
+def _say(text: str) -> None:
+    """Printed by the first process only when several train together."""
+    from .training import distributed
+
+    if distributed.current().main:
+        print(text)
+
+
+def _reporter():
+    from .training import distributed
+    from .training.report import ConsoleReporter
+
+    return ConsoleReporter(quiet=not distributed.current().main)
 
 
 def _report_run(cfg, result) -> int:
@@ -41,8 +63,8 @@ def _report_run(cfg, result) -> int:
 
     run_dir = run_dir_for(cfg)
     state = "interrupted" if result.interrupted else "finished"
-    print(f"{state} at step {result.step}: {result.final_path}")
-    print(f"loss log {run_dir / 'loss.csv'}, plot {run_dir / 'loss.png'}, previews {run_dir / 'images'}")
+    _say(f"{state} at step {result.step}: {result.final_path}")
+    _say(f"loss log {run_dir / 'loss.csv'}, plot {run_dir / 'loss.png'}, previews {run_dir / 'images'}")
     return 0
 
 
@@ -52,7 +74,7 @@ def _train_embedding(cfg, explicit: set[str]) -> int:
 
     cfg = apply_apt_preset(cfg, explicit)
     cfg, host = _training_host(cfg, explicit)
-    return _report_run(cfg, train_embedding(cfg, host))
+    return _report_run(cfg, train_embedding(cfg, host, _reporter()))
 
 
 def _train_hypernetwork(cfg, explicit: set[str]) -> int:
@@ -63,14 +85,14 @@ def _train_hypernetwork(cfg, explicit: set[str]) -> int:
         result = find_learning_rate(cfg, host)
         print(f"proposed learning rate: {result.proposal:.2g} (train with --lr {result.proposal:.2g})")
         return 0
-    return _report_run(cfg, train_hypernetwork(cfg, host))
+    return _report_run(cfg, train_hypernetwork(cfg, host, _reporter()))
 
 
 def _dreambooth(cfg, explicit: set[str]) -> int:
     from .dreambooth.trainer import train_dreambooth
 
     cfg, host = _training_host(cfg, explicit)
-    return _report_run(cfg, train_dreambooth(cfg, host))
+    return _report_run(cfg, train_dreambooth(cfg, host, _reporter()))
 
 
 def _create_embedding(cfg, explicit: set[str]) -> int:

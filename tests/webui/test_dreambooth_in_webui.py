@@ -71,6 +71,41 @@ def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
     assert "dbpiv-lora" in {item["name"] for item in server.get("/sdapi/v1/loras")}
 
 
+def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkpoint, tmp_path_factory):
+    """The source picked from the WebUI's list (an SD2 checkpoint while an SD1 one is loaded) is loaded for the run,
+    the result has its keys and shapes, and the checkpoint loaded before is loaded again afterwards; a name not in
+    the list is a 422 with the reason."""
+    import json
+
+    from safetensors import safe_open
+
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    from .conftest import WebUIError
+
+    root = tmp_path_factory.mktemp("db-source")
+    make_held_out_colour_set(root / "inst", 2, seed=5)
+    other = tiny_checkpoint("tiny-sd2")
+    server.post("/sdapi/v1/refresh-checkpoints")
+    original = server.get("/sdapi/v1/options")["sd_model_checkpoint"]
+    before = digest(server, "a photo of sks")
+    body = {"name": "dbsd2", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks", "steps": 2,
+            "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True}
+    with pytest.raises(WebUIError, match="422.*no checkpoint 'no-such-model'"):
+        server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": "no-such-model"})
+    job = server.wait_job(server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": other.name}), timeout=300)
+    assert job["status"] == "finished", job
+    trained = other.parent / "dbsd2.safetensors"
+    assert "tiny-sd2" in json.loads(trained.with_suffix(".json").read_text())["source"]
+    shapes = {}
+    for path in (other, trained):
+        with safe_open(str(path), framework="pt") as f:
+            shapes[path] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    assert shapes[trained] == shapes[other]  # an SD2 checkpoint (OpenCLIP text keys), not the loaded SD1 one
+    assert server.get("/sdapi/v1/options")["sd_model_checkpoint"] == original
+    assert digest(server, "a photo of sks") == before
+
+
 def test_the_dreambooth_train_tab_is_built_from_the_config(server):
     import dataclasses
 
@@ -79,6 +114,11 @@ def test_the_dreambooth_train_tab_is_built_from_the_config(server):
     ids = {c.get("props", {}).get("elem_id") for c in server.get("/config")["components"]}
     assert "scal_sdt_db_tab" in ids and "scal_sdt_db_start" in ids
     for f in dataclasses.fields(DreamBoothConfig):
-        if f.name not in ("model", "device", "memory_mode"):
+        if f.name not in ("device", "memory_mode"):
             assert f"scal_sdt_db_{f.name}" in ids, f.name
+    model = next(c["props"] for c in server.get("/config")["components"]
+                 if c.get("props", {}).get("elem_id") == "scal_sdt_db_model")
+    offered = [c[0] if isinstance(c, (list, tuple)) else c for c in model["choices"]]
+    assert offered[0] == "(the loaded checkpoint)" and model["value"] == offered[0]
+    assert any(name.startswith("tiny-sd1") for name in offered[1:])  # the WebUI's checkpoint list
     assert "dreambooth" in server.get("/scal-sdt/v1/options")

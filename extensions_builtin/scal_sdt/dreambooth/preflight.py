@@ -2,11 +2,15 @@
 options that make it fit a card. The terms and their constants come from measurements (bench/dreambooth.py on an
 H200, SD1 at 512 px; bench/dreambooth_h200.json, which a test holds the estimate to):
 
-- trained weights and their gradients: 4 bytes each (fp32 master weights) or 2 (``master_weights bf16``);
+- trained weights and their gradients: 4 bytes each (fp32 master weights) or 2 (``master_weights bf16``); with
+  ``fused_backward`` the gradients are freed as they are used (taken as 2% of them in flight), and no optimizer-step
+  temporary;
+- ``ema_decay``: an fp32 copy of the trained weights, unless ``ema_on_cpu``;
 - optimizer state: AdamW two moments in the weights' dtype, AdamW8bit 2 bytes, Adafactor's factored moments ~0;
   AdamW's step also makes one weights-sized temporary;
 - autocast's fp16/bf16 copies of fp32 weights during forward and backward (2 bytes per weight);
-- full bf16: one more weights-sized buffer (measured; the fp32 view of bf16 gradients in the optimizer/norm step);
+- full bf16: one more weights-sized buffer (measured; the fp32 view of bf16 gradients in the optimizer/norm step;
+  none with ``fused_backward``, which steps one weight at a time);
 - frozen parts left on the device: the text encoder(s) unless prompts are cached, the VAE unless offloaded;
 - activations: ~1.7 GiB per image at 512 px for SD1 in fp16 (twice in fp32), a third with checkpointing, scaling
   with the pixel count; SDXL's per-pixel cost is taken as twice SD1's (an estimate, not yet measured).
@@ -22,6 +26,7 @@ MIB = 2 ** 20
 ACTIVATIONS_MIB_512 = 1700.0  # SD1, one image, fp16, no checkpointing
 CHECKPOINTED = 0.3
 FAMILY_ACTIVATIONS = {"sd1": 1.0, "sd2": 1.0, "sdxl": 2.0}
+FUSED_IN_FLIGHT = 0.02
 
 
 @dataclass(frozen=True)
@@ -53,10 +58,12 @@ def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_byt
     w = 2 if cfg.master_weights == "bf16" else 4
     mixed = w == 4 and cfg.precision in ("fp16", "bf16", "auto")
     state = {"adamw": 2 * w, "adamw8bit": 2, "adafactor": 0}[cfg.optimizer]
-    parts = {"weights": trained * w / MIB, "gradients": trained * w / MIB, "optimizer": trained * state / MIB}
-    transient = trained * w / MIB if cfg.optimizer == "adamw" else 0.0
+    parts = {"weights": trained * w / MIB, "gradients": trained * w / MIB * (FUSED_IN_FLIGHT if cfg.fused_backward else 1),
+             "optimizer": trained * state / MIB,
+             "EMA": trained * 4 / MIB if cfg.ema_decay and not cfg.ema_on_cpu else 0.0}
+    transient = trained * w / MIB if cfg.optimizer == "adamw" and not cfg.fused_backward else 0.0
     autocast = trained * 2 / MIB if mixed else 0.0
-    bf16_extra = trained * 2 / MIB if w == 2 else 0.0
+    bf16_extra = trained * 2 / MIB if w == 2 and not cfg.fused_backward else 0.0
     cached = cfg.cache_text and not (cfg.shuffle_tags or cfg.tag_dropout or cfg.pivotal_vectors)
     frozen_text = 0 if (cfg.train_text_encoder or cached) else size.text * frozen_bytes / MIB
     frozen_vae = 0 if cfg.offload_vae else size.vae * frozen_bytes / MIB
@@ -65,7 +72,8 @@ def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_byt
            * (CHECKPOINTED if cfg.gradient_checkpointing else 1.0) * (1.0 if (mixed or w == 2) else 2.0))
     parts.update({"autocast copies": autocast, "bf16 extra": bf16_extra, "frozen text encoders": frozen_text,
                   "frozen VAE": frozen_vae, "activations": act})
-    held = parts["weights"] + parts["gradients"] + parts["optimizer"] + frozen_text + frozen_vae + bf16_extra
+    held = (parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["EMA"] + frozen_text + frozen_vae
+            + bf16_extra)
     return Estimate(parts, max(held + autocast + act, held + transient))
 
 
@@ -73,6 +81,7 @@ def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_byt
 STEPS = (("gradient_checkpointing", True, "--gradient-checkpointing"),
          ("cache_text", True, "--cache-text"),
          ("optimizer", "adafactor", "--optimizer adafactor (or adamw8bit with bitsandbytes)"),
+         ("fused_backward", True, "--fused-backward"),
          ("master_weights", "bf16", "--master-weights bf16"))
 
 

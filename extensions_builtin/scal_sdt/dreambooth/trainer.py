@@ -215,11 +215,15 @@ class DreamBoothJob(FrozenModelJob):
 def prepare_concepts(cfg: DreamBoothConfig, host: Host, reporter: Reporter, resolution: int) -> list[ConceptData]:
     """Each concept's cached instance latents and, with prior preservation, its class images (generated where
     missing) and their latents."""
+    from ..training import distributed
+
+    processes = distributed.current()  # several training together: the first makes the class images, all use them
     out = []
     for i, concept in enumerate(concepts_of(cfg)):
-        if concept.prior:
+        if concept.prior and processes.main:
             ensure_class_images(host.sample, concept.class_data, concept.class_prompt, concept.num_class_images,
                                 resolution, cfg.class_steps, cfg.class_cfg, cfg.seed + 1000 * i, reporter)
+        processes.barrier()
         instances, _ = prepare_data(dataclasses.replace(cfg, data=concept.instance_data), host, reporter, resolution)
         classes = None
         if concept.prior:

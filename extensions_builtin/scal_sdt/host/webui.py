@@ -322,6 +322,49 @@ def reload_loras() -> None:
         networks.list_available_networks()
 
 
+#: what the DreamBooth form's checkpoint list shows first: train the model the WebUI has loaded now
+LOADED_CHECKPOINT = "(the loaded checkpoint)"
+
+
+def checkpoint_choices() -> list[str]:
+    """The DreamBooth form's source checkpoints: the loaded one, then the WebUI's list."""
+    from modules import sd_models
+
+    return [LOADED_CHECKPOINT, *sd_models.checkpoint_tiles()]
+
+
+@contextlib.contextmanager
+def checkpoint_loaded(title: str):
+    """The WebUI's model switched to the checkpoint ``title`` of its list for the block, and the one loaded before
+    loaded again afterwards — as the WebUI's own ``override_settings`` does for one generation (the option
+    ``sd_model_checkpoint`` follows, so the WebUI's txt2img, class images included, keeps the switched model).
+    ``title`` empty or :data:`LOADED_CHECKPOINT`: the loaded model, nothing switched."""
+    from modules import sd_models
+
+    if title in ("", LOADED_CHECKPOINT):
+        yield
+        return
+    info = sd_models.get_closet_checkpoint_match(title)
+    if info is None:
+        raise ValueError(f"no checkpoint {title!r} in the WebUI's list; choose one of: "
+                         + ", ".join(sd_models.checkpoint_tiles()[:20]))
+    loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    if loaded is not None and loaded.filename == info.filename:
+        yield
+        return
+    kept = shared.opts.sd_model_checkpoint
+    print(f"[SCAL-SDT] loading {info.title} for this run; {loaded.title if loaded else 'the previous model'} is "
+          f"loaded again afterwards")
+    shared.opts.set("sd_model_checkpoint", info.title, is_api=True, run_callbacks=False)
+    try:
+        sd_models.reload_model_weights(info=info)
+        yield
+    finally:
+        setattr(shared.opts, "sd_model_checkpoint", kept)
+        if loaded is not None:
+            sd_models.reload_model_weights(info=loaded)
+
+
 def reload_checkpoints() -> None:
     """A new checkpoint file appears in the WebUI's checkpoint list without a restart."""
     from modules import sd_models

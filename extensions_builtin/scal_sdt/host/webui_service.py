@@ -31,10 +31,13 @@ from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
 from .families import family
 from .webui_aesthetic import family_name
-from .webui import (BlipCaptioner, WebUIHost, WebUIReporter, lora_dir, reload_checkpoints, reload_embeddings,
-                    reload_hypernetworks, reload_loras)
+from .webui import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_choices, checkpoint_loaded,
+                    lora_dir,
+                    reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
 
 API_PREFIX = "/scal-sdt/v1"
+SOURCE_HELP = ("the checkpoint to fine-tune: the one loaded now, or another of the WebUI's list (loaded for the run; "
+               "the one loaded before comes back afterwards)")
 RESULT_SUFFIXES = (".safetensors", ".pt", ".bin", ".png", ".webp")
 
 
@@ -52,8 +55,8 @@ def checkpoints_dir() -> str:
 
 def webui_defaults(kind: type = EmbeddingConfig) -> dict:
     """Form defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live."""
-    if kind is DreamBoothConfig:
-        return {"out": checkpoints_dir()}
+    if kind is DreamBoothConfig:  # model: a checkpoint of the WebUI's list, by default the loaded one
+        return {"out": checkpoints_dir(), "model": LOADED_CHECKPOINT}
     return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
 
 
@@ -95,11 +98,20 @@ def steer(word: str) -> None:
 
 
 def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) -> dict:
-    """Train an embedding or a hypernetwork (by the config's type) on the loaded model; the result is in the
-    WebUI's embedding or hypernetwork list when this returns.
+    """Train an embedding, a hypernetwork or a DreamBooth checkpoint (by the config's type) on the loaded model —
+    for DreamBooth on the checkpoint ``cfg.model`` names, loaded for the run (the WebUI's model loaded again
+    afterwards); the result is in the WebUI's lists when this returns.
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
-    host = training_host()
+    source = cfg.model if isinstance(cfg, DreamBoothConfig) else ""
+    if is_forge(shared.sd_model):  # nothing to switch: the run trains its own copy of the file
+        return _run_training(cfg, extra_reporter, explicit, source)
+    with checkpoint_loaded(source):
+        return _run_training(cfg, extra_reporter, explicit)
+
+
+def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
+    host = training_host(source)
     if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:
         cfg = apply_apt_preset(cfg, set(explicit) if explicit is not None else changed_options(cfg))
     if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
@@ -169,15 +181,19 @@ def is_forge(sd_model) -> bool:
     return getattr(sd_model, "cond_stage_model", None) is None and hasattr(sd_model, "forge_objects")
 
 
-def training_host():
-    """The WebUI's loaded model; on Forge a trainable copy of the selected checkpoint file (and say so)."""
+def training_host(source: str = ""):
+    """The WebUI's loaded model; on Forge a trainable copy of the selected checkpoint file, or of ``source`` (a
+    title of the WebUI's checkpoint list), and say so."""
     if not is_forge(shared.sd_model):
         host = WebUIHost()
         host.begin_training()
         return host
+    from modules import sd_models
+
     from .standalone import load_host
 
-    path = shared.sd_model.sd_checkpoint_info.filename
+    info = sd_models.get_closet_checkpoint_match(source) if source not in ("", LOADED_CHECKPOINT) else None
+    path = (info or shared.sd_model.sd_checkpoint_info).filename
     print(f"[SCAL-SDT] Forge cannot give gradients through its own model: training on a trainable copy of {path}")
     return load_host(path, device=str(devices.device))
 
@@ -217,6 +233,12 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
                 field = "instance_data" if kind is DreamBoothConfig else "data"
                 raise HTTPException(status_code=422, detail=f"{field}: dataset folder does not exist: {folder}")
+            if kind is DreamBoothConfig and cfg.model not in checkpoint_choices():
+                from modules import sd_models
+
+                if sd_models.get_closet_checkpoint_match(cfg.model) is None:
+                    raise HTTPException(status_code=422, detail=f"model: no checkpoint {cfg.model!r} in the WebUI's "
+                                                                f"list (GET /sdapi/v1/sd-models lists them)")
 
             def work(reporter):
                 shared.state.begin(job=f"scal-sdt-{name}")

@@ -2,6 +2,7 @@
 the loop owns steps, accumulation, precision, clipping, the NaN guard, checkpoints, previews, progress and interrupt."""
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +11,11 @@ from typing import Protocol
 import torch
 from PIL import Image
 
+from . import distributed
 from .checkpoints import CheckpointError, CheckpointStore
 from .control import ControlChannel
+from .ema import EMA
+from .fused import FP16_START_SCALE, FusedBackward
 from .lr import lr_at
 from .optimizers import make_optimizer
 from .options import TrainingOptions
@@ -43,7 +47,7 @@ class TrainingJob(Protocol):
         """Loss on held-out images at fixed timesteps, noises and seed (None when there is no validation set)."""
 
     # optional: bind_optimizer(optimizer) is called once with the loop's optimizer;
-    # after_step(step) after every good optimizer step (an EMA of the parameters, say)
+    # after_step(step) after every good optimizer step
 
 
 class TrainingDiverged(RuntimeError):
@@ -101,16 +105,39 @@ def _restore(params, optimizer, snapshot) -> None:
 
 def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: Reporter, device: torch.device,
              autocast=None) -> LoopResult:
+    on_exit: list = []  # what must be undone however the run ends (the fused optimizer's hooks)
+    try:
+        return _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit)
+    finally:
+        for undo in on_exit:
+            undo()
+
+
+def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> LoopResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(opts.precision, device)
+    processes = distributed.current()  # several under accelerate launch / torchrun: gradients averaged each step
+    if not processes.main:
+        reporter = Reporter()  # the first process alone reports, writes files and polls the control channel
     groups = job.param_groups()
     params = _params(groups)
+    processes.broadcast(params)
     base_scales = [g.get("lr_scale", 1.0) for g in groups]
-    optimizer = make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
-                               weight_decay=opts.weight_decay)
+    fused = getattr(opts, "fused_backward", False)  # FineTuneOptions' (DreamBooth), like the EMA below
+    if fused:
+        optimizer = FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay),
+                                  groups, clip_value=opts.clip_value if opts.clip_grad == "value" else None,
+                                  loss_scale=FP16_START_SCALE if precision == "fp16" else 1.0, processes=processes)
+        on_exit.append(optimizer.close)
+    else:
+        optimizer = make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
+                                   weight_decay=opts.weight_decay)
     if hasattr(job, "bind_optimizer"):  # a job that saves the optimizer state in its own files
         job.bind_optimizer(optimizer)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and not fused else None
+    ema = (EMA(params, opts.ema_decay, "cpu" if getattr(opts, "ema_on_cpu", False) else None)
+           if getattr(opts, "ema_decay", 0.0) else None)
+    averaged = ema.applied if ema is not None else contextlib.nullcontext  # what is saved and previewed
     autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
                                                    else torch.bfloat16, enabled=precision != "fp32"))
 
@@ -128,44 +155,65 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
         optimizer.load_state_dict(state["optimizer"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
-        job.load_state_dict(state["job"])
-        set_rng_state(state["rng"])
+        if ema is not None and state.get("ema"):
+            ema.load_state_dict(state["ema"])
+        own = state.get("ranks", [state])
+        if processes.rank >= len(own):
+            raise RuntimeError(f"cannot resume: the run was saved by {len(own)} process(es); launch as many")
+        job.load_state_dict(own[processes.rank]["job"])
+        set_rng_state(own[processes.rank]["rng"])
         step, lr_scale = int(state["step"]), float(state["lr_scale"])
         reporter.message(f"resumed {job.name} at step {step} from {ckpt.path}")
     log = RunLog(run_dir, resume_from=step if opts.resume else None)
+    write_log = log.write if processes.main else (lambda: None)
 
-    def checkpoint(at_step: int, keep: bool = False) -> Path:
-        return store.save(at_step, {"step": at_step, "lr_scale": lr_scale, "params": [p.detach().cpu() for p in params],
-                                    "optimizer": optimizer.state_dict(),
-                                    "scaler": scaler.state_dict() if scaler else {},
-                                    "job": job.state_dict(), "rng": rng_state()}, keep=keep)
+    def checkpoint(at_step: int, keep: bool = False) -> Path | None:
+        """Every process's data order and generators, written by the first (all processes call it together)."""
+        ranks = processes.gather({"job": job.state_dict(), "rng": rng_state()})
+        if not processes.main:
+            return None
+        state = {"step": at_step, "lr_scale": lr_scale, "params": [p.detach().cpu() for p in params],
+                 "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
+                 "ema": ema.state_dict() if ema is not None else {}, **ranks[0]}
+        if processes.distributed:
+            state["ranks"] = ranks
+        return store.save(at_step, state, keep=keep)
 
     def validate(at_step: int) -> None:
+        if not processes.main:
+            return
         value = job.validation_loss() if hasattr(job, "validation_loss") else None
         if value is not None:
             log.set_validation(at_step, value)
             reporter.message(f"step {at_step}: validation loss {value:.5f}")
 
     def preview(at_step: int) -> None:
-        images, paths = job.preview(at_step)
+        if not processes.main:
+            return
+        with averaged():
+            images, paths = job.preview(at_step)
         reporter.preview(at_step, images, paths)
 
     def save(at_step: int) -> None:
-        path = job.save(at_step, final=False)
+        path = None
+        if processes.main:
+            with averaged():
+                path = job.save(at_step, final=False)
         checkpoint(at_step)
-        log.write()
-        reporter.message(f"step {at_step}: saved {path}")
+        if processes.main:
+            write_log()
+            reporter.message(f"step {at_step}: saved {path}")
 
     small = sum(p.numel() for p in params) <= SNAPSHOT_LIMIT
     good = _snapshot(params, optimizer) if small else None
     bad_in_row = bad_total = 0
     losses: list[float] = []
-    interrupted = False
+    interrupted = killed = False
     started = time.monotonic()
     reporter.begin(f"train {job.name}", opts.steps, step)
     try:
         while step < opts.steps:
-            if reporter.should_stop():
+            if processes.any([reporter.should_stop()], device)[0]:
                 interrupted = True
                 break
             lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps,
@@ -174,16 +222,23 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
                 g["lr"] = lr * scale
             optimizer.zero_grad(set_to_none=True)
             total, finite = 0.0, True
-            for _ in range(opts.grad_accum):
+            for micro in range(opts.grad_accum):
                 with autocast():
                     loss = job.loss()
-                if not torch.isfinite(loss.detach()):
+                if processes.any([not torch.isfinite(loss.detach())], device)[0]:  # one bad batch skips it in all
                     finite = False
                     break
                 scaled = loss.float() / opts.grad_accum
+                if fused:
+                    optimizer.arm(micro == opts.grad_accum - 1)
+                    scaled = scaled * optimizer.loss_scale
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 total += float(loss.detach()) / opts.grad_accum
-            if finite:
+            if fused and finite:  # the step is already applied; this says whether its gradients were finite
+                finite = optimizer.finish_step()
+            elif finite:
+                processes.average_gradients(params)
+            if finite and not fused:
                 if scaler:
                     scaler.unscale_(optimizer)
                 if opts.clip_grad == "value":
@@ -217,6 +272,8 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
                 continue
             bad_in_row = 0
             step += 1
+            if ema is not None:
+                ema.update()
             if hasattr(job, "after_step"):
                 job.after_step(step)
             if small:
@@ -224,7 +281,7 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
             losses.append(total)
             log.append(step, total, lr, time.monotonic() - started)
             reporter.step({"step": step, "loss": total, "lr": lr})
-            requests = control.poll()
+            requests = processes.agree(control.poll() if processes.main else set(), device)
             for unknown in sorted(r for r in requests if r.startswith("unknown:")):
                 reporter.message(f"ignored control request {unknown[8:]!r}; use sample, save, backup or stop")
             if (opts.save_every and step % opts.save_every == 0 and step < opts.steps) or "save" in requests:
@@ -240,26 +297,30 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
                 reporter.message(f"stopping after step {step} as asked")
                 break
     except KeyboardInterrupt:
-        interrupted = True
+        interrupted = killed = True
         reporter.message(f"interrupted at step {step}; saving the last state")
     except TrainingDiverged:
         checkpoint(step)
-        log.write()
+        write_log()
         reporter.end()
         raise
     except CheckpointError as e:
         reporter.message(str(e))
-        log.write()
+        write_log()
         reporter.end()
         raise
     try:
-        final_path = job.save(step, final=True) if step > 0 else None
-        checkpoint(step)
+        final_path = None
+        if step > 0 and processes.main:
+            with averaged():
+                final_path = job.save(step, final=True)
+        if not (killed and processes.distributed):  # Ctrl+C reaches the processes apart: the last checkpoint stands
+            checkpoint(step)
     except CheckpointError as e:
         reporter.message(str(e))
         raise
     finally:
-        log.write()
+        write_log()
         reporter.end()
     return LoopResult(step=step, final_path=final_path, interrupted=interrupted, losses=losses, bad_steps=bad_total)
 

@@ -23,8 +23,12 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
     on the device. Returns the training set and the validation set (or None)."""
     data = cfg.data
     if data == "demo":
+        from . import distributed
+
         data = run_dir_for(cfg) / "demo-data"
-        make_held_out_colour_set(data)
+        if distributed.current().main:  # several processes: one writes, all read
+            make_held_out_colour_set(data)
+        distributed.current().barrier()
         reporter.message(f"demo data set: shapes in the toy world's held-out colour (pink), captioned with [name] "
                          f"where the colour goes, in {data}")
     if not data:

@@ -29,9 +29,9 @@ def _default(f: dataclasses.Field):
     return None
 
 
-def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None):
+def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None, offer: "Offer | None" = None):
     tp = field_type(cls, f)
-    meta = f.metadata
+    meta = dict(f.metadata, **({"suggestions": offer.choices, "help": offer.help} if offer else {}))
     label = f.name.replace("_", " ")
     value = _default(f) if value is None else value
     kwargs = dict(label=label, elem_id=f"{elem_prefix}_{f.name}")
@@ -49,11 +49,21 @@ def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None)
     return gr.Textbox(value="" if value is None else str(value), lines=1, **kwargs)
 
 
+@dataclasses.dataclass(frozen=True)
+class Offer:
+    """What a host offers for a field instead of its config's help: a list to pick from (or type another value)."""
+
+    choices: typing.Callable[[], list] | list
+    help: str
+
+
 def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = (), values: dict | None = None,
-               open_groups: typing.Collection[str] = (), first: typing.Sequence[str] = ()) -> dict[str, typing.Any]:
+               open_groups: typing.Collection[str] = (), first: typing.Sequence[str] = (),
+               offers: dict[str, Offer] | None = None) -> dict[str, typing.Any]:
     """Create the components inside the current Blocks context; returns field name → component.
-    Groups appear in the order of their fields, except the ``first`` ones."""
-    values = values or {}
+    Groups appear in the order of their fields, except the ``first`` ones. ``offers``: field → what the host
+    offers for it (the WebUI's checkpoint list for DreamBooth's model)."""
+    values, offers = values or {}, offers or {}
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
     groups: dict[str, list[dataclasses.Field]] = {}
     for f in fields:
@@ -64,7 +74,7 @@ def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = ()
         members = groups[group]
         with gr.Accordion(group, open=group in open_groups):
             for f in members:
-                components[f.name] = component_for(cls, f, elem_prefix, values.get(f.name))
+                components[f.name] = component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
     return components
 
 

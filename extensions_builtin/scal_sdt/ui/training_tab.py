@@ -36,7 +36,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                  exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
                  txt2img_preview_params: list | None = None, progress_js: bool = False,
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
-                 steer: Callable[[str], None] | None = None) -> dict:
+                 steer: Callable[[str], None] | None = None, offers: dict | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -44,14 +44,15 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     user take the preview settings from txt2img. ``wrap`` wraps the click handler (the WebUI's GPU queue);
     ``progress_js`` hooks the WebUI's progress bar (javascript/scal_sdt.js). With ``streaming``, ``run(cfg)``
     yields such dicts while it works (plus "progress" HTML) and the page updates live. ``steer(word)`` asks the
-    running training to "sample", "save" or "backup" after its current step. Returns field name → component.
+    running training to "sample", "save" or "backup" after its current step. ``offers``: field → :class:`Offer`
+    (what the host lists for a field). Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
         with gr.Column(scale=3):
             form = build_form(kind.config, elem_prefix, exclude=exclude, values=defaults,
                               open_groups=(kind.first_group, "model and data", "optimisation"),
-                              first=(kind.first_group,))
+                              first=(kind.first_group,), offers=offers)
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
         with gr.Column(scale=2):
