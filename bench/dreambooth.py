@@ -131,6 +131,11 @@ def run_preset(a, name: str) -> dict:
         if "bitsandbytes" in str(e):
             return {"error": "bitsandbytes is not installed"}
         raise
+    finally:  # a full-size run leaves GBs of checkpoints
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(cfg.instance_data, ignore_errors=True)
     return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
 
 
@@ -185,8 +190,8 @@ def child(a, name: str) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
-        tail = proc.stderr.strip().splitlines()
-        return {"error": tail[-1] if tail else f"rc {proc.returncode}"}
+        tail = [ln for ln in proc.stderr.strip().splitlines() if "Error" in ln or "error" in ln] or ["(no error text)"]
+        return {"error": f"exit code {proc.returncode}: {tail[-1]}"}
     return json.loads(lines[-1][7:])
 
 

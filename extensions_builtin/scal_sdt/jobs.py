@@ -112,7 +112,7 @@ class JobRegistry:
                 job.status = "interrupted" if job.result.get("interrupted") else "finished"
             except Exception as e:  # the job fails, the server keeps running
                 job.status, job.error = "failed", f"{type(e).__name__}: {e}"
-                job.messages.append(traceback.format_exc(limit=3))
+                job.messages.append(traceback.format_exc(limit=-4))
             finally:
                 job.finished = time.time()
 

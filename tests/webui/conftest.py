@@ -192,8 +192,9 @@ def _wait_model(server: WebUIServer, deadline: float) -> None:
 
 def start_webui(webui_dir: Path, python: Path, root: Path, ckpt_dir: Path, ckpt: Path | None = None,
                 extra_args=(), extensions=(), settings: dict | None = None, env: dict | None = None,
-                wait_model: bool = True) -> WebUIServer:
-    """Start one WebUI server under ``root`` (its data dir and log) and wait until it is usable."""
+                wait_model: bool = True, base_args: tuple[str, ...] = BASE_ARGS) -> WebUIServer:
+    """Start one WebUI server under ``root`` (its data dir and log) and wait until it is usable (``base_args``:
+    the offline CPU flags of A1111, or Forge's)."""
     data_dir = root / "data"
     (data_dir / "extensions").mkdir(parents=True, exist_ok=True)
     for ext in extensions:
@@ -204,7 +205,7 @@ def start_webui(webui_dir: Path, python: Path, root: Path, ckpt_dir: Path, ckpt:
     config = {**DEFAULT_SETTINGS, **(settings or {})}
     (data_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
     port = free_port()
-    args = [*BASE_ARGS, "--port", str(port), "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir)]
+    args = [*base_args, "--port", str(port), "--data-dir", str(data_dir), "--ckpt-dir", str(ckpt_dir)]
     if ckpt is not None:
         args += ["--ckpt", str(Path(ckpt).absolute())]
     args += [str(a) for a in extra_args]

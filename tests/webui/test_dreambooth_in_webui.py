@@ -64,11 +64,16 @@ def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
     # pivotal tuning and an extracted LoRA: the embedding and the LoRA land where the WebUI lists them, at once
     job = server.wait_job(server.post("/scal-sdt/v1/train/dreambooth", {
         "name": "dbpiv", "instance_data": str(root / "inst"), "instance_prompt": "a photo of [name] [filewords]",
-        "steps": 2, "resolution": 64, "lr": "1e-4", "preview_every": 0, "pivotal_vectors": 1, "extract_lora": 4}),
-        timeout=300)
+        "steps": 2, "resolution": 64, "lr": "1e-3", "preview_every": 0, "pivotal_vectors": 1, "extract_lora": 4,
+        "extract_lora_conv": 4}), timeout=300)
     assert job["status"] == "finished", job
     assert "dbpiv" in server.get("/sdapi/v1/embeddings")["loaded"]
     assert "dbpiv-lora" in {item["name"] for item in server.get("/sdapi/v1/loras")}
+    # the WebUI's Lora extension applies the extracted file, LoCon convolutions included, without complaint
+    plain = digest(server, "a photo of dbpiv")
+    assert digest(server, "a photo of dbpiv <lora:dbpiv-lora:1>") != plain
+    assert digest(server, "a photo of dbpiv <lora:dbpiv-lora:0>") == plain
+    assert "dbpiv-lora" not in "".join(line for line in server.log_tail(200).splitlines() if "rror" in line)
 
 
 def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkpoint, tmp_path_factory):

@@ -66,6 +66,9 @@ class DreamBoothConfig(FineTuneOptions):
     extract_lora: int = option(0, "also write NAME-lora.safetensors: a LoRA of this rank extracted from the UNet's "
                                "change (kohya format, <lora:NAME-lora:1> on the source model); 0 = off", min=0,
                                max=1024, group="output")
+    extract_lora_conv: int = option(0, "with extract_lora: also the convolutions' change at this rank (kohya's LoCon "
+                                    "layout, conv_dim; the WebUI's Lora loads it); 0 = Linear layers only", min=0,
+                                    max=1024, group="output")
     lora_out: str = option("", "folder for the extracted LoRA; '' = beside the checkpoint (in the WebUI: models/Lora)",
                            group="output")
     save_fp16: bool = option(True, "write the checkpoint in fp16 (half the size; what the WebUI loads anyway)",

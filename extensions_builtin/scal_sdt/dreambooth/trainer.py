@@ -49,7 +49,7 @@ class DreamBoothJob(FrozenModelJob):
     run_dir: Path
     text_encoders: list[torch.nn.Module] = field(default_factory=list)  # trained along, until stop_text_encoder
     validation: LatentDataset | None = None
-    before: dict | None = None  # the UNet's Linear weights before training, for extract_lora
+    before: dict | None = None  # the UNet's Linear and Conv2d weights before training, for extract_lora
     vectors: dict[str, torch.nn.Parameter] | None = None  # pivotal tuning: the new token's embedding
 
     def __post_init__(self):
@@ -174,7 +174,7 @@ class DreamBoothJob(FrozenModelJob):
             lora = Path(self.cfg.lora_out or self.cfg.out) / f"{self.name}-lora.safetensors"
             lora.parent.mkdir(parents=True, exist_ok=True)
             extract_lora(self.before, self.host.unet_modules(), self.cfg.extract_lora, self.host.family.name,
-                         f"{self.name}-lora", lora, extra=bundle)
+                         f"{self.name}-lora", lora, extra=bundle, conv_rank=self.cfg.extract_lora_conv)
         return path
 
     def embedding(self, step: int):
@@ -322,9 +322,9 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
         module.to(master).requires_grad_(True)
     before = None
     if cfg.extract_lora:
-        from ..lora.extract import linear_weights
+        from ..lora.extract import layer_weights
 
-        before = linear_weights(host.unet_modules())
+        before = layer_weights(host.unet_modules())
     vectors = None
     if cfg.pivotal_vectors:
         from ..textual_inversion.create import init_vectors

@@ -297,10 +297,26 @@ class WebUIReporter(Reporter):
 
 def reload_embeddings() -> None:
     """New embedding files appear in the WebUI without a restart, and no cached conditioning of an old
-    version of them is reused (the WebUI's cond cache is keyed on the prompt text only)."""
-    sd_hijack.model_hijack.embedding_db.load_textual_inversion_embeddings(force_reload=True)
-    for cache in (processing.StableDiffusionProcessing.cached_c, processing.StableDiffusionProcessing.cached_uc):
-        cache[0] = cache[1] = None
+    version of them is reused (the WebUI's cond cache is keyed on the prompt text only). Forge has no
+    ``model_hijack.embedding_db``: each text engine of its loaded model keeps its own database, the extra-networks
+    page another (its API's list follows on POST /sdapi/v1/refresh-embeddings)."""
+    db = getattr(sd_hijack.model_hijack, "embedding_db", None)
+    if db is not None:
+        db.load_textual_inversion_embeddings(force_reload=True)
+    else:
+        for engine in list(vars(shared.sd_model).values()):
+            if hasattr(getattr(engine, "embeddings", None), "load_textual_inversion_embeddings"):
+                engine.embeddings.load_textual_inversion_embeddings()
+        try:
+            from modules import ui_extra_networks_textual_inversion as page
+
+            page.embedding_db.load_textual_inversion_embeddings(force_reload=True, sync_with_sd_model=False)
+        except (ImportError, AttributeError):
+            pass
+    for cache in (getattr(processing.StableDiffusionProcessing, "cached_c", None),
+                  getattr(processing.StableDiffusionProcessing, "cached_uc", None)):
+        if cache is not None:
+            cache[0] = cache[1] = None
 
 
 def lora_dir() -> str:

@@ -104,7 +104,7 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
     source = cfg.model if isinstance(cfg, DreamBoothConfig) else ""
-    if is_forge(shared.sd_model):  # nothing to switch: the run trains its own copy of the file
+    if is_forge():  # nothing to switch: the run trains its own copy of the file
         return _run_training(cfg, extra_reporter, explicit, source)
     with checkpoint_loaded(source):
         return _run_training(cfg, extra_reporter, explicit)
@@ -176,15 +176,20 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
             "step": result.step, "interrupted": result.interrupted}
 
 
-def is_forge(sd_model) -> bool:
-    """Forge keeps its model parts in ``forge_objects`` and has no ``cond_stage_model``: no gradients through it."""
-    return getattr(sd_model, "cond_stage_model", None) is None and hasattr(sd_model, "forge_objects")
+def is_forge() -> bool:
+    """Forge (its ``modules_forge`` package): its model keeps the parts in ``forge_objects``, has no
+    ``cond_stage_model`` and gives no gradients; before its first generation ``shared.sd_model`` is a placeholder
+    (``FakeInitialModel``) with no checkpoint at all."""
+    import importlib.util
+
+    return (importlib.util.find_spec("modules_forge") is not None
+            or (getattr(shared.sd_model, "cond_stage_model", None) is None and hasattr(shared.sd_model, "forge_objects")))
 
 
 def training_host(source: str = ""):
     """The WebUI's loaded model; on Forge a trainable copy of the selected checkpoint file, or of ``source`` (a
     title of the WebUI's checkpoint list), and say so."""
-    if not is_forge(shared.sd_model):
+    if not is_forge():
         host = WebUIHost()
         host.begin_training()
         return host
@@ -193,7 +198,8 @@ def training_host(source: str = ""):
     from .standalone import load_host
 
     info = sd_models.get_closet_checkpoint_match(source) if source not in ("", LOADED_CHECKPOINT) else None
-    path = (info or shared.sd_model.sd_checkpoint_info).filename
+    loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)  # none before Forge's first generation
+    path = (info or loaded or sd_models.select_checkpoint()).filename
     print(f"[SCAL-SDT] Forge cannot give gradients through its own model: training on a trainable copy of {path}")
     return load_host(path, device=str(devices.device))
 

@@ -30,17 +30,26 @@ class EMA:
 
     @contextmanager
     def applied(self):
-        """The parameters hold the average inside the block (to save or preview it), their own values after."""
-        kept = [p.detach().to("cpu", copy=True) for p in self.params]
-        try:
-            with torch.no_grad():
-                for p, s in zip(self.params, self.shadow):
+        """The parameters hold the average inside the block (to save or preview it), their own values after. An
+        fp32 parameter on the average's device swaps storage with it (no copy, no memory); others (bf16 weights,
+        an average in the computer's memory) keep a copy of their own values in the computer's memory meanwhile."""
+        swapped, kept = [], []
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                if p.dtype == s.dtype and p.device == s.device:
+                    p.data, s.data = s.data, p.data
+                    swapped.append((p, s))
+                else:
+                    kept.append((p, p.detach().to("cpu", copy=True)))
                     p.copy_(s)
+        try:
             yield
         finally:
             with torch.no_grad():
-                for p, k in zip(self.params, kept):
-                    p.copy_(k)
+                for p, s in swapped:
+                    p.data, s.data = s.data, p.data
+                for p, own in kept:
+                    p.copy_(own)
 
     def state_dict(self) -> dict:
         return {"decay": self.decay, "updates": self.updates, "shadow": [s.cpu() for s in self.shadow]}

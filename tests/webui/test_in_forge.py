@@ -1,0 +1,72 @@
+"""The extension inside the real Forge (lllyasviel/stable-diffusion-webui-forge), offline on the CPU: Forge's model
+gives no gradients and has no Train tab, so our tabs come as a top-level "SCAL-SDT Train" tab and training runs on a
+trainable copy of the checkpoint file loaded by our standalone adapter — before Forge's first generation too (its
+model is then a placeholder); the embedding is usable by name in Forge's next txt2img without a restart.
+
+Needs ``FORGE_DIR`` (a Forge folder with launch.py and its repositories/) and ``FORGE_PYTHON`` (its venv's python);
+skipped otherwise. Forge detects the model family from a real checkpoint's shapes, so this runs on a full-size SD1
+checkpoint with random weights (2 GB; written once, or taken from ``FORGE_CKPT`` when that file exists).
+
+    FORGE_DIR=/work/forge FORGE_PYTHON=/work/forge-venv/bin/python python -m pytest tests/webui/test_in_forge.py
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from .conftest import start_webui
+
+REPO = Path(__file__).resolve().parents[1].parent
+FORGE_ARGS = ("--always-cpu", "--skip-torch-cuda-test", "--skip-prepare-environment", "--skip-install",
+              "--skip-python-version-check", "--no-download-sd-model", "--server-name", "127.0.0.1", "--api")
+
+
+@pytest.fixture(scope="module")
+def forge(tmp_path_factory):
+    forge_dir, python = os.environ.get("FORGE_DIR"), os.environ.get("FORGE_PYTHON")
+    if not forge_dir or not python:
+        pytest.skip("set FORGE_DIR and FORGE_PYTHON to run the tests inside the real Forge")
+    ckpt = Path(os.environ.get("FORGE_CKPT", "")) if os.environ.get("FORGE_CKPT") else None
+    if ckpt is None or not ckpt.is_file():
+        import torch
+
+        sys.path.insert(0, str(REPO / "bench"))
+        from apt_memory import build
+
+        from scal_sdt.host.checkpoint import save_checkpoint
+
+        ckpt = save_checkpoint(build("real-sd1"), tmp_path_factory.mktemp("forge-models") / "realsd1.safetensors",
+                               dtype=torch.float16)
+    server = start_webui(Path(forge_dir), Path(python), tmp_path_factory.mktemp("forge"), ckpt.parent,
+                         extensions=[REPO], wait_model=False, base_args=FORGE_ARGS, settings={})
+    yield server
+    server.stop()
+
+
+def images(root: Path, n: int = 4) -> Path:
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    make_held_out_colour_set(root, n, seed=3)
+    return root
+
+
+def test_training_on_forge_uses_a_copy_of_the_checkpoint_and_the_result_is_used(forge, tmp_path):
+    ids = {c.get("props", {}).get("elem_id") for c in forge.get("/config")["components"]}
+    assert {"scal_sdt_ti_start", "scal_sdt_db_start", "scal_sdt_hn_start"} <= ids  # the SCAL-SDT Train tab
+    body = {"data": str(images(tmp_path / "data")), "steps": 2, "resolution": 64, "preview_every": 0,
+            "save_every": 0, "lr": "0.01"}
+    # before Forge's first generation its model is a placeholder: the file it would load is trained on
+    job = forge.wait_job(forge.post("/scal-sdt/v1/train/embedding", {**body, "name": "forgefirst"}), timeout=600)
+    assert job["status"] == "finished", job
+    assert "trainable copy" in forge.log
+    assert (forge.data_dir / "embeddings" / "forgefirst.safetensors").exists()
+    forge.txt2img(prompt="a photo of forgefirst", steps=2, width=64, height=64)
+    assert "Used Embedding [forgefirst]" in forge.log
+    # with Forge's model loaded: the new embedding is in its text engine's database for the next image, no restart
+    job = forge.wait_job(forge.post("/scal-sdt/v1/train/embedding", {**body, "name": "forgesecond"}), timeout=600)
+    assert job["status"] == "finished", job
+    forge.txt2img(prompt="a photo of forgesecond", steps=2, width=64, height=64)
+    assert "Used Embedding [forgesecond]" in forge.log
