@@ -70,3 +70,26 @@ def test_training_on_forge_uses_a_copy_of_the_checkpoint_and_the_result_is_used(
     assert job["status"] == "finished", job
     forge.txt2img(prompt="a photo of forgesecond", steps=2, width=64, height=64)
     assert "Used Embedding [forgesecond]" in forge.log
+
+
+def test_dreambooth_on_forge_writes_a_checkpoint_forge_lists(forge, tmp_path, request):
+    """The least-memory recipe (bf16 weights, Adafactor, fused backward) on the trainable copy: the checkpoint lands
+    in Forge's checkpoint folder with the source's keys and is listed."""
+    from safetensors import safe_open
+
+    job = forge.wait_job(forge.post("/scal-sdt/v1/train/dreambooth", {
+        "name": "forgedb", "instance_data": str(images(tmp_path / "inst", 2)), "instance_prompt": "a photo of sks",
+        "steps": 1, "resolution": 64, "lr": "1e-6", "preview_every": 0, "master_weights": "bf16",
+        "optimizer": "adafactor", "fused_backward": True, "gradient_checkpointing": True, "keep_checkpoints": 1,
+        "overwrite": True}), timeout=900)
+    assert job["status"] == "finished", job
+    trained = Path(job["result"]["path"])
+    request.addfinalizer(lambda: [p.unlink(missing_ok=True) for p in trained.parent.glob("forgedb.*")])
+    source = next(Path(forge.ckpt_dir).glob("realsd1.safetensors"))
+    keys = []
+    for path in (source, trained):
+        with safe_open(str(path), framework="pt") as f:
+            keys.append(set(f.keys()))
+    assert keys[0] == keys[1]
+    forge.post("/sdapi/v1/refresh-checkpoints")
+    assert "forgedb" in {m["model_name"] for m in forge.get("/sdapi/v1/sd-models")}
