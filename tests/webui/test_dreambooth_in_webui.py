@@ -96,7 +96,7 @@ def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkp
     before = digest(server, "a photo of sks")
     body = {"name": "dbsd2", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks", "steps": 2,
             "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True}
-    with pytest.raises(WebUIError, match="422.*no checkpoint 'no-such-model'"):
+    with pytest.raises(WebUIError, match="422.*no checkpoint .{1,2}no-such-model"):
         server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": "no-such-model"})
     job = server.wait_job(server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": other.name}), timeout=300)
     assert job["status"] == "finished", job

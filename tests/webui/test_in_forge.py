@@ -93,3 +93,18 @@ def test_dreambooth_on_forge_writes_a_checkpoint_forge_lists(forge, tmp_path, re
     assert keys[0] == keys[1]
     forge.post("/sdapi/v1/refresh-checkpoints")
     assert "forgedb" in {m["model_name"] for m in forge.get("/sdapi/v1/sd-models")}
+
+
+def test_aesthetic_gradients_on_forge_say_why_not_and_the_image_is_made(forge):
+    """Forge encodes prompts without gradients, so the accordion cannot tune its text encoder: the image is made
+    plain and the reason is in its infotext (not a failed generation)."""
+    import torch
+
+    folder = Path(forge.data_dir) / "models" / "aesthetic_embeddings"
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(torch.randn(1, 768), folder / "forgeae.pt")
+    args = [True, "forgeae", 0.5, 2, 1e-4, False, 0.1, "", False, True, "None", 1.0]
+    images, info = forge.txt2img(prompt="a red circle", steps=2,
+                                 alwayson_scripts={"SCAL-SDT aesthetic gradients": {"args": args}})
+    assert len(images) == 1
+    assert "aesthetic gradients not applied: this WebUI's model has no text encoder to tune" in forge.log

@@ -70,6 +70,9 @@ def apply_to(p, path: Path, settings: AestheticSettings, clip_spec: str = "") ->
     if not settings.active:
         return
     sd_model = shared.sd_model
+    if getattr(sd_model, "cond_stage_model", None) is None and getattr(sd_model, "conditioner", None) is None:
+        raise ValueError("this WebUI's model has no text encoder to tune (Forge encodes prompts without gradients); "
+                         "aesthetic gradients need AUTOMATIC1111's WebUI, or scal-sdt generate --aesthetic")
     towers, rows = webui_towers(sd_model, path, clip_spec)
     digest = embedding_digest(rows)
     plain_conds = p.get_conds_with_caching
