@@ -195,7 +195,7 @@ def test_unet_parts_learn_as_a_lora_that_leaves_the_unet_as_it_was(tmp_path, tin
         keys, meta = set(f.keys()), f.metadata()
     assert "lora_unet_input_blocks_1_1_transformer_blocks_0_attn2_to_k.lora_down.weight" in keys
     assert meta["ss_network_module"] == "networks.lora" and meta["ss_network_dim"] == "2"
-    with pytest.raises(ValueError, match="not a UNet LoRA for this model"):
+    with pytest.raises(ValueError, match="not a LoRA for this model"):
         load_kohya(path, tiny_hosts("tiny-sdxl").unet_modules())
 
     result = train_embedding(config(tmp_path, name="zu", steps=3, unet_parts="attn2", unet_rank=2,

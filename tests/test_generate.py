@@ -41,3 +41,39 @@ def test_generate_uses_embeddings_by_name_and_is_deterministic(tmp_path, tiny_ho
 def test_generate_needs_a_prompt(tmp_path, capsys):
     assert cli.main(["generate", "--prompt", "", "--out", str(tmp_path)]) == 2
     assert "prompt" in capsys.readouterr().err
+
+
+def test_generate_takes_kohya_loras_named_the_diffusers_way_with_text_encoder_layers(tmp_path, capsys):
+    """Most kohya SD1/SD2 LoRAs name the UNet's layers as diffusers does (lora_unet_down_blocks_0_…) and carry
+    text-encoder layers (lora_te_text_model_encoder_layers_0_…; SDXL lora_te1_/lora_te2_): `generate --lora` takes
+    them, each key on the same layer as its original-layout name, the text layers changing the prompt's encoding."""
+    from safetensors.torch import save_file
+
+    from scal_sdt.host.standalone import load_host
+    from scal_sdt.lora.network import load_kohya
+
+    host = load_host("tiny-sd1", device="cpu")
+    unet_key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"
+    te_key = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
+    targets = host.lora_targets()
+    assert targets[unet_key] is host.unet_modules()["input_blocks.1.1.transformer_blocks.0.attn2.to_k"]
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+    for key in (unet_key, te_key):
+        layer = targets[key]
+        sd[f"{key}.lora_down.weight"] = torch.randn(2, layer.in_features, generator=g)
+        sd[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, 2, generator=g)
+        sd[f"{key}.alpha"] = torch.tensor(2.0)
+    path = tmp_path / "third-party.safetensors"
+    save_file(sd, str(path))
+    with torch.no_grad():
+        plain = host.encode_prompts(["a red circle"]).context
+        lora = load_kohya(path, targets).attach()
+        assert not torch.allclose(host.encode_prompts(["a red circle"]).context, plain)
+        lora.detach()
+        assert torch.equal(host.encode_prompts(["a red circle"]).context, plain)
+    base = ["generate", "--model", "tiny-sd1", "--steps", "3", "--n", "1", "--seed", "5", "--prompt", "a red circle"]
+    assert cli.main(base + ["--out", str(tmp_path / "plain")]) == 0
+    assert cli.main(base + ["--lora", str(path), "--out", str(tmp_path / "lora")]) == 0
+    plain_png, lora_png = (next((tmp_path / d).glob("*.png")) for d in ("plain", "lora"))
+    assert pixels(plain_png) != pixels(lora_png)

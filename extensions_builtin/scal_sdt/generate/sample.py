@@ -64,7 +64,7 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
         if cfg.lora:
             from ..lora.network import load_kohya
 
-            lora = load_kohya(cfg.lora, host.unet_modules()).to(host.device).attach(cfg.lora_strength)
+            lora = load_kohya(cfg.lora, host.lora_targets()).to(host.device).attach(cfg.lora_strength)
             applied.callback(lora.detach)
         return _sample(cfg, host, used, width, height, out, report)
 

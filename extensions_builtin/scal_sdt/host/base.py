@@ -115,6 +115,11 @@ class Host(abc.ABC):
         layers attach and how kohya files name them."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its UNet modules")
 
+    def lora_targets(self) -> dict:
+        """Every layer a kohya LoRA file may name, by its key (``lora_unet_input_blocks_4_1_…``): the UNet's modules
+        in the original layout; a host that knows more names (diffusers', the text encoders') adds them."""
+        return {"lora_unet_" + path.replace(".", "_"): m for path, m in self.unet_modules().items()}
+
     def vae_module(self):
         """The VAE (its size counts in a memory estimate)."""
         raise NotImplementedError(f"{type(self).__name__} does not expose its VAE")

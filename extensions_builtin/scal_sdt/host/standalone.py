@@ -168,6 +168,21 @@ class StandaloneHost(Host):
         renamed = rename(dict.fromkeys(named), unet_pairs(dict(unet.config)), reverse=True)
         return {k[:-1]: m for k, m in zip(renamed, named.values())}
 
+    def lora_targets(self) -> dict:
+        """The original-layout names (kohya's SDXL files, ours), diffusers' UNet names (kohya's SD1/SD2 files:
+        ``lora_unet_down_blocks_0_attentions_0_…``) and the text encoders' (``lora_te_text_model_encoder_layers_0_…``;
+        SDXL ``lora_te1_`` / ``lora_te2_``)."""
+        targets = super().lora_targets()
+        targets.update({"lora_unet_" + n.replace(".", "_"): m for n, m in self.components.unet.named_modules() if n})
+        encoders = self.components.text_encoders
+        for i, te in enumerate(encoders):
+            prefix = "lora_te_" if len(encoders) == 1 else f"lora_te{i + 1}_"
+            for n, m in te.named_modules():
+                if n:
+                    path = "text_model." + n.removeprefix("text_model.")  # transformers 5 drops it on CLIPTextModel
+                    targets[prefix + path.replace(".", "_")] = m
+        return targets
+
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         unet, vae = self.components.unet, self.components.vae
         unet.enable_gradient_checkpointing() if enabled else unet.disable_gradient_checkpointing()

@@ -79,7 +79,7 @@ class LoraNetwork(nn.Module):
     def kohya_state_dict(self) -> dict[str, torch.Tensor]:
         out = {}
         for path, layer in zip(self.paths, self.layers):
-            key = PREFIX + path.replace(".", "_")
+            key = path if path.startswith("lora_") else PREFIX + path.replace(".", "_")
             out[f"{key}.lora_down.weight"] = layer.down.weight.detach().float().cpu().contiguous()
             out[f"{key}.lora_up.weight"] = layer.up.weight.detach().float().cpu().contiguous()
             out[f"{key}.alpha"] = layer.alpha.detach().float().cpu().reshape(())
@@ -104,24 +104,25 @@ def unet_targets(modules: dict[str, nn.Module], parts: str) -> dict[str, nn.Line
 
 
 def load_kohya(path: str | Path, modules: dict[str, nn.Module]) -> LoraNetwork:
-    """A kohya LoRA file for the UNet (``modules`` as for :func:`unet_targets`; Linear layers and LoCon
-    convolutions); a key for a layer this model lacks, or of another shape, is an error naming it."""
+    """A kohya LoRA file. ``modules``: the UNet's modules by original-layout path (as for :func:`unet_targets`), or
+    a host's :meth:`lora_targets` (kohya key -> module: diffusers' UNet names and the text encoders' too). Linear
+    layers and LoCon convolutions; a key for a layer this model lacks, or of another shape, is an error naming it."""
     from safetensors.torch import load_file
 
     sd = load_file(str(path))
-    by_key = {PREFIX + p.replace(".", "_"): (p, m) for p, m in modules.items() if isinstance(m, (nn.Linear, nn.Conv2d))}
+    by_key = {(k if k.startswith("lora_") else PREFIX + k.replace(".", "_")): m for k, m in modules.items()
+              if isinstance(m, (nn.Linear, nn.Conv2d))}
     names = sorted({k.rsplit(".", 2)[0] for k in sd if k.endswith(".lora_down.weight")})
     missing = [n for n in names if n not in by_key]
     if not names or missing:
-        raise ValueError(f"{Path(path).name}: not a UNet LoRA for this model (no layer for "
+        raise ValueError(f"{Path(path).name}: not a LoRA for this model (no layer for "
                          f"{', '.join(missing[:3]) or 'any key'})")
-    net = LoraNetwork({by_key[n][0]: by_key[n][1] for n in names}, rank=1)
+    net = LoraNetwork({n: by_key[n] for n in names}, rank=1)
     with torch.no_grad():
         for i, n in enumerate(names):
             down, up = sd[f"{n}.lora_down.weight"], sd[f"{n}.lora_up.weight"]
-            module = by_key[n][1]
             rank = down.shape[0]
-            layer = LoraLayer(module, rank, float(sd.get(f"{n}.alpha", torch.tensor(rank))))
+            layer = LoraLayer(by_key[n], rank, float(sd.get(f"{n}.alpha", torch.tensor(rank))))
             if layer.down.weight.shape != down.shape or layer.up.weight.shape != up.shape:
                 raise ValueError(f"{Path(path).name}: {n} has shapes {tuple(down.shape)}/{tuple(up.shape)}, this model's "
                                  f"layer wants {tuple(layer.down.weight.shape)}/{tuple(layer.up.weight.shape)}")
