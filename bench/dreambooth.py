@@ -14,7 +14,8 @@ fresh subprocess. A preset whose optimizer is missing (bitsandbytes) is reported
 
     python bench/dreambooth.py                                          # tiny-sd1, 64 px, CPU
     python bench/dreambooth.py --device cuda --model real-sd1 --resolution 512 --json db.json
-    python bench/dreambooth.py --device cuda --model real-sdxl --resolution 1024 --presets "bf16 weights+ckpt+adafactor+fused backward"
+    python bench/dreambooth.py --device cuda --model real-sdxl --resolution 1024 \
+        --presets "bf16 weights+ckpt+adafactor+fused backward"
     python bench/dreambooth.py --resolution 256 --baseline bench/dreambooth_cpu_256.json   # memory regressions
 """
 from __future__ import annotations

@@ -58,8 +58,8 @@ def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_byt
     w = 2 if cfg.master_weights == "bf16" else 4
     mixed = w == 4 and cfg.precision in ("fp16", "bf16", "auto")
     state = {"adamw": 2 * w, "adamw8bit": 2, "adafactor": 0}[cfg.optimizer]
-    parts = {"weights": trained * w / MIB, "gradients": trained * w / MIB * (FUSED_IN_FLIGHT if cfg.fused_backward else 1),
-             "optimizer": trained * state / MIB,
+    gradients = trained * w / MIB * (FUSED_IN_FLIGHT if cfg.fused_backward else 1.0)
+    parts = {"weights": trained * w / MIB, "gradients": gradients, "optimizer": trained * state / MIB,
              "EMA": trained * 4 / MIB if cfg.ema_decay and not cfg.ema_on_cpu else 0.0}
     transient = trained * w / MIB if cfg.optimizer == "adamw" and not cfg.fused_backward else 0.0
     autocast = trained * 2 / MIB if mixed else 0.0

@@ -170,8 +170,8 @@ class StandaloneHost(Host):
 
     def lora_targets(self) -> dict:
         """The original-layout names (kohya's SDXL files, ours), diffusers' UNet names (kohya's SD1/SD2 files:
-        ``lora_unet_down_blocks_0_attentions_0_…``) and the text encoders' (``lora_te_text_model_encoder_layers_0_…``;
-        SDXL ``lora_te1_`` / ``lora_te2_``)."""
+        ``lora_unet_down_blocks_0_attentions_0_…``) and the text encoders' (SD1/SD2
+        ``lora_te_text_model_encoder_layers_0_…``; SDXL ``lora_te1_`` / ``lora_te2_``)."""
         targets = super().lora_targets()
         targets.update({"lora_unet_" + n.replace(".", "_"): m for n, m in self.components.unet.named_modules() if n})
         encoders = self.components.text_encoders

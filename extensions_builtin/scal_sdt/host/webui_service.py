@@ -203,8 +203,9 @@ def is_forge() -> bool:
     (``FakeInitialModel``) with no checkpoint at all."""
     import importlib.util
 
+    model = shared.sd_model
     return (importlib.util.find_spec("modules_forge") is not None
-            or (getattr(shared.sd_model, "cond_stage_model", None) is None and hasattr(shared.sd_model, "forge_objects")))
+            or (getattr(model, "cond_stage_model", None) is None and hasattr(model, "forge_objects")))
 
 
 def training_host(source: str = ""):

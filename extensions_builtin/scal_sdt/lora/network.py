@@ -124,8 +124,8 @@ def load_kohya(path: str | Path, modules: dict[str, nn.Module]) -> LoraNetwork:
             rank = down.shape[0]
             layer = LoraLayer(by_key[n], rank, float(sd.get(f"{n}.alpha", torch.tensor(rank))))
             if layer.down.weight.shape != down.shape or layer.up.weight.shape != up.shape:
-                raise ValueError(f"{Path(path).name}: {n} has shapes {tuple(down.shape)}/{tuple(up.shape)}, this model's "
-                                 f"layer wants {tuple(layer.down.weight.shape)}/{tuple(layer.up.weight.shape)}")
+                raise ValueError(f"{Path(path).name}: {n} has shapes {tuple(down.shape)}/{tuple(up.shape)}, this "
+                                 f"model's layer wants {tuple(layer.down.weight.shape)}/{tuple(layer.up.weight.shape)}")
             layer.down.weight.copy_(down)
             layer.up.weight.copy_(up)
             net.layers[i] = layer

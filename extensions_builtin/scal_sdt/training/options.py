@@ -123,11 +123,11 @@ class FineTuneOptions(TrainingOptions):
     """What a fine-tune of the model's own weights adds (DreamBooth); read by the loop when a config has them."""
 
     fused_backward: bool = option(False, "step the optimizer inside the backward pass, each weight as soon as its "
-                                  "gradient is ready, so the gradients are never all held (a weights-sized buffer less: "
-                                  "what puts SDXL under 10 GB); no --clip-grad norm", group="memory")
-    ema_decay: float = option(0.0, "keep an exponential moving average of the weights with this decay (0.999 is usual) "
-                              "and save and preview it instead of the last step's weights; 0 = off", min=0.0, max=0.99999,
-                              group="optimisation")
+                                  "gradient is ready, so the gradients are never all held (a weights-sized buffer "
+                                  "less: what puts SDXL under 10 GB); no --clip-grad norm", group="memory")
+    ema_decay: float = option(0.0, "keep an exponential moving average of the weights with this decay (0.999 is "
+                              "usual) and save and preview it instead of the last step's weights; 0 = off", min=0.0,
+                              max=0.99999, group="optimisation")
     ema_on_cpu: bool = option(False, "keep that average in the computer's memory instead of on the card (slower: the "
                               "weights cross every step)", group="memory")
 
