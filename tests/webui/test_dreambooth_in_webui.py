@@ -77,9 +77,9 @@ def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
 
 
 def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkpoint, tmp_path_factory):
-    """The source picked from the WebUI's list (an SD2 checkpoint while an SD1 one is loaded) is loaded for the run,
-    the result has its keys and shapes, and the checkpoint loaded before is loaded again afterwards; a name not in
-    the list is a 422 with the reason."""
+    """The source picked from the WebUI's list (an SD2 checkpoint while an SD1 one is loaded) is loaded for the run
+    (with Adafactor, the fused backward pass and an EMA; bf16 weights are refused on a CPU WebUI), the result has its
+    keys and shapes, and the checkpoint loaded before is loaded again afterwards; a name not in the list is a 422."""
     import json
 
     from safetensors import safe_open
@@ -95,9 +95,12 @@ def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkp
     original = server.get("/sdapi/v1/options")["sd_model_checkpoint"]
     before = digest(server, "a photo of sks")
     body = {"name": "dbsd2", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks", "steps": 2,
-            "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True}
+            "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True,
+            "fused_backward": True, "ema_decay": 0.5, "optimizer": "adafactor"}
     with pytest.raises(WebUIError, match="422.*no checkpoint .{1,2}no-such-model"):
         server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": "no-such-model"})
+    with pytest.raises(WebUIError, match="422.*master_weights bf16 needs a GPU inside the WebUI"):  # a CPU WebUI
+        server.post("/scal-sdt/v1/train/dreambooth", {**body, "master_weights": "bf16"})
     job = server.wait_job(server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": other.name}), timeout=300)
     assert job["status"] == "finished", job
     trained = other.parent / "dbsd2.safetensors"

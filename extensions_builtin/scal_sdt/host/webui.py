@@ -230,6 +230,10 @@ class WebUIHost(Host):
         self._ldm_checkpoint = []
 
     def autocast(self, precision: str):
+        """The WebUI's own autocast (fp16, or none when it runs in full precision); bf16 asked for — DreamBooth's
+        bf16 weights need bf16 maths — is torch's bf16 autocast on the WebUI's device."""
+        if precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return devices.autocast(disable=precision == "fp32")
 
     def unet_modules(self) -> dict:

@@ -107,6 +107,8 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
     source = cfg.model if isinstance(cfg, DreamBoothConfig) else ""
+    if (problem := unsupported(cfg)) is not None:
+        raise ValueError(problem)
     if is_forge():  # nothing to switch: the run trains its own copy of the file, given back afterwards
         try:
             return _run_training(cfg, extra_reporter, explicit, source)
@@ -180,6 +182,15 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
             "step": result.step, "interrupted": result.interrupted}
+
+
+def unsupported(cfg) -> str | None:
+    """Why this WebUI cannot run ``cfg`` (None when it can)."""
+    if (isinstance(cfg, DreamBoothConfig) and cfg.master_weights == "bf16" and devices.device.type == "cpu"
+            and not is_forge()):
+        return ("master_weights bf16 needs a GPU inside the WebUI (its UNet's GroupNorm computes in fp32, which bf16 "
+                "weights on the CPU cannot do); use fp32 weights here, or scal-sdt dreambooth on the command line")
+    return None
 
 
 def release_memory() -> None:
@@ -261,6 +272,8 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
                 field = "instance_data" if kind is DreamBoothConfig else "data"
                 raise HTTPException(status_code=422, detail=f"{field}: dataset folder does not exist: {folder}")
+            if (problem := unsupported(cfg)) is not None:
+                raise HTTPException(status_code=422, detail=problem)
             if kind is DreamBoothConfig and cfg.model not in checkpoint_choices():
                 from modules import sd_models
 
