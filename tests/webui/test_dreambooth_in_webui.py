@@ -76,8 +76,9 @@ def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
     assert "dbpiv-lora" not in "".join(line for line in server.log_tail(200).splitlines() if "rror" in line)
 
 
-def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkpoint, tmp_path_factory):
-    """The source picked from the WebUI's list (an SD2 checkpoint while an SD1 one is loaded) is loaded for the run
+@pytest.mark.parametrize("family", ["tiny-sd2", "tiny-sdxl"])
+def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkpoint, tmp_path_factory, family):
+    """The source picked from the WebUI's list (SD2, SDXL, while an SD1 checkpoint is loaded) is loaded for the run
     (with Adafactor, the fused backward pass and an EMA; bf16 weights are refused on a CPU WebUI), the result has its
     keys and shapes, and the checkpoint loaded before is loaded again afterwards; a name not in the list is a 422."""
     import json
@@ -90,11 +91,11 @@ def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkp
 
     root = tmp_path_factory.mktemp("db-source")
     make_held_out_colour_set(root / "inst", 2, seed=5)
-    other = tiny_checkpoint("tiny-sd2")
+    other = tiny_checkpoint(family)
     server.post("/sdapi/v1/refresh-checkpoints")
     original = server.get("/sdapi/v1/options")["sd_model_checkpoint"]
     before = digest(server, "a photo of sks")
-    body = {"name": "dbsd2", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks", "steps": 2,
+    body = {"name": f"db{family[5:]}", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks", "steps": 2,
             "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True,
             "fused_backward": True, "ema_decay": 0.5, "optimizer": "adafactor"}
     with pytest.raises(WebUIError, match="422.*no checkpoint .{1,2}no-such-model"):
@@ -103,13 +104,13 @@ def test_dreambooth_on_another_checkpoint_of_the_webuis_list(server, tiny_checkp
         server.post("/scal-sdt/v1/train/dreambooth", {**body, "master_weights": "bf16"})
     job = server.wait_job(server.post("/scal-sdt/v1/train/dreambooth", {**body, "model": other.name}), timeout=300)
     assert job["status"] == "finished", job
-    trained = other.parent / "dbsd2.safetensors"
-    assert "tiny-sd2" in json.loads(trained.with_suffix(".json").read_text())["source"]
+    trained = other.parent / f"db{family[5:]}.safetensors"
+    assert family in json.loads(trained.with_suffix(".json").read_text())["source"]
     shapes = {}
     for path in (other, trained):
         with safe_open(str(path), framework="pt") as f:
             shapes[path] = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    assert shapes[trained] == shapes[other]  # an SD2 checkpoint (OpenCLIP text keys), not the loaded SD1 one
+    assert shapes[trained] == shapes[other]  # an SD2 / SDXL checkpoint's keys, not the loaded SD1 one's
     assert server.get("/sdapi/v1/options")["sd_model_checkpoint"] == original
     assert digest(server, "a photo of sks") == before
 
