@@ -302,3 +302,30 @@ def test_two_processes_train_one_checkpoint_under_torchrun(folders, tmp_path):
     done = torchrun(*common, "--steps", "3", "--resume")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "finished at step 3" in done.stdout and latest_state(tmp_path / "run")["step"] == 3
+
+
+def test_min_snr_weighting_keeps_the_masks(tiny_hosts):
+    """With --min-snr-gamma each image's loss is its masked mean (a NAME_mask.png still says what counts), then
+    weighted by min(SNR, gamma) / SNR: a wrong prediction where the mask is 0 changes nothing."""
+    from types import SimpleNamespace
+
+    from scal_sdt.dreambooth.trainer import min_snr_weights
+    from scal_sdt.training.frozen_job import NoisedBatch
+
+    host = tiny_hosts("tiny-sd1")
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 4, 8, 8, generator=g), torch.randn(2, 4, 8, 8, generator=g)
+    t = torch.tensor([10, 900])
+    mask = torch.ones(2, 1, 8, 8)
+    mask[..., 4:] = 0
+    nb = NoisedBatch(SimpleNamespace(weights=mask), x0, noise, t, x0, (64, 64))
+    target = host.schedule.target(x0, noise, t)
+    out = target + 0.1 * torch.randn(2, 4, 8, 8, generator=g)
+    spoilt = out.clone()
+    spoilt[..., 4:] += 5.0  # wrong only where the mask says "not trained on"
+    expect = ((out - target) ** 2)[..., :4].mean(dim=(1, 2, 3))
+    assert torch.allclose(nb.image_losses(host, out), expect)
+    assert torch.allclose(nb.image_losses(host, spoilt), expect)
+    job = SimpleNamespace(cfg=SimpleNamespace(min_snr_gamma=5.0), host=host)
+    weighted = DreamBoothJob.mse(job, nb, spoilt)
+    assert torch.allclose(weighted, (expect * min_snr_weights(host.schedule, t, 5.0)).mean())

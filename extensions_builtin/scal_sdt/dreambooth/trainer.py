@@ -112,8 +112,7 @@ class DreamBoothJob(FrozenModelJob):
     def mse(self, nb: NoisedBatch, out: torch.Tensor) -> torch.Tensor:
         if not self.cfg.min_snr_gamma:
             return nb.loss(self.host, out)
-        err = (out.float() - self.host.schedule.target(nb.x0, nb.noise, nb.t).float()) ** 2
-        per_image = err.mean(dim=tuple(range(1, err.dim())))
+        per_image = nb.image_losses(self.host, out)  # masks kept
         return (per_image * min_snr_weights(self.host.schedule, nb.t, self.cfg.min_snr_gamma)).mean()
 
     def loss(self) -> torch.Tensor:

@@ -49,6 +49,15 @@ class NoisedBatch:
             return (err * w).sum() / (w.sum() * err.shape[1]).clamp_min(1e-8)
         return err.mean()
 
+    def image_losses(self, host: Host, out: torch.Tensor) -> torch.Tensor:
+        """The same error per image [B] (each image's masked mean), for a per-timestep weighting such as min-SNR."""
+        err = (out.float() - host.schedule.target(self.x0, self.noise, self.t).float()) ** 2
+        dims = tuple(range(1, err.dim()))
+        if self.batch.weights is not None:
+            w = self.batch.weights.to(err.device, err.dtype).expand_as(err)
+            return (err * w).sum(dims) / w.sum(dims).clamp_min(1e-8)
+        return err.mean(dims)
+
 
 class FrozenModelJob:
     cfg: object
