@@ -13,6 +13,7 @@ from modules import call_queue, script_callbacks  # noqa: E402
 
 try:
     from scal_sdt.host import webui_service  # noqa: E402
+    from scal_sdt.host.webui import checkpoint_choices  # noqa: E402
     from scal_sdt.ui.form import Offer  # noqa: E402
     from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HOST_FIELDS, HYPERNETWORK, training_tab  # noqa: E402
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
@@ -41,7 +42,7 @@ def on_ui_train_tabs(params):
             dreambooth = kind is DREAMBOOTH  # picks its source checkpoint from the WebUI's list
             training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
                          exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,
-                         offers={"model": Offer(webui_service.checkpoint_choices, webui_service.SOURCE_HELP)}
+                         offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)}
                          if dreambooth else None,
                          steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
                          txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,

@@ -353,6 +353,20 @@ def checkpoint_choices() -> list[str]:
     return [LOADED_CHECKPOINT, *sd_models.checkpoint_tiles()]
 
 
+def find_checkpoint(title: str):
+    """The WebUI's CheckpointInfo for ``title`` (a title, file name or part of one, as the WebUI matches them);
+    None for the loaded one (empty or :data:`LOADED_CHECKPOINT`); a name not in its list is a ValueError."""
+    from modules import sd_models
+
+    if title in ("", LOADED_CHECKPOINT):
+        return None
+    info = sd_models.get_closet_checkpoint_match(title)
+    if info is None:
+        raise ValueError(f"model: no checkpoint {title!r} in the WebUI's list (GET /sdapi/v1/sd-models lists them); "
+                         "choose one of: " + ", ".join(sd_models.checkpoint_tiles()[:20]))
+    return info
+
+
 @contextlib.contextmanager
 def checkpoint_loaded(title: str):
     """The WebUI's model switched to the checkpoint ``title`` of its list for the block, and the one loaded before
@@ -361,15 +375,9 @@ def checkpoint_loaded(title: str):
     ``title`` empty or :data:`LOADED_CHECKPOINT`: the loaded model, nothing switched."""
     from modules import sd_models
 
-    if title in ("", LOADED_CHECKPOINT):
-        yield
-        return
-    info = sd_models.get_closet_checkpoint_match(title)
-    if info is None:
-        raise ValueError(f"no checkpoint {title!r} in the WebUI's list; choose one of: "
-                         + ", ".join(sd_models.checkpoint_tiles()[:20]))
+    info = find_checkpoint(title)
     loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)
-    if loaded is not None and loaded.filename == info.filename:
+    if info is None or (loaded is not None and loaded.filename == info.filename):
         yield
         return
     kept = shared.opts.sd_model_checkpoint

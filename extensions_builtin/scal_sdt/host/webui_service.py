@@ -34,9 +34,8 @@ from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
 from .families import family
 from .webui_aesthetic import family_name
-from .webui import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_choices, checkpoint_loaded,
-                    lora_dir,
-                    reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
+from .webui import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
+                    lora_dir, reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
 
 API_PREFIX = "/scal-sdt/v1"
 SOURCE_HELP = ("the checkpoint to fine-tune: the one loaded now, or another of the WebUI's list (loaded for the run; "
@@ -107,8 +106,7 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
     their defaults (the form sends every field)."""
     source = cfg.model if isinstance(cfg, DreamBoothConfig) else ""
-    if (problem := unsupported(cfg)) is not None:
-        raise ValueError(problem)
+    check_runnable(cfg)
     if is_forge():  # nothing to switch: the run trains its own copy of the file, given back afterwards
         try:
             return _run_training(cfg, extra_reporter, explicit, source)
@@ -184,13 +182,16 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
             "step": result.step, "interrupted": result.interrupted}
 
 
-def unsupported(cfg) -> str | None:
-    """Why this WebUI cannot run ``cfg`` (None when it can)."""
-    if (isinstance(cfg, DreamBoothConfig) and cfg.master_weights == "bf16" and devices.device.type == "cpu"
-            and not is_forge()):
-        return ("master_weights bf16 needs a GPU inside the WebUI (its UNet's GroupNorm computes in fp32, which bf16 "
-                "weights on the CPU cannot do); use fp32 weights here, or scal-sdt dreambooth on the command line")
-    return None
+def check_runnable(cfg) -> None:
+    """A ValueError saying why this WebUI cannot run ``cfg``: a DreamBooth source not in its checkpoint list, or
+    bf16 weights on a CPU WebUI."""
+    if not isinstance(cfg, DreamBoothConfig):
+        return
+    find_checkpoint(cfg.model)
+    if cfg.master_weights == "bf16" and devices.device.type == "cpu" and not is_forge():
+        raise ValueError("master_weights bf16 needs a GPU inside the WebUI (its UNet's GroupNorm computes in fp32, "
+                         "which bf16 weights on the CPU cannot do); use fp32 weights here, or scal-sdt dreambooth on "
+                         "the command line")
 
 
 def release_memory() -> None:
@@ -230,9 +231,8 @@ def training_host(source: str = ""):
 
     from .standalone import load_host
 
-    info = sd_models.get_closet_checkpoint_match(source) if source not in ("", LOADED_CHECKPOINT) else None
     loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)  # none before Forge's first generation
-    path = (info or loaded or sd_models.select_checkpoint()).filename
+    path = (find_checkpoint(source) or loaded or sd_models.select_checkpoint()).filename
     print(f"[SCAL-SDT] Forge cannot give gradients through its own model: training on a trainable copy of {path}")
     return load_host(path, device=str(devices.device))
 
@@ -272,14 +272,10 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
                 field = "instance_data" if kind is DreamBoothConfig else "data"
                 raise HTTPException(status_code=422, detail=f"{field}: dataset folder does not exist: {folder}")
-            if (problem := unsupported(cfg)) is not None:
-                raise HTTPException(status_code=422, detail=problem)
-            if kind is DreamBoothConfig and cfg.model not in checkpoint_choices():
-                from modules import sd_models
-
-                if sd_models.get_closet_checkpoint_match(cfg.model) is None:
-                    raise HTTPException(status_code=422, detail=f"model: no checkpoint {cfg.model!r} in the WebUI's "
-                                                                f"list (GET /sdapi/v1/sd-models lists them)")
+            try:
+                check_runnable(cfg)
+            except ValueError as e:
+                raise HTTPException(status_code=422, detail=str(e)) from None
 
             def work(reporter):
                 shared.state.begin(job=f"scal-sdt-{name}")

@@ -41,9 +41,12 @@ class NoisedBatch:
     x_t: torch.Tensor  # x0 noised to t
     size: tuple[int, int]  # (height, width) in pixels
 
+    def squared_error(self, host: Host, out: torch.Tensor) -> torch.Tensor:
+        return (out.float() - host.schedule.target(self.x0, self.noise, self.t).float()) ** 2
+
     def loss(self, host: Host, out: torch.Tensor) -> torch.Tensor:
         """Mean squared error against the schedule's target, weighted by the batch's masks when it has them."""
-        err = (out.float() - host.schedule.target(self.x0, self.noise, self.t).float()) ** 2
+        err = self.squared_error(host, out)
         if self.batch.weights is not None:
             w = self.batch.weights.to(err.device, err.dtype)
             return (err * w).sum() / (w.sum() * err.shape[1]).clamp_min(1e-8)
@@ -51,7 +54,7 @@ class NoisedBatch:
 
     def image_losses(self, host: Host, out: torch.Tensor) -> torch.Tensor:
         """The same error per image [B] (each image's masked mean), for a per-timestep weighting such as min-SNR."""
-        err = (out.float() - host.schedule.target(self.x0, self.noise, self.t).float()) ** 2
+        err = self.squared_error(host, out)
         dims = tuple(range(1, err.dim()))
         if self.batch.weights is not None:
             w = self.batch.weights.to(err.device, err.dtype).expand_as(err)
