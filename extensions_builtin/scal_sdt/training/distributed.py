@@ -8,6 +8,7 @@ here is a no-op. The process group is ours (NCCL on CUDA, gloo on the CPU), so a
 variables works."""
 from __future__ import annotations
 
+import atexit
 import os
 from datetime import timedelta
 from dataclasses import dataclass
@@ -124,6 +125,18 @@ def _buckets(grads: list[torch.Tensor]):
 _CURRENT: Processes | None = None
 
 
+def _leave() -> None:
+    """At exit: wait for the others, then close the process group (a group left open can abort the interpreter's
+    shutdown with "terminate called without an active exception")."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()
+
+
 def current() -> Processes:
     """This process's place among the launched ones; the first call joins the process group."""
     global _CURRENT
@@ -140,5 +153,6 @@ def current() -> Processes:
                     torch.cuda.set_device(local_rank)
                 # long enough for the first process to make class images while the others wait
                 dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo", timeout=timedelta(hours=3))
+                atexit.register(_leave)
             _CURRENT = Processes(dist.get_rank(), dist.get_world_size(), local_rank)
     return _CURRENT
