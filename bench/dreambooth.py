@@ -217,39 +217,38 @@ def main() -> None:
         print("RESULT " + json.dumps(result))
         return
     names = [n for n in (a.presets.split(",") if a.presets else PRESETS) if n]
-    results = {"reference": child(a, "reference")}
-    for name in names:
-        results[name] = child(a, name)
-    ref = results["reference"]
     print(f"{a.model} at {a.resolution}px on {a.device}, batch 1, median of {a.steps} steps")
-    print(f"{'':48}{'peak MB':>10}{'s/step':>9}{'peak ratio':>12}{'time ratio':>12}")
-    for name, r in results.items():
+    print(f"{'':48}{'peak MB':>10}{'s/step':>9}{'peak ratio':>12}{'time ratio':>12}", flush=True)
+    results = {}
+    for name in ["reference", *names]:  # each row as it comes, and the JSON so far: a long run cut short keeps them
+        r = results[name] = child(a, name)
+        ref = results["reference"]
         if "error" in r:
-            print(f"{name:48}  {r['error']}")
-            continue
-        pr = r["peak_mb"] / ref["peak_mb"] if ref.get("peak_mb") else float("nan")
-        tr = r["s_per_step"] / ref["s_per_step"] if ref.get("s_per_step") else float("nan")
-        print(f"{name:48}{r['peak_mb']:10.0f}{r['s_per_step']:9.3f}{pr:12.2f}{tr:12.2f}")
-    if a.json:
-        Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
+            print(f"{name:48}  {r['error']}", flush=True)
+        else:
+            pr = r["peak_mb"] / ref["peak_mb"] if ref.get("peak_mb") else float("nan")
+            tr = r["s_per_step"] / ref["s_per_step"] if ref.get("s_per_step") else float("nan")
+            print(f"{name:48}{r['peak_mb']:10.0f}{r['s_per_step']:9.3f}{pr:12.2f}{tr:12.2f}", flush=True)
+        if a.json:
+            Path(a.json).write_text(json.dumps({"args": vars(a), "results": results}, indent=1))
     if a.baseline:
         sys.exit(compare(results, json.loads(Path(a.baseline).read_text()), a.tolerance, a.slack_mb))
 
 
 def compare(results: dict, baseline: dict, tolerance: float, slack_mb: float) -> int:
     """Each preset's peak against the baseline's: 1 when one grew by more than ``tolerance`` and ``slack_mb``."""
-    then = baseline["results"]
-    print(f"\nagainst {baseline['args'].get('model')} at {baseline['args'].get('resolution')}px on "
-          f"{baseline['args'].get('device')}:")
+    # a --json file ("args", "results") or a hand-kept measurement file (bench/dreambooth_h200*.json: "runs")
+    then, args = baseline.get("results") or baseline["runs"], baseline.get("args", baseline)
+    print(f"\nagainst {args.get('model')} at {args.get('resolution')}px on {args.get('device')}:")
     worse = 0
     for name, r in results.items():
-        old = then.get(name, {})
-        if "peak_mb" not in r or "peak_mb" not in old:
+        old = then.get(name, {}).get("peak_mb", then.get(name, {}).get("peak_mib"))
+        if "peak_mb" not in r or old is None:
             continue
-        ratio = r["peak_mb"] / old["peak_mb"]
-        flag = ratio > 1 + tolerance and r["peak_mb"] - old["peak_mb"] > slack_mb
+        ratio = r["peak_mb"] / old
+        flag = ratio > 1 + tolerance and r["peak_mb"] - old > slack_mb
         worse += flag
-        print(f"{name:48}{old['peak_mb']:10.0f} -> {r['peak_mb']:8.0f} MB  x{ratio:.2f}{'  WORSE' if flag else ''}")
+        print(f"{name:48}{old:10.0f} -> {r['peak_mb']:8.0f} MB  x{ratio:.2f}{'  WORSE' if flag else ''}")
     return 1 if worse else 0
 
 

@@ -1,20 +1,20 @@
 """Before a DreamBooth run: its peak device memory, as arithmetic over the parameter counts and the options, and the
 options that make it fit a card. The terms and their constants come from measurements (bench/dreambooth.py on an
-H200, SD1 at 512 px; bench/dreambooth_h200.json, which a test holds the estimate to):
+H200: SD1 at 512 px and SDXL at 1024 px; bench/dreambooth_h200*.json, which a test holds the estimate to):
 
-- trained weights and their gradients: 4 bytes each (fp32 master weights) or 2 (``master_weights bf16``); with
-  ``fused_backward`` the gradients are freed as they are used (taken as 2% of them in flight), and no optimizer-step
-  temporary;
+- trained weights: 4 bytes each (fp32 master weights) or 2 (``master_weights bf16``);
+- their gradients, as many bytes; with ``fused_backward`` freed as they are used (taken as 2% in flight);
 - ``ema_decay``: an fp32 copy of the trained weights, unless ``ema_on_cpu``;
 - optimizer state: AdamW two moments in the weights' dtype, AdamW8bit 2 bytes, Adafactor's factored moments ~0;
-  AdamW's step also makes one weights-sized temporary;
+- the optimizer step's temporaries: AdamW one weights-sized buffer, Adafactor ~2.75 bytes a weight (its fp32 update
+  of a group of weights at once; both measured), AdamW8bit and any fused step ~0;
 - autocast's fp16/bf16 copies of fp32 weights during forward and backward (2 bytes per weight);
-- full bf16: one more weights-sized buffer (measured; the fp32 view of bf16 gradients in the optimizer/norm step;
-  none with ``fused_backward``, which steps one weight at a time);
 - frozen parts left on the device: the text encoder(s) unless prompts are cached, the VAE unless offloaded;
-- activations: ~1.7 GiB per image at 512 px for SD1 in fp16 (twice in fp32), a third with checkpointing, scaling
-  with the pixel count; SDXL's per-pixel cost is taken as twice SD1's (an estimate, not yet measured).
-The peak is the larger of the forward/backward phase and the optimizer step."""
+- activations: ~1.7 GiB per image at 512 px for SD1 in fp16 (twice in fp32), 0.3 of it with checkpointing, scaling
+  with the pixel count; SDXL at 1024 px measured the same per pixel.
+The backward pass frees the activations (and autocast's copies) as the gradients fill up, so that phase peaks at
+the larger of the two (both, with gradient accumulation, whose gradients outlive the pass). The peak is the larger
+of that phase and the optimizer step."""
 from __future__ import annotations
 
 import dataclasses
@@ -25,8 +25,8 @@ from .config import DreamBoothConfig
 MIB = 2 ** 20
 ACTIVATIONS_MIB_512 = 1700.0  # SD1, one image, fp16, no checkpointing
 CHECKPOINTED = 0.3
-FAMILY_ACTIVATIONS = {"sd1": 1.0, "sd2": 1.0, "sdxl": 2.0}
 FUSED_IN_FLIGHT = 0.02
+ADAFACTOR_STEP_BYTES = 2.75
 
 
 @dataclass(frozen=True)
@@ -58,23 +58,28 @@ def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_byt
     w = 2 if cfg.master_weights == "bf16" else 4
     mixed = w == 4 and cfg.precision in ("fp16", "bf16", "auto")
     state = {"adamw": 2 * w, "adamw8bit": 2, "adafactor": 0}[cfg.optimizer]
-    gradients = trained * w / MIB * (FUSED_IN_FLIGHT if cfg.fused_backward else 1.0)
+    # fused: freed as used, except that accumulation holds them until the last micro-batch's backward pass
+    in_flight = FUSED_IN_FLIGHT if cfg.fused_backward and cfg.grad_accum == 1 else 1.0
+    gradients = trained * w / MIB * in_flight
     parts = {"weights": trained * w / MIB, "gradients": gradients, "optimizer": trained * state / MIB,
              "EMA": trained * 4 / MIB if cfg.ema_decay and not cfg.ema_on_cpu else 0.0}
-    transient = trained * w / MIB if cfg.optimizer == "adamw" and not cfg.fused_backward else 0.0
+    step_bytes = 0.0 if cfg.fused_backward else {"adamw": w, "adafactor": ADAFACTOR_STEP_BYTES}.get(cfg.optimizer, 0.0)
     autocast = trained * 2 / MIB if mixed else 0.0
-    bf16_extra = trained * 2 / MIB if w == 2 and not cfg.fused_backward else 0.0
     cached = cfg.cache_text and not (cfg.shuffle_tags or cfg.tag_dropout or cfg.pivotal_vectors)
     frozen_text = 0 if (cfg.train_text_encoder or cached) else size.text * frozen_bytes / MIB
     frozen_vae = 0 if cfg.offload_vae else size.vae * frozen_bytes / MIB
     rows = cfg.batch_size * (2 if cfg.class_data or cfg.concepts else 1)
-    act = (ACTIVATIONS_MIB_512 * rows * (resolution / 512) ** 2 * FAMILY_ACTIVATIONS.get(size.family, 1.0)
+    act = (ACTIVATIONS_MIB_512 * rows * (resolution / 512) ** 2
            * (CHECKPOINTED if cfg.gradient_checkpointing else 1.0) * (1.0 if (mixed or w == 2) else 2.0))
-    parts.update({"autocast copies": autocast, "bf16 extra": bf16_extra, "frozen text encoders": frozen_text,
-                  "frozen VAE": frozen_vae, "activations": act})
-    held = (parts["weights"] + parts["gradients"] + parts["optimizer"] + parts["EMA"] + frozen_text + frozen_vae
-            + bf16_extra)
-    return Estimate(parts, max(held + autocast + act, held + transient))
+    parts.update({"autocast copies": autocast, "step temporaries": trained * step_bytes / MIB,
+                  "frozen text encoders": frozen_text, "frozen VAE": frozen_vae, "activations": act})
+    without_gradients = parts["weights"] + parts["optimizer"] + parts["EMA"] + frozen_text + frozen_vae
+    if cfg.grad_accum > 1:
+        backward = without_gradients + gradients + autocast + act
+    else:
+        backward = without_gradients + max(gradients, autocast + act)
+    step = without_gradients + gradients + parts["step temporaries"]
+    return Estimate(parts, max(backward, step))
 
 
 #: what to switch on, in order, until a run fits (each is a DreamBoothConfig change)
@@ -86,16 +91,20 @@ STEPS = (("gradient_checkpointing", True, "--gradient-checkpointing"),
 
 
 def advise(cfg: DreamBoothConfig, size: ModelSize, resolution: int, budget_gib: float) -> tuple[Estimate, list[str]]:
-    """The estimate of ``cfg`` and the options to switch on (in order) until it fits ``budget_gib``; then halving
-    the batch (with more accumulation) and a lower resolution."""
+    """The estimate of ``cfg`` and the options to switch on until it fits ``budget_gib`` (each time the first of
+    STEPS that lowers the peak: checkpointing is no help while the optimizer step is the peak); then halving the
+    batch (with more accumulation) and a lower resolution."""
     now = estimate(cfg, size, resolution)
-    advice, trial = [], cfg
-    for field, value, flag in STEPS:
-        if estimate(trial, size, resolution).peak_mib <= budget_gib * 1024:
+    advice, trial, pending = [], cfg, [s for s in STEPS if getattr(cfg, s[0]) != s[1]]
+    while estimate(trial, size, resolution).peak_mib > budget_gib * 1024:
+        peak = estimate(trial, size, resolution).peak_mib
+        lower = [(s, dataclasses.replace(trial, **{s[0]: s[1]})) for s in pending]
+        lower = [(s, t) for s, t in lower if estimate(t, size, resolution).peak_mib < peak]
+        if not lower:
             break
-        if getattr(trial, field) != value:
-            trial = dataclasses.replace(trial, **{field: value})
-            advice.append(f"{flag} -> {estimate(trial, size, resolution).peak_mib / 1024:.1f} GiB")
+        (field, value, flag), trial = lower[0]
+        pending.remove((field, value, flag))
+        advice.append(f"{flag} -> {estimate(trial, size, resolution).peak_mib / 1024:.1f} GiB")
     while estimate(trial, size, resolution).peak_mib > budget_gib * 1024 and trial.batch_size > 1:
         trial = dataclasses.replace(trial, batch_size=trial.batch_size // 2, grad_accum=trial.grad_accum * 2)
         advice.append(f"--batch-size {trial.batch_size} --grad-accum {trial.grad_accum} -> "
