@@ -4,6 +4,7 @@ class images equals two; the class term scales with its weight), class images ge
 JSON, text-encoder training that stops at its fraction, resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -261,6 +262,8 @@ def test_the_preflight_estimate_matches_the_measured_peaks_and_advises():
     assert any(a.startswith("--gradient-checkpointing") for a in advice)
     peaks = [float(a.split("-> ")[1].split(" GiB")[0]) for a in advice]
     assert peaks == sorted(peaks, reverse=True) and len(set(peaks)) == len(peaks)  # each one lowers the peak
+    _, clipped = advise(dataclasses.replace(plain, clip_grad="norm"), size, 512, 8.0)  # fused cannot clip by norm
+    assert clipped and not any(a.startswith("--fused-backward") for a in clipped)
     assert float(advice[-1].split("-> ")[1].split(" GiB")[0]) <= 8.0
     with pytest.raises(ValueError, match="more than the 0.001 GiB given"):
         from scal_sdt.dreambooth.trainer import preflight

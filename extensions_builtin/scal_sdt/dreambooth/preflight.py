@@ -90,6 +90,15 @@ STEPS = (("gradient_checkpointing", True, "--gradient-checkpointing"),
          ("master_weights", "bf16", "--master-weights bf16"))
 
 
+def _switched(cfg: DreamBoothConfig, field: str, value) -> DreamBoothConfig | None:
+    """``cfg`` with ``field`` set, or None where the options refuse the combination (fused backward with norm
+    clipping)."""
+    try:
+        return dataclasses.replace(cfg, **{field: value})
+    except ValueError:
+        return None
+
+
 def advise(cfg: DreamBoothConfig, size: ModelSize, resolution: int, budget_gib: float) -> tuple[Estimate, list[str]]:
     """The estimate of ``cfg`` and the options to switch on until it fits ``budget_gib`` (each time the first of
     STEPS that lowers the peak: checkpointing is no help while the optimizer step is the peak); then halving the
@@ -98,8 +107,8 @@ def advise(cfg: DreamBoothConfig, size: ModelSize, resolution: int, budget_gib: 
     advice, trial, pending = [], cfg, [s for s in STEPS if getattr(cfg, s[0]) != s[1]]
     while estimate(trial, size, resolution).peak_mib > budget_gib * 1024:
         peak = estimate(trial, size, resolution).peak_mib
-        lower = [(s, dataclasses.replace(trial, **{s[0]: s[1]})) for s in pending]
-        lower = [(s, t) for s, t in lower if estimate(t, size, resolution).peak_mib < peak]
+        lower = [(s, t) for s in pending if (t := _switched(trial, *s[:2])) is not None
+                 and estimate(t, size, resolution).peak_mib < peak]
         if not lower:
             break
         (field, value, flag), trial = lower[0]
