@@ -47,15 +47,15 @@ def test_embedding_teaches_the_toy_model_the_held_out_colour(tmp_path):
     learned = load_embedding(result.final_path).for_encoders(list(host.widths))
     after = prompt_accuracy(host, judge, triples, seed=9, colour_words=words, embeddings={NAME: learned})
     assert before["colour"] <= 0.1, before
-    assert after["colour"] >= 0.2, (before, after)  # measured: 0.0 before, 0.375 after (chance 1/12)
+    assert after["colour"] >= 0.2, (before, after)  # measured: 0.0 before, 0.34 after (chance 1/12)
 
 
 def test_dreambooth_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
     """DreamBooth on the toy model: the UNet fine-tuned on the 16 pink pictures ("a medium sks diamond ..."), a
     pivotal embedding for "sks" learning along, with real pictures of the other colours as regularisation (prior
     preservation with their own captions). The judge sees pink for "sks" prompts, and the other colours are kept.
-    Measured: pink 0.00 -> 0.31, other colours 0.91 -> 0.84 (a UNet-only run does not bind "sks" to pink on this toy
-    model: 0.00, see the README)."""
+    Measured: pink 0.00 -> 0.53, other colours 0.91 after (a UNet-only run did not bind "sks" to pink on the
+    previous toy model: 0.00, see the README)."""
     from scal_sdt.dreambooth.config import DreamBoothConfig
     from scal_sdt.dreambooth.trainer import train_dreambooth
     from scal_sdt.toy_world.world import make_dataset

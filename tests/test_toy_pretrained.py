@@ -71,10 +71,11 @@ def test_toy_vae_reconstructs_fresh_scenes(toy_host):
     assert reconstruction_error(toy_host.components.vae, render_pool(128, FRESH_SEED + 2), 128) <= 0.11  # 0.082
 
 
-def test_toy_model_draws_the_colour_the_prompt_asks(toy_host, judge):
+def test_toy_model_draws_the_colour_and_shape_the_prompt_asks(toy_host, judge):
     acc = prompt_accuracy(toy_host, judge, prompt_set(48, FRESH_SEED), seed=FRESH_SEED)
-    # chance is 1/12; measured 0.92 here. Shapes are not learned yet (blobs, about chance: 1/8).
-    assert acc["colour"] >= 0.75, acc
+    # "a large red star on a white background": chance is 1/12 for the colour and 1/8 for the shape; measured
+    # 0.94 and 0.25 here (the toy UNet before its pool of mostly large shapes on white: about 0.19 for the shape)
+    assert acc["colour"] >= 0.75 and acc["shape"] >= 0.2, acc
 
 
 def test_toy_is_a_builtin_name_everywhere():

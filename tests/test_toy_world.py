@@ -71,6 +71,23 @@ def test_held_out_concepts_only_when_allowed():
     assert {s.texture for s in everything} == {None, *TEXTURES}
 
 
+def test_the_unet_mix_draws_more_legible_shapes_and_the_default_is_unchanged():
+    """The base UNet's pool (UNET_MIX): half the backgrounds white (of shapes not white), a third textured, half
+    the shapes large; the default mix (every data set, the CLIP's, VAE's and tagger's pools) draws exactly what it drew
+    before the mix existed (the same random calls: shipped models and test data sets stay bit-for-bit)."""
+    from scal_sdt.toy_world.world import DEFAULT_MIX, UNET_MIX
+
+    rng = random.Random(3)
+    mixed = [sample_scene(rng, mix=UNET_MIX) for _ in range(3000)]
+    share = lambda f: sum(map(f, mixed)) / len(mixed)  # noqa: E731
+    assert 0.40 < share(lambda s: s.background == "white") < 0.51  # 0.5 of the scenes whose shape is not white
+    assert 0.31 < share(lambda s: s.texture is not None) < 0.39
+    assert 0.46 < share(lambda s: s.size == "large") < 0.54 and 0.12 < share(lambda s: s.size == "small") < 0.18
+    assert not any(s.uses_held_out for s in mixed)
+    first = sample_scene(random.Random(0), mix=DEFAULT_MIX)
+    assert first == Scene("diamond", "purple", "white", "medium", (0.6955, 0.4941)), first
+
+
 def test_invalid_scenes_are_refused():
     with pytest.raises(ValueError):
         Scene("star", "red", "red", "small", (0.5, 0.5))

@@ -29,4 +29,6 @@ def test_webui_txt2img_on_the_toy_model_draws_the_prompt(toy_webui):
         images.append(Image.open(io.BytesIO(pngs[0])).convert("RGB"))
     said = judge.predict(images)
     colour = sum(p[1] == t[1] for p, t in zip(said, triples)) / len(triples)
-    assert colour >= 0.7, (colour, said)  # as our own sampler (0.88; chance 1/12); shapes are not learned yet
+    # as our own sampler (0.93; chance 1/12). Shapes: 4 of these 24 (DDIM; our sampler 0.29 of 96), too few to
+    # assert a level on
+    assert colour >= 0.7, (colour, said)

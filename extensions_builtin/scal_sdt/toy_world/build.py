@@ -1,7 +1,7 @@
 """``scal-sdt make-toy-world``: train every toy model from a seed and write the files shipped in ``pretrained/``.
 
-The recipe, in order: render the pools; the CLIP (contrastive); the VAE; the SD1-layout UNet on the VAE's latents,
-conditioned on the CLIP's text tower; the judge; the WD14-format tagger. Then the measured quality goes into
+The recipe, in order: render the pools; the CLIP (contrastive); the VAE; the SD1-layout UNet on the VAE's latents
+of its own pool (world.UNET_MIX: more large shapes on white), conditioned on the CLIP's text tower; the judge; the WD14-format tagger. Then the measured quality goes into
 ``manifest.json`` beside the sha256 of every file, so ``--check`` can say whether a rebuild is bit-for-bit the
 shipped one (it is on the same torch version and thread count: the run is single-process and deterministic).
 """
@@ -81,6 +81,7 @@ def make_toy_world(cfg: ToyWorldConfig, log=print) -> dict:
     from .tagger import onnx_f1, save_tagger, tag_counts, train_tagger
     from .unet import train_unet
     from .vae import reconstruction_error, train_vae
+    from .world import UNET_MIX
 
     stages = cfg.stage_list()
     out = Path(cfg.out) / "rebuild" if cfg.check else Path(cfg.out)
@@ -117,7 +118,8 @@ def make_toy_world(cfg: ToyWorldConfig, log=print) -> dict:
             stage("vae")
 
         if "unet" in stages:  # on the CLIP's text tower and the VAE's latents of this same run (stage_list checks)
-            unet = train_unet(pool, vae, text_encoder, cfg.unet_steps, cfg.seed, log=log)
+            unet_pool = render_pool(cfg.pool, cfg.seed, mix=UNET_MIX)  # more legible shapes than the others'
+            unet = train_unet(unet_pool, vae, text_encoder, cfg.unet_steps, cfg.seed, log=log)
             components = Components(SD1, unet, vae, [text_encoder], name="toy", source="toy")
             save_checkpoint(components, out / CHECKPOINT, dtype=torch.float16, with_yaml=False)
             stage("unet")

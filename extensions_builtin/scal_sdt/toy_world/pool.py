@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .world import Scene, caption_sentence, caption_tags, render, sample_scene
+from .world import DEFAULT_MIX, Scene, SceneMix, caption_sentence, caption_tags, render, sample_scene
 
 
 @dataclass
@@ -31,10 +31,12 @@ class ScenePool:
         return x
 
 
-def render_pool(n: int, seed: int, allow_held_out: bool = False, px: int = 64) -> ScenePool:
-    """``n`` scenes drawn from ``seed`` (without the held-out concepts unless ``allow_held_out``), rendered."""
+def render_pool(n: int, seed: int, allow_held_out: bool = False, px: int = 64,
+                mix: SceneMix = DEFAULT_MIX) -> ScenePool:
+    """``n`` scenes drawn from ``seed`` and ``mix`` (without the held-out concepts unless ``allow_held_out``),
+    rendered."""
     rng = random.Random(f"toy-world-pool/{seed}")
-    scenes = [sample_scene(rng, allow_held_out=allow_held_out) for _ in range(n)]
+    scenes = [sample_scene(rng, allow_held_out=allow_held_out, mix=mix) for _ in range(n)]
     pixels = np.stack([np.asarray(render(s, px), dtype=np.uint8) for s in scenes])
     return ScenePool(scenes, torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
 

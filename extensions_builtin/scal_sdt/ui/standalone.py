@@ -150,7 +150,7 @@ def build_app(ui: UiConfig) -> gr.Blocks:
         with gr.Tab("Generate"):
             generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
                                                          "hypernetwork": "",
-                                                         "prompt": "a red star on a white background"})
+                                                         "prompt": "a large red star on a white background"})
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
             tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"})
