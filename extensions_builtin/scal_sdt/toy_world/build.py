@@ -1,7 +1,8 @@
 """``scal-sdt make-toy-world``: train every toy model from a seed and write the files shipped in ``pretrained/``.
 
 The recipe, in order: render the pools; the CLIP (contrastive); the VAE; the SD1-layout UNet on the VAE's latents
-of its own pool (world.UNET_MIX: more large shapes on white), conditioned on the CLIP's text tower; the judge; the WD14-format tagger. Then the measured quality goes into
+of its own pool (world.UNET_MIX: more large shapes on white), conditioned on the CLIP's text tower; the judge; the
+WD14-format tagger. Then the measured quality goes into
 ``manifest.json`` beside the sha256 of every file, so ``--check`` can say whether a rebuild is bit-for-bit the
 shipped one (it is on the same torch version and thread count: the run is single-process and deterministic).
 """
