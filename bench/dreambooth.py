@@ -242,7 +242,8 @@ def compare(results: dict, baseline: dict, tolerance: float, slack_mb: float) ->
     print(f"\nagainst {args.get('model')} at {args.get('resolution')}px on {args.get('device')}:")
     worse = 0
     for name, r in results.items():
-        old = then.get(name, {}).get("peak_mb", then.get(name, {}).get("peak_mib"))
+        entry = then.get(name, {})
+        old = entry.get("peak_mb", entry.get("peak_mib"))
         if "peak_mb" not in r or old is None:
             continue
         ratio = r["peak_mb"] / old
