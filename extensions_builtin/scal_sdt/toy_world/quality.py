@@ -24,9 +24,9 @@ def prompt_set(n: int, seed: int = 0, shapes=None, colours=None) -> list[tuple[s
     return out
 
 
-def sentence(shape: str, colour: str, background: str, colour_word: str | None = None, size: str = "large") -> str:
+def sentence(shape: str, colour: str, background: str, colour_word: str | None = None) -> str:
     """'a large red star on a white background': large, since small shapes are blobs after the toy VAE."""
-    return f"a {size} {colour_word or colour} {shape} on a {background} background"
+    return f"a large {colour_word or colour} {shape} on a {background} background"
 
 
 def prompt_accuracy(host, judge: Judge, triples, seed: int = 0, steps: int = 20, cfg_scale: float = 5.0,
