@@ -82,7 +82,7 @@ class ControlChannel:
             taken = path.with_name(f".{CONTROL_FILE}.{os.getpid()}")
             try:
                 os.replace(path, taken)
-                words = taken.read_text().split()
+                words = taken.read_bytes().decode("utf-8", errors="replace").split()  # a torn write reads
                 taken.unlink()
             except OSError:
                 words = []

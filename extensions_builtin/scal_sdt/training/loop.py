@@ -164,7 +164,7 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
         set_rng_state(own[processes.rank]["rng"])
         step, lr_scale = int(state["step"]), float(state["lr_scale"])
         reporter.message(f"resumed {job.name} at step {step} from {ckpt.path}")
-    log = RunLog(run_dir, resume_from=step if opts.resume else None)
+    log = RunLog(run_dir, resume_from=step if opts.resume else None, report=reporter.message)
     write_log = log.write if processes.main else (lambda: None)
 
     def checkpoint(at_step: int, keep: bool = False) -> Path | None:

@@ -15,15 +15,38 @@ def _float(text: str) -> float | None:
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, resume_from: int | None = None):
+    """``report`` hears about rows of an existing log that cannot be read (a torn tail from a power cut during a
+    write): they are skipped and the run goes on."""
+
+    def __init__(self, run_dir: Path, resume_from: int | None = None, report=print):
         self.csv_path = run_dir / "loss.csv"
         self.plot_path = run_dir / "loss.png"
         self.rows: list[dict] = []
         if resume_from is not None and self.csv_path.exists():
-            with open(self.csv_path, newline="") as f:
-                self.rows = [dict(step=int(r["step"]), loss=float(r["loss"]), lr=float(r["lr"]),
-                                  seconds=float(r["seconds"]), val_loss=_float(r.get("val_loss", "")))
-                             for r in csv.DictReader(f) if int(r["step"]) <= resume_from]
+            self.rows = self._read(resume_from, report)
+
+    def _read(self, resume_from: int, report) -> list[dict]:
+        rows, bad = [], 0
+        try:
+            text = self.csv_path.read_bytes().decode("utf-8", errors="replace")
+        except OSError as e:
+            report(f"could not read {self.csv_path} ({e}); the loss log starts again from here")
+            return rows
+        if text and not text.endswith("\n"):  # the last row was cut short: whatever it holds is not trusted
+            text, bad = text[:text.rfind("\n") + 1], 1
+        for r in csv.DictReader(io.StringIO(text)):
+            try:
+                row = dict(step=int(r["step"]), loss=float(r["loss"]), lr=float(r["lr"]),
+                           seconds=float(r["seconds"]), val_loss=_float(r.get("val_loss") or ""))
+            except (TypeError, ValueError, KeyError):
+                bad += 1
+                continue
+            if row["step"] <= resume_from:
+                rows.append(row)
+        if bad:
+            report(f"skipped {bad} unreadable row(s) of {self.csv_path} (a torn write); the log goes on from step "
+                   f"{rows[-1]['step'] if rows else 0}")
+        return rows
 
     def append(self, step: int, loss: float, lr: float, seconds: float) -> None:
         self.rows.append(dict(step=step, loss=loss, lr=lr, seconds=seconds, val_loss=None))
