@@ -118,6 +118,10 @@ def _generate(cfg, explicit: set[str]) -> int:
     from .generate.sample import generate
     from .host.standalone import load_host
 
+    if cfg.embeddings and not Path(cfg.embeddings).is_dir():
+        raise FileNotFoundError(f"embeddings folder does not exist: {cfg.embeddings}")
+    if cfg.lora and not Path(cfg.lora).is_file():
+        raise FileNotFoundError(f"LoRA file does not exist: {cfg.lora}")
     host = load_host(cfg.model, cfg.device, cfg.memory_mode)
     for path in generate(cfg, host, report=lambda text: print(text, file=sys.stderr)):
         print(path)
@@ -287,6 +291,23 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, nothing lost
         print(f"scal-sdt {cmd.name}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 - an unforeseen failure: still one line here, the traceback in a log
+        log = _traceback_log(cmd.name)
+        print(f"scal-sdt {cmd.name}: error: {type(e).__name__}: {e} (details in {log})", file=sys.stderr)
+        return 1
+
+
+def _traceback_log(command: str) -> Path:
+    """Write the current exception's traceback to a log file and return its path."""
+    import tempfile
+    import time
+    import traceback
+
+    folder = Path(tempfile.gettempdir()) / "scal-sdt-errors"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{command}.log"
+    path.write_text(f"scal-sdt {' '.join(sys.argv[1:])}\n\n{traceback.format_exc()}")
+    return path
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ class AestheticEmbeddingConfig:
         check_bounds(self)
         if not self.images:
             raise ValueError("images is required: the folder of images")
-        if not self.name or not re.match(r"^[^\s<>:\"/\\|?*]+$", self.name):
+        if not self.name or not re.match(r"^(?!\.)[^\s\x00-\x1f<>:\"/\\|?*]+$", self.name):
             raise ValueError(f"name {self.name!r} must be one word without path characters")
 
 

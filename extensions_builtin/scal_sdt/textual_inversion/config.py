@@ -29,7 +29,7 @@ def apply_apt_preset(cfg, explicit=frozenset()):
         return cfg
     values = {k: v for k, v in APT_PRESETS[cfg.apt_preset].items() if k != "about" and k not in explicit}
     return dataclasses.replace(cfg, **values)
-NAME_RE = re.compile(r"^[^\s<>:\"/\\|?*,()\[\]]+$")
+NAME_RE = re.compile(r"^(?!\.)[^\s\x00-\x1f<>:\"/\\|?*,()\[\]]+$")  # no leading dot: not ".", "..", hidden
 
 
 def check_name(name: str) -> None:
