@@ -17,7 +17,6 @@ REQUIREMENTS = [
     ("matplotlib", "matplotlib>=3.7"),
     ("tqdm", "tqdm>=4.60"),
     ("yaml", "pyyaml>=6"),
-    ("onnxruntime", "onnxruntime>=1.16"),  # the taggers; skipped when onnxruntime-gpu (same module) is there
     ("cv2", "opencv-python-headless>=4.8,<5"),  # dataset cleaning; skipped when the WebUI's opencv-python is there
 ]
 PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi",
@@ -51,13 +50,64 @@ def _is_installed(launch, module):
         return launch.is_installed(module)
 
 
+#: onnxruntime-gpu on PyPI by CUDA major: 1.19 and later are built for CUDA 12, 1.18 was the last for CUDA 11.8.
+#: PyPI has no build for CUDA 13 (only a nightly feed), so a CUDA 13 WebUI tags with the CPU package.
+ONNXRUNTIME_GPU = {11: "onnxruntime-gpu>=1.16,<1.19", 12: "onnxruntime-gpu>=1.19"}
+ONNXRUNTIME_CPU = "onnxruntime>=1.16"
+
+
+def _torch_cuda_major():
+    """The CUDA major version the WebUI's torch was built for, or None (a CPU, ROCm or MPS build)."""
+    try:
+        import torch
+
+        return int(torch.version.cuda.split(".")[0]) if torch.version.cuda else None
+    except Exception:
+        return None
+
+
+def onnxruntime_plan(cuda_major, installed):
+    """(package to remove, requirement to install) for the taggers' runtime: the GPU build matching the WebUI's
+    CUDA, the CPU build elsewhere, never both (they share the module name and shadow each other). ``installed``
+    is the set of distributions present."""
+    want = ONNXRUNTIME_GPU.get(cuda_major, ONNXRUNTIME_CPU)
+    gpu = want != ONNXRUNTIME_CPU
+    if gpu and "onnxruntime-gpu" in installed:
+        return None, None
+    if not gpu and installed & {"onnxruntime", "onnxruntime-gpu"}:
+        return None, None  # a CPU WebUI keeps whatever onnxruntime it has
+    return ("onnxruntime" if gpu and "onnxruntime" in installed else None), want
+
+
+def _onnxruntime_dists():
+    return {d for d in ("onnxruntime", "onnxruntime-gpu") if _installed_version(d)}
+
+
+def _install_onnxruntime(launch, constraints):
+    installed, cuda = _onnxruntime_dists(), _torch_cuda_major()
+    remove, req = onnxruntime_plan(cuda, installed)
+    if cuda and cuda not in ONNXRUNTIME_GPU and not installed:
+        print(f"[SCAL-SDT] the WebUI's torch uses CUDA {cuda}, for which PyPI has no onnxruntime-gpu: the taggers "
+              f"run on the CPU package", file=sys.stderr)
+    if req is None:
+        return None
+    if remove:
+        launch.run_pip(f"uninstall -y {remove}", "SCAL-SDT: the CPU onnxruntime makes way for onnxruntime-gpu")
+    launch.run_pip(f'install "{req}" -c "{constraints}"', f"SCAL-SDT requirement: {req}")
+    return req
+
+
 def install(launch):
     missing = [(module, req) for module, req in REQUIREMENTS if not _is_installed(launch, module)]
-    if not missing:
-        return []
     constraints = _constraints_file()
     done = []
     try:
+        try:
+            if ort := _install_onnxruntime(launch, constraints):
+                done.append(ort)
+        except Exception as e:  # never stop the WebUI from starting
+            print(f"[SCAL-SDT] could not install onnxruntime: {e}\n[SCAL-SDT] the taggers will say so; to fix it "
+                  f"run: {sys.executable} -m pip install onnxruntime", file=sys.stderr)
         for module, req in missing:
             try:
                 launch.run_pip(f'install "{req}" -c "{constraints}"', f"SCAL-SDT requirement: {req}")

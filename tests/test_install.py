@@ -6,8 +6,12 @@ from pathlib import Path
 INSTALL = Path(__file__).resolve().parents[1] / "install.py"
 
 
-def load_install():
-    return runpy.run_path(str(INSTALL), run_name="__scal_sdt_test__")
+def load_install(onnxruntime=("onnxruntime",), cuda=None):
+    """install.py's namespace, seeing ``onnxruntime`` distributions installed and a torch built for ``cuda``."""
+    mod = runpy.run_path(str(INSTALL), run_name="__scal_sdt_test__")
+    mod["install"].__globals__["_onnxruntime_dists"] = lambda: set(onnxruntime)
+    mod["install"].__globals__["_torch_cuda_major"] = lambda: cuda
+    return mod
 
 
 def fake_launch(installed, fail=False):
@@ -23,7 +27,7 @@ def fake_launch(installed, fail=False):
 
 def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
     mod = load_install()
-    present = {"safetensors", "matplotlib", "tqdm", "yaml", "onnxruntime", "cv2"}
+    present = {"safetensors", "matplotlib", "tqdm", "yaml", "cv2"}
     monkeypatch.setitem(mod["install"].__globals__, "_is_installed", lambda launch, m: m in present)
     captured = {}
 
@@ -62,3 +66,23 @@ def test_requirements_never_name_the_webuis_packages():
     names = " ".join(req for _, req in mod["REQUIREMENTS"])
     for protected in ("torch", "gradio", "transformers", "numpy"):
         assert not any(req.split(">")[0].split("=")[0] == protected for _, req in mod["REQUIREMENTS"]), names
+
+
+def test_onnxruntime_matches_the_webuis_cuda_and_never_both():
+    plan = load_install()["onnxruntime_plan"]
+    assert plan(12, set()) == (None, "onnxruntime-gpu>=1.19")
+    assert plan(12, {"onnxruntime"}) == ("onnxruntime", "onnxruntime-gpu>=1.19")  # the CPU build makes way
+    assert plan(12, {"onnxruntime-gpu"}) == (None, None)
+    assert plan(11, set()) == (None, "onnxruntime-gpu>=1.16,<1.19")  # 1.18 was the last CUDA 11.8 build
+    assert plan(None, set()) == (None, "onnxruntime>=1.16")
+    assert plan(None, {"onnxruntime-gpu"}) == (None, None)
+    assert plan(13, set()) == (None, "onnxruntime>=1.16")  # no CUDA 13 build on PyPI
+
+
+def test_a_cuda_webui_gets_onnxruntime_gpu_after_the_cpu_build_is_removed(monkeypatch):
+    mod = load_install(onnxruntime=("onnxruntime",), cuda=12)
+    monkeypatch.setitem(mod["install"].__globals__, "_is_installed", lambda launch, m: True)
+    launch, calls = fake_launch(set())
+    assert mod["install"](launch) == ["onnxruntime-gpu>=1.19"]
+    assert calls[0] == "uninstall -y onnxruntime" and calls[1].startswith('install "onnxruntime-gpu>=1.19" -c ')
+    assert len(calls) == 2
