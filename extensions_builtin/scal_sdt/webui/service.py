@@ -32,9 +32,9 @@ from ..tagging.run import tag_folder
 from ..training import control
 from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
-from .families import family
-from .webui_aesthetic import family_name
-from .webui import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
+from ..host.families import family
+from .aesthetic import family_name
+from .adapter import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
                     lora_dir, reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
 
 API_PREFIX = "/scal-sdt/v1"
@@ -229,7 +229,7 @@ def training_host(source: str = ""):
         return host
     from modules import sd_models
 
-    from .standalone import load_host
+    from ..host.standalone import load_host
 
     loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)  # none before Forge's first generation
     path = (find_checkpoint(source) or loaded or sd_models.select_checkpoint()).filename
