@@ -40,6 +40,7 @@ class WebUIHost(Host):
         self.dtype = devices.dtype_unet
         info = getattr(m, "sd_checkpoint_info", None)
         self.model_name = getattr(info, "name_for_extra", None) or getattr(info, "model_name", "model")
+        self.source = getattr(info, "title", None) or self.model_name  # as the WebUI's checkpoint list names it
         self._hash = getattr(info, "shorthash", None) or (getattr(m, "sd_model_hash", None) or "")[:10]
         self.native_resolution = 1024 if self.family is SDXL else 768 if prediction == "v_prediction" else 512
         self.latent_factor = 8
