@@ -1,6 +1,6 @@
 """WebUI entry point for aesthetic gradients: an always-visible accordion in txt2img and img2img (embedding picker
 with the thumbnail of its images, the paper's parameters, presets, an optional hypernetwork to pair it with),
-written into the infotext and read back by "send to". The work is in ``scal_sdt.host.webui_aesthetic``."""
+written into the infotext and read back by "send to". The work is in ``scal_sdt.webui.aesthetic``."""
 import os
 import sys
 
@@ -16,7 +16,7 @@ from scal_sdt.aesthetic.config import AESTHETIC_PRESETS, DEFAULT_AESTHETIC_PRESE
 from scal_sdt.aesthetic.gradient import INFOTEXT_KEYS, AestheticSettings  # noqa: E402
 from scal_sdt.aesthetic.use import find_embedding, list_embeddings  # noqa: E402
 from scal_sdt.hypernetwork.prompt_tag import with_hypernetwork  # noqa: E402
-from scal_sdt.host import webui_aesthetic  # noqa: E402
+from scal_sdt.webui import aesthetic as webui_aesthetic  # noqa: E402
 
 SECTION = ("scal_sdt", "SCAL-SDT")
 NONE = "None"

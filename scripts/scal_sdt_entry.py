@@ -12,8 +12,8 @@ if _packages not in sys.path:
 from modules import call_queue, script_callbacks  # noqa: E402
 
 try:
-    from scal_sdt.host import webui_service  # noqa: E402
-    from scal_sdt.host.webui import checkpoint_choices  # noqa: E402
+    from scal_sdt.webui import service as webui_service  # noqa: E402
+    from scal_sdt.webui.adapter import checkpoint_choices  # noqa: E402
     from scal_sdt.ui.form import Offer  # noqa: E402
     from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HOST_FIELDS, HYPERNETWORK, training_tab  # noqa: E402
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402

@@ -19,30 +19,6 @@ class Command:
     run: Callable
 
 
-def _training_host(cfg, explicit: set[str]):
-    """The model for a training run, with the memory preset applied: (cfg, host). Under ``accelerate launch`` or
-    ``torchrun`` each process takes its own GPU and its own seed (its own draws of images, noise and timesteps)."""
-    import dataclasses
-
-    from .host.standalone import load_components, load_host, resolve_device
-    from .training import distributed
-    from .training.control import install_signal_handlers
-    from .training.presets import apply_preset
-
-    install_signal_handlers()
-    processes = distributed.current()
-    if processes.distributed:
-        cfg = dataclasses.replace(cfg, device=processes.device(cfg.device), seed=cfg.seed + processes.rank)
-    components = load_components(cfg.model)
-    if cfg.preset:
-        if resolve_device(cfg.device).type == "cpu":
-            explicit = explicit | {"precision"}  # reduced precision only slows a CPU down
-        cfg = apply_preset(cfg, components.family.name, explicit)
-        _say(f"preset {cfg.preset} for {components.family.name}: batch {cfg.batch_size} x {cfg.grad_accum}, "
-              f"{cfg.precision}, memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
-    return cfg, load_host(components, cfg.device, cfg.memory_mode, cfg.precision)
-
-
 def _say(text: str) -> None:
     """Printed by the first process only when several train together."""
     from .training import distributed
@@ -68,31 +44,25 @@ def _report_run(cfg, result) -> int:
     return 0
 
 
-def _train_embedding(cfg, explicit: set[str]) -> int:
-    from .textual_inversion.config import apply_apt_preset
-    from .textual_inversion.trainer import train_embedding
+def _train(cfg, explicit: set[str]) -> int:
+    """Any training command: runs.py sets the run up (presets, this process's device and seed, the model) and picks
+    the config's trainer."""
+    from . import runs
 
-    cfg = apply_apt_preset(cfg, explicit)
-    cfg, host = _training_host(cfg, explicit)
-    return _report_run(cfg, train_embedding(cfg, host, _reporter()))
+    run = runs.prepare(cfg, explicit=explicit, say=_say)
+    return _report_run(run.cfg, runs.train(run, _reporter()))
 
 
 def _train_hypernetwork(cfg, explicit: set[str]) -> int:
-    from .hypernetwork.trainer import find_learning_rate, train_hypernetwork
+    if not cfg.find_lr:
+        return _train(cfg, explicit)
+    from . import runs
+    from .hypernetwork.trainer import find_learning_rate
 
-    cfg, host = _training_host(cfg, explicit)
-    if cfg.find_lr:
-        result = find_learning_rate(cfg, host)
-        print(f"proposed learning rate: {result.proposal:.2g} (train with --lr {result.proposal:.2g})")
-        return 0
-    return _report_run(cfg, train_hypernetwork(cfg, host, _reporter()))
-
-
-def _dreambooth(cfg, explicit: set[str]) -> int:
-    from .dreambooth.trainer import train_dreambooth
-
-    cfg, host = _training_host(cfg, explicit)
-    return _report_run(cfg, train_dreambooth(cfg, host, _reporter()))
+    run = runs.prepare(cfg, explicit=explicit, say=_say)
+    result = find_learning_rate(run.cfg, run.host)
+    print(f"proposed learning rate: {result.proposal:.2g} (train with --lr {result.proposal:.2g})")
+    return 0
 
 
 def _create_embedding(cfg, explicit: set[str]) -> int:
@@ -233,11 +203,11 @@ def commands() -> list[Command]:
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
-        Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train_embedding),
+        Command("train-embedding", "train a Textual Inversion embedding", EmbeddingConfig, _train),
         Command("train-hypernetwork", "train a hypernetwork (the WebUI's .pt format)", HypernetworkConfig,
                 _train_hypernetwork),
         Command("dreambooth", "fine-tune a checkpoint on a concept (DreamBooth, prior preservation): a new "
-                "single-file checkpoint", DreamBoothConfig, _dreambooth),
+                "single-file checkpoint", DreamBoothConfig, _train),
         Command("tag", "tag every image of a folder with ONNX taggers: a caption file beside each image", TagConfig,
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",

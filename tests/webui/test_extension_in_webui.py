@@ -69,6 +69,23 @@ def test_a_trained_embedding_is_listed_and_used_without_a_restart(server, data_d
     assert digest(server, "a photo of webstar") == digest(server, "a photo of webstar")
 
 
+def test_an_embedding_trained_through_the_api_names_the_loaded_checkpoint(server, data_dir):
+    """The API body (like the tab's form) names no model: the run is set up by runs.py on the WebUI's loaded model,
+    so the metadata names that checkpoint (not the default, toy), and the preset is applied as everywhere."""
+    import json
+
+    from scal_sdt.textual_inversion.format import load_embedding
+
+    job = train(server, name="webnamed", data=str(data_dir), steps=2, resolution=64, save_every=0, preview_every=0,
+                preset="12gb")
+    assert job["status"] == "finished", job
+    emb = load_embedding(job["result"]["path"])
+    options = json.loads(emb.meta["scal_sdt"])
+    assert options["model"].startswith("tiny-sd1") and emb.sd_checkpoint_name == "tiny-sd1"
+    assert options["batch_size"] == 4  # 12gb on SD1; the CPU WebUI keeps fp32
+    assert any("preset 12gb for sd1" in m for m in job["messages"])
+
+
 @pytest.mark.parametrize("body,reason", [
     ({"name": "x", "data": "/nonexistent/folder"}, "dataset folder does not exist"),
     ({"name": "bad/name", "data": "/tmp"}, "path characters"),

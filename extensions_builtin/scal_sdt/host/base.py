@@ -54,6 +54,9 @@ class Host(abc.ABC):
     device: torch.device
     dtype: torch.dtype  # dtype of the frozen weights
     model_name: str
+    #: the model as a run's config names it (``model`` in the saved metadata): the built-in name or path it was
+    #: loaded from, the WebUI's checkpoint title
+    source: str = ""
     native_resolution: int
     latent_factor: int = 8  # pixels per latent pixel
 
@@ -151,6 +154,12 @@ class Host(abc.ABC):
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Trade compute for memory in the UNet and text encoders."""
+
+    def begin_training(self) -> None:
+        """Before a run (``runs.train``): switch off what would keep gradients from the parts a trainer hooks into."""
+
+    def restore(self) -> None:
+        """After a run, finished or not (``runs.train``): put back everything the run changed on the host."""
 
     @abc.abstractmethod
     def sample(self, prompts: list[str], negative: str = "", steps: int = 20, cfg_scale: float = 7.0, seed: int = 0,

@@ -49,6 +49,7 @@ class StandaloneHost(Host):
         self.device = resolve_device(device)
         self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
         self.model_name = components.name
+        self.source = components.source or components.name
         self.schedule = NoiseSchedule(scaled_linear_alphas_cumprod(), self.family.prediction_type)
         self.latent_factor = 2 ** (len(components.vae.config.block_out_channels) - 1)
         self.native_resolution = int(components.unet.config.sample_size) * self.latent_factor
@@ -237,4 +238,7 @@ def load_host(model: str | Components, device: str = "auto", memory_mode: str = 
     elif precision == "bf16":
         dtype = torch.bfloat16
     components = model if isinstance(model, Components) else load_components(model)
-    return StandaloneHost(components, device=dev, dtype=dtype, memory_mode=memory_mode)
+    host = StandaloneHost(components, device=dev, dtype=dtype, memory_mode=memory_mode)
+    if isinstance(model, str):
+        host.source = model  # as the user named it: "toy", a path
+    return host

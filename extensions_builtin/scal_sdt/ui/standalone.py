@@ -13,15 +13,12 @@ from ..generate.sample import generate
 from ..ui_config import UiConfig
 from ..jobs import Job, JobReporter
 from ..hypernetwork.config import HypernetworkConfig
-from ..hypernetwork.trainer import train_hypernetwork
-from ..config import changed_options
-from ..textual_inversion.config import EmbeddingConfig, apply_apt_preset
-from ..textual_inversion.trainer import train_embedding
+from ..textual_inversion.config import EmbeddingConfig
+from .. import runs
 from ..training import control
 from ..training.run_setup import run_dir_for
 from .training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, training_tab
 from ..dreambooth.config import DreamBoothConfig
-from ..dreambooth.trainer import train_dreambooth
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
@@ -57,8 +54,6 @@ class StandaloneTrainer:
             raise RuntimeError("a training is already running; interrupt it or wait")
         try:
             cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
-            if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:  # the form sends every field: changed = given
-                cfg = apply_apt_preset(cfg, changed_options(cfg) - {"mode"})
             self._run_dir = run_dir_for(cfg)
             job = Job(id="page", kind="train-" + self._what(cfg))
             self._reporter = reporter = JobReporter(job)
@@ -68,10 +63,10 @@ class StandaloneTrainer:
             worker.start()
             while worker.is_alive():
                 worker.join(1.0)
-                yield self._update(cfg, job, losses, box)
+                yield self._update(box.get("cfg", cfg), job, losses, box)
             if "error" in box:
                 raise box["error"]
-            yield self._update(cfg, job, losses, box)
+            yield self._update(box.get("cfg", cfg), job, losses, box)
         finally:
             self._lock.release()
 
@@ -81,13 +76,10 @@ class StandaloneTrainer:
                 if isinstance(cfg, DreamBoothConfig) else "embedding")
 
     def _train(self, cfg, reporter, box):
-        try:
-            if isinstance(cfg, DreamBoothConfig):  # fine-tuned in place, then put back: the page's model stays
-                with self.host().weights_kept(cfg.train_text_encoder):
-                    box["result"] = train_dreambooth(cfg, self.host(), reporter)
-                return
-            trainer = train_hypernetwork if isinstance(cfg, HypernetworkConfig) else train_embedding
-            box["result"] = trainer(cfg, self.host(), reporter)
+        try:  # the form sends every field: the changed ones count as given; a fine-tune puts the page's model back
+            run = runs.prepare(cfg, self.host(), say=reporter.message)
+            box["cfg"] = run.cfg
+            box["result"] = runs.train(run, reporter)
         except Exception as e:  # shown on the page
             box["error"] = e
 

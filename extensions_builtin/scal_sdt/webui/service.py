@@ -1,7 +1,6 @@
 """What the WebUI tabs and the /scal-sdt/v1 API run: training on the WebUI's loaded model, results reloaded."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import html
 import os
@@ -17,25 +16,22 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
-from ..config import changed_options, describe, from_dict
+from ..config import describe, from_dict
 from ..dreambooth.config import DreamBoothConfig
-from ..dreambooth.trainer import train_dreambooth
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
-from ..hypernetwork.trainer import train_hypernetwork
-from ..textual_inversion.config import EmbeddingConfig, apply_apt_preset
-from ..textual_inversion.trainer import train_embedding
+from ..textual_inversion.config import EmbeddingConfig
+from .. import runs
 from ..tagging.clean import CleanConfig, clean_folder
 from ..tagging.config import TagConfig
 from ..tagging.model import POOL as TAGGERS
 from ..tagging.run import tag_folder
 from ..training import control
-from ..training.presets import apply_preset
 from ..ui.loss_svg import loss_svg
-from .families import family
-from .webui_aesthetic import family_name
-from .webui import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
-                    lora_dir, reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
+from ..host.families import family
+from .aesthetic import family_name
+from .adapter import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
+                      lora_dir, reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
 
 API_PREFIX = "/scal-sdt/v1"
 SOURCE_HELP = ("the checkpoint to fine-tune: the one loaded now, or another of the WebUI's list (loaded for the run; "
@@ -118,45 +114,37 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
 
 def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     host = training_host(source)
-    if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:
-        cfg = apply_apt_preset(cfg, set(explicit) if explicit is not None else changed_options(cfg))
-    if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
-        given = set(explicit) if explicit is not None else changed_options(cfg)
-        given |= {"memory_mode", "device"} | ({"precision"} if host.device.type == "cpu" else set())
-        cfg = apply_preset(cfg, host.family.name, given)
-    cfg = effective_config(cfg)
-    _active_run.append(cfg.log_dir)
     losses: list[float] = []
     svg = [""]
+    steps = [cfg.steps]
 
     def on_step(info):
         """Progress text with a live loss curve; multi-line, so the WebUI shows it as HTML under its bar."""
         losses.append(info["loss"])
         if len(losses) % 5 == 0 or len(losses) < 5:
             svg[0] = loss_svg(losses[-2000:])
-        shared.state.textinfo = f"step {info['step']}/{cfg.steps}: loss {info['loss']:.5f}\n<br>{svg[0]}"
+        shared.state.textinfo = f"step {info['step']}/{steps[0]}: loss {info['loss']:.5f}\n<br>{svg[0]}"
 
     webui_reporter = WebUIReporter(on_step=on_step)
     reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter
+    # presets and the run's model name as everywhere; the WebUI's device flags stay the WebUI's. Forge trains its
+    # own copy of the file: nothing of the WebUI's to put back
+    run = runs.prepare(effective_config(cfg), host, explicit, say=reporter.message,
+                       host_outlives_run=isinstance(host, WebUIHost))
+    cfg = run.cfg
+    steps[0] = cfg.steps
+    _active_run.append(cfg.log_dir)
     hypernetwork = isinstance(cfg, HypernetworkConfig)
     dreambooth = isinstance(cfg, DreamBoothConfig)
     loaded = list(getattr(shared, "loaded_hypernetworks", []))
     try:
         if hypernetwork or dreambooth:  # the WebUI applies its loaded ones inside attention: none but ours
             shared.loaded_hypernetworks.clear()
-        if hypernetwork:
-            result = train_hypernetwork(cfg, host, reporter)
-        elif dreambooth:  # trained in place, then put back as loaded: the WebUI's model is as it was
-            with host.weights_kept(cfg.train_text_encoder) if isinstance(host, WebUIHost) else contextlib.nullcontext():
-                result = train_dreambooth(cfg, host, reporter)
-        else:
-            result = train_embedding(cfg, host, reporter)
+        result = runs.train(run, reporter)  # a DreamBooth run puts the WebUI's model back as it was loaded
     finally:
         _active_run.remove(cfg.log_dir)
         if hypernetwork or dreambooth:
             shared.loaded_hypernetworks[:] = loaded
-        if hasattr(host, "restore"):
-            host.restore()
         if dreambooth:
             reload_checkpoints()
             if cfg.extract_lora:
@@ -224,12 +212,10 @@ def training_host(source: str = ""):
     """The WebUI's loaded model; on Forge a trainable copy of the selected checkpoint file, or of ``source`` (a
     title of the WebUI's checkpoint list), and say so."""
     if not is_forge():
-        host = WebUIHost()
-        host.begin_training()
-        return host
+        return WebUIHost()
     from modules import sd_models
 
-    from .standalone import load_host
+    from ..host.standalone import load_host
 
     loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)  # none before Forge's first generation
     path = (find_checkpoint(source) or loaded or sd_models.select_checkpoint()).filename

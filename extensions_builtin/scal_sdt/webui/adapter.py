@@ -3,7 +3,7 @@
 Prompts go through the WebUI's own hijacked text encoders, so our embedding vectors are spliced in by its
 ``EmbeddingsWithFixes`` exactly as a saved embedding would be; gradients reach them. Device placement is the
 WebUI's: under --medvram / --lowvram its own hooks move each part to the GPU when it runs, and nothing here moves
-the model behind their back. Only this module (and ``scripts/``) import ``modules.*``.
+the model behind their back. Only ``webui/`` (and ``scripts/``) import ``modules.*``.
 """
 from __future__ import annotations
 
@@ -17,11 +17,11 @@ from PIL import Image
 from modules import devices, lowvram, processing, prompt_parser, sd_hijack, shared  # noqa: the WebUI
 from modules.textual_inversion.textual_inversion import Embedding as WebUIEmbedding
 
+from ..host.attention import kv_projections
+from ..host.base import Conditioning, Host, TextEncoderInfo
+from ..host.families import SD1, SD2, SDXL
+from ..host.schedule import NoiseSchedule
 from ..training.report import Reporter
-from .attention import kv_projections
-from .base import Conditioning, Host, TextEncoderInfo
-from .families import SD1, SD2, SDXL
-from .schedule import NoiseSchedule
 
 
 class WebUIHost(Host):
@@ -40,6 +40,7 @@ class WebUIHost(Host):
         self.dtype = devices.dtype_unet
         info = getattr(m, "sd_checkpoint_info", None)
         self.model_name = getattr(info, "name_for_extra", None) or getattr(info, "model_name", "model")
+        self.source = getattr(info, "title", None) or self.model_name  # as the WebUI's checkpoint list names it
         self._hash = getattr(info, "shorthash", None) or (getattr(m, "sd_model_hash", None) or "")[:10]
         self.native_resolution = 1024 if self.family is SDXL else 768 if prediction == "v_prediction" else 512
         self.latent_factor = 8

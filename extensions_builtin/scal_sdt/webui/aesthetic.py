@@ -17,8 +17,8 @@ from ..aesthetic.gradient import (AestheticSettings, Tower, TunedCache, blend, e
                                   hf_tower, open_clip_tower, tuned)
 from ..aesthetic.make import FAMILY_ENCODERS, load_aesthetic_embedding
 from ..aesthetic.use import check_widths, projection_for, rows_for
-from .families import EOS_ID
-from .tokenizer import clip_token_ids
+from ..host.families import EOS_ID
+from ..host.tokenizer import clip_token_ids
 
 CACHE = TunedCache()
 
