@@ -79,3 +79,27 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
     header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
     atomic_write_bytes(path, struct.pack("<Q", len(header)) + header + raw[8 + n:])
     return Path(path)
+
+
+#: config fields a job writes into (results, run folders, generated class images)
+WRITTEN_FIELDS = ("out", "log_dir", "lora_out", "embeddings_out", "class_data")
+
+
+def check_confined(cfg, roots: list[str | os.PathLike]) -> None:
+    """Refuse (ValueError naming the field) a config from an untrusted caller (the HTTP API) whose text holds a NUL
+    byte or that would write outside ``roots``: absolute paths elsewhere, ``../`` and links out all count."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, str) and "\x00" in value:
+            raise ValueError(f"{f.name}: a NUL byte is not allowed")
+    real_roots = [os.path.realpath(r) for r in roots if r]
+    for name in WRITTEN_FIELDS:
+        value = getattr(cfg, name, "")
+        if not value:
+            continue
+        real = os.path.realpath(value)
+        if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots):
+            raise ValueError(f"{name}: {value!r} is outside the WebUI's folders; give a folder inside "
+                             f"{', '.join(sorted(set(real_roots)))}")

@@ -28,13 +28,14 @@ def test_dreambooth_in_the_webui(server, tiny_checkpoint, tmp_path_factory):
     make_held_out_colour_set(root / "inst", 4, seed=4)
     prompt = "a photo of sks"
     before = digest(server, prompt)
+    cls = Path(server.data_dir) / "dreambooth-class-dbweb"  # the API writes only inside the WebUI's folders
     job = server.post("/scal-sdt/v1/train/dreambooth", {
         "name": "dbweb", "instance_data": str(root / "inst"), "instance_prompt": "a photo of sks [filewords]",
-        "class_data": str(root / "cls"), "class_prompt": "a photo of a shape", "num_class_images": 2,
+        "class_data": str(cls), "class_prompt": "a photo of a shape", "num_class_images": 2,
         "class_steps": 2, "steps": 4, "resolution": 64, "lr": "1e-3", "preview_every": 0, "overwrite": True})
     job = server.wait_job(job, timeout=300)
     assert job["status"] == "finished", job
-    assert len(list((root / "cls").glob("*.png"))) == 2  # drawn by the WebUI's txt2img
+    assert len(list(cls.glob("*.png"))) == 2  # drawn by the WebUI's txt2img
     assert digest(server, prompt) == before  # the loaded model was put back as it was
 
     source = tiny_checkpoint("tiny-sd1")

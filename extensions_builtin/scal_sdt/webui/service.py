@@ -17,6 +17,7 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
 from ..config import describe, from_dict
+from ..files import check_confined
 from ..dreambooth.config import DreamBoothConfig
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
@@ -49,6 +50,12 @@ def hypernetworks_dir() -> str:
 
 def checkpoints_dir() -> str:
     return getattr(shared.cmd_opts, "ckpt_dir", None) or os.path.join(paths.models_path, "Stable-diffusion")
+
+
+def webui_folders() -> list[str]:
+    """Where a job started through the API may write: the WebUI's data, model and result folders."""
+    return [paths.data_path, paths.models_path, embeddings_dir(), hypernetworks_dir(), checkpoints_dir(), lora_dir(),
+            getattr(shared.cmd_opts, "data_dir", "") or ""]
 
 
 def webui_defaults(kind: type = EmbeddingConfig) -> dict:
@@ -254,6 +261,10 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                 cfg = from_dict(kind, {**webui_defaults(kind), **body})
             except (TypeError, ValueError) as e:
                 raise HTTPException(status_code=422, detail=str(e)) from None
+            try:
+                check_confined(effective_config(cfg), webui_folders())
+            except ValueError as e:
+                raise HTTPException(status_code=422, detail=str(e)) from None
             folder = (cfg.instance_data or cfg.data) if kind is DreamBoothConfig else cfg.data
             if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
                 field = "instance_data" if kind is DreamBoothConfig else "data"
@@ -306,6 +317,11 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             raise HTTPException(status_code=422, detail=str(e)) from None
         if not os.path.isdir(getattr(cfg, folder)):
             raise HTTPException(status_code=422, detail=f"{folder}: folder does not exist: {getattr(cfg, folder)}")
+        written = dataclasses.replace(cfg, out=os.path.join(paths.data_path, cfg.out)) if getattr(cfg, "out", "") else cfg
+        try:
+            check_confined(written, webui_folders())
+        except ValueError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
         return cfg
 
     def start_tagging(body: dict = Body(...)):
