@@ -78,3 +78,43 @@ def test_loss_svg_draws_the_curve():
     svg = loss_svg([1.0, 0.8, 0.9, 0.5])
     assert svg.startswith("<svg") and svg.count("<polyline") == 2 and "0.5000" in svg
     assert loss_svg([1.0]) == ""
+
+
+def test_jobs_outlive_a_restart_as_interrupted_with_their_request(tmp_path):
+    store = tmp_path / "jobs.json"
+    release = threading.Event()
+    reg = JobRegistry(lock=threading.Lock(), store=store)
+    done = reg.start("train-embedding", lambda rep: {"step": 3}, request={"name": "a", "steps": 3})
+    for _ in range(200):
+        if reg.get(done.id).status == "finished":
+            break
+        time.sleep(0.01)
+    running = reg.start("train-embedding", lambda rep: release.wait(5) and {}, request={"name": "b", "steps": 9})
+    waiting = reg.start("train-embedding", lambda rep: {}, request={"name": "c"})
+    for _ in range(200):
+        if reg.get(running.id).status == "running":
+            break
+        time.sleep(0.01)
+    assert reg.get(waiting.id).status == "queued"
+
+    again = JobRegistry(store=store)  # the server came back: the same file read by a new process
+    assert again.get(done.id).status == "finished" and again.get(done.id).result == {"step": 3}
+    for job, status in ((running, "running"), (waiting, "queued")):
+        seen = again.get(job.id)
+        assert seen.status == "interrupted", seen
+        assert f"restarted while this job was {status}" in seen.messages[-1] and "resume: true" in seen.messages[-1]
+        assert seen.request == job.request
+    release.set()
+
+
+def test_a_torn_job_list_starts_a_new_one(tmp_path, capsys):
+    store = tmp_path / "jobs.json"
+    store.write_text('{"jobs": [{"id": "x", "kind"')
+    reg = JobRegistry(store=store)
+    assert reg.jobs == {} and "could not read the job list" in capsys.readouterr().out
+    job = reg.start("tag", lambda rep: {})
+    for _ in range(200):
+        if reg.get(job.id).status == "finished":
+            break
+        time.sleep(0.01)
+    assert JobRegistry(store=store).get(job.id).status == "finished"

@@ -1,13 +1,18 @@
 """Long jobs that run in the background (API requests, the standalone page): progress, interrupt, result."""
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import threading
 import time
 import traceback
 import uuid
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
+from .files import atomic_write_text
 from .training.report import Reporter
 
 
@@ -25,6 +30,7 @@ class Job:
     error: str | None = None
     started: float | None = None
     finished: float | None = None
+    request: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -86,19 +92,64 @@ class FanOut(Reporter):
             r.end()
 
 
-class JobRegistry:
-    """Runs one function per job in a thread (under ``lock`` when given: the host's GPU queue)."""
+#: what a job that was running or waiting when its process ended becomes when the registry is read again
+RESTARTED = ("the server restarted while this job was {status}; start it again with the same options and "
+             "resume: true to continue from its last checkpoint")
 
-    def __init__(self, lock: Any = None):
+
+class JobRegistry:
+    """Runs one function per job in a thread (under ``lock`` when given: the host's GPU queue).
+
+    With ``store`` (a JSON file) every job's state is written there at each change of status, atomically, and read
+    back when a registry is made on the same file: a job that was queued or running when the process ended (a
+    restart of the WebUI) is reported as interrupted, with its request kept so it can be resumed, never forgotten."""
+
+    def __init__(self, lock: Any = None, store: str | os.PathLike | None = None):
         self.lock = lock
         self.jobs: dict[str, Job] = {}
         self.reporters: dict[str, JobReporter] = {}
+        self.store = Path(store) if store else None
+        self._writing = threading.Lock()
+        if self.store is not None:
+            self._read_store()
 
-    def start(self, kind: str, fn: Callable[[Reporter], dict], locked: bool = True) -> Job:
-        """``locked=False`` for work that does not use the host's model (tagging with ONNX models)."""
-        job = Job(id=uuid.uuid4().hex[:12], kind=kind)
+    def _read_store(self) -> None:
+        try:
+            saved = json.loads(self.store.read_text())["jobs"]
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as e:  # a torn file loses no server start
+            print(f"[SCAL-SDT] could not read the job list {self.store} ({e}); starting a new one")
+            return
+        known = {f.name for f in dataclasses.fields(Job)}
+        for entry in saved:
+            try:
+                job = Job(**{k: v for k, v in entry.items() if k in known})
+            except TypeError:
+                continue
+            if job.status in ("queued", "running"):
+                job.messages.append(RESTARTED.format(status=job.status))
+                job.status, job.finished = "interrupted", job.finished or time.time()
+            self.jobs[job.id] = job
+        self._write_store()
+
+    def _write_store(self) -> None:
+        if self.store is None:
+            return
+        with self._writing:
+            data = json.dumps({"jobs": [j.to_dict() for j in self.jobs.values()]}, default=str)
+            try:
+                atomic_write_text(self.store, data)
+            except OSError as e:  # the job itself goes on
+                print(f"[SCAL-SDT] could not write the job list {self.store}: {e}")
+
+    def start(self, kind: str, fn: Callable[[Reporter], dict], locked: bool = True, request: dict | None = None) -> Job:
+        """``locked=False`` for work that does not use the host's model (tagging with ONNX models); ``request``:
+        the options the job was started with, kept with it (to start it again after a restart)."""
+        job = Job(id=uuid.uuid4().hex[:12], kind=kind, request=dict(request or {}))
         reporter = JobReporter(job)
         self.jobs[job.id], self.reporters[job.id] = job, reporter
+        self._write_store()
         threading.Thread(target=self._run, args=(job, reporter, fn, locked), daemon=True,
                          name=f"scal-sdt-{kind}").start()
         return job
@@ -107,6 +158,7 @@ class JobRegistry:
         lock = self.lock if self.lock is not None and locked else _NoLock()
         with lock:
             job.status, job.started = "running", time.time()
+            self._write_store()
             try:
                 job.result = fn(reporter) or {}
                 job.status = "interrupted" if job.result.get("interrupted") else "finished"
@@ -115,6 +167,7 @@ class JobRegistry:
                 job.messages.append(traceback.format_exc(limit=-4))
             finally:
                 job.finished = time.time()
+                self._write_store()
 
     def get(self, job_id: str) -> Job | None:
         return self.jobs.get(job_id)

@@ -252,7 +252,7 @@ def _auth_dependency():
 
 
 def add_api_routes(app: FastAPI) -> JobRegistry:
-    registry = JobRegistry(lock=call_queue.queue_lock)
+    registry = JobRegistry(lock=call_queue.queue_lock, store=os.path.join(paths.data_path, "scal-sdt-jobs.json"))
     deps = _auth_dependency()
 
     def starter(kind: type, name: str):
@@ -281,7 +281,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                 finally:
                     shared.state.end()
 
-            return registry.start(name, work).to_dict()
+            return registry.start(name, work, request=body).to_dict()
         return start
 
     def get_job(job_id: str):
