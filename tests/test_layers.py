@@ -99,3 +99,11 @@ def test_only_webui_imports_the_webuis_modules():
             if any(m.split(".")[0] == "modules" for m in mods) and unit(path) != "webui":
                 offenders.append(str(path.relative_to(PACKAGE)))
     assert not offenders
+
+
+def test_the_loop_reads_its_options_as_fields():
+    """No ``getattr(opts, "x", default)``: every option the loop uses is a field of TrainingOptions."""
+    tree = ast.parse((PACKAGE / "training" / "loop.py").read_text(encoding="utf-8"))
+    probes = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+              and n.func.id in ("getattr", "hasattr") and n.args and ast.unparse(n.args[0]) == "opts"]
+    assert not probes

@@ -96,10 +96,10 @@ def test_nan_at_step_k_is_rolled_back_and_halves_the_lr(tmp_path):
 def test_a_large_model_skips_a_bad_step_without_a_rollback_copy(tmp_path, monkeypatch):
     """Above SNAPSHOT_LIMIT weights no copy of weights and optimizer state is kept (it would double a full
     fine-tune's memory): a non-finite loss is caught before the step is applied, so skipping it loses nothing."""
-    import scal_sdt.training.loop as loop
+    import scal_sdt.training.nan_guard as nan_guard
 
-    monkeypatch.setattr(loop, "SNAPSHOT_LIMIT", 0)
-    monkeypatch.setattr(loop, "_snapshot", lambda *a: pytest.fail("no snapshot for a large model"))
+    monkeypatch.setattr(nan_guard, "SNAPSHOT_LIMIT", 0)
+    monkeypatch.setattr(nan_guard, "snapshot", lambda *a: pytest.fail("no snapshot for a large model"))
     job = RegressionJob(poison={4})
     rep = Quiet()
     res = run_loop(opts(tmp_path, steps=6, save_every=0), job, tmp_path, rep, torch.device("cpu"))

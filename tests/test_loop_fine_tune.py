@@ -1,4 +1,4 @@
-"""What the loop adds for full fine-tunes (FineTuneOptions): the optimizer step fused into the backward pass steps
+"""What the loop offers full fine-tunes: the optimizer step fused into the backward pass steps
 like the plain optimizer and leaves no hooks behind; the EMA is what is saved and resumes exactly; several processes
 (torchrun on the CPU, gloo) average their gradients so every process holds the same weights, equal to one process
 that sees both processes' batches."""
@@ -16,7 +16,7 @@ from recording import RecordingReporter as Quiet
 from recording import latest_state
 from scal_sdt.training.fused import FusedBackward
 from scal_sdt.training.loop import run_loop
-from scal_sdt.training.options import FineTuneOptions
+from scal_sdt.training.options import TrainingOptions
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,7 +73,7 @@ class TwoLayerJob:
 def options(**kw):
     base = dict(steps=12, lr="0.02", save_every=0, preview_every=0)
     base.update(kw)
-    return FineTuneOptions(**base)
+    return TrainingOptions(**base)
 
 
 def run(tmp, job, **kw):

@@ -38,11 +38,13 @@ class Trainer:
     #: None: the model's weights stay frozen. A trainer of the model's own weights says here whether ``cfg`` trains
     #: the text encoders too: on a host that outlives the run, those weights are kept and put back afterwards
     fine_tunes: Callable[[object], bool] | None = None
+    #: the method's own preset, (cfg, options the user gave) -> cfg, applied before the memory preset
+    preset: Callable[[object, set], object] | None = None
 
 
 #: config type -> its trainer (a subclass of a config finds its base's); a new trainer is one line here
 TRAINERS: dict[type, Trainer] = {
-    EmbeddingConfig: Trainer(train_embedding, "embedding"),
+    EmbeddingConfig: Trainer(train_embedding, "embedding", preset=apply_apt_preset),
     HypernetworkConfig: Trainer(train_hypernetwork, "hypernetwork"),
     DreamBoothConfig: Trainer(train_dreambooth, "checkpoint", fine_tunes=lambda cfg: cfg.train_text_encoder),
 }
@@ -77,7 +79,8 @@ def prepare(cfg, host: Host | None = None, explicit=None, say: Callable[[str], N
     processes = distributed.current()
     if processes.distributed:  # accelerate / torchrun: each process its own GPU and its own draws
         cfg = dataclasses.replace(cfg, device=processes.device(cfg.device), seed=cfg.seed + processes.rank)
-    cfg = apply_apt_preset(cfg, given)
+    if trainer.preset is not None:
+        cfg = trainer.preset(cfg, given)
     components = None
     if host is None:
         from .host.placement import resolve_device

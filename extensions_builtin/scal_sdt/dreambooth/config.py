@@ -5,11 +5,11 @@ from dataclasses import dataclass
 
 from ..config import option
 from ..textual_inversion.config import check_name
-from ..training.options import FineTuneOptions
+from ..training.options import TrainingOptions
 
 
 @dataclass(kw_only=True)
-class DreamBoothConfig(FineTuneOptions):
+class DreamBoothConfig(TrainingOptions):
     """DreamBooth: the whole UNet (and optionally the text encoders) learns a concept from a few images, while
     class images the model made itself keep what it knew of the class (prior preservation)."""
 

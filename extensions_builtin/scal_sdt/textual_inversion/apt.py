@@ -66,7 +66,6 @@ class AptJob(EmbeddingJob):
         self.neg = neg_name(self.name)
         self.lo, self.hi = cfg_range(self.cfg.cfg_scale)
         self.aux = torch.Generator("cpu").manual_seed(self.cfg.seed + 1)  # CFG draws and crops
-        self.ema = ({k: v.detach().clone() for k, v in self._all().items()} if self.cfg.ema_decay else None)
 
     def _all(self) -> dict[str, torch.Tensor]:
         return {**{f"pos.{k}": v for k, v in self.vectors.items()}, **{f"neg.{k}": v for k, v in self.neg_vectors.items()}}
@@ -122,15 +121,9 @@ class AptJob(EmbeddingJob):
                 loss = loss - cfg.disc_weight * self.discriminator(image).mean()
         return loss
 
-    def after_step(self, step: int) -> None:
-        if self.ema is not None:
-            d = min(self.cfg.ema_decay, (1 + step) / (10 + step))
-            with torch.no_grad():
-                for k, v in self._all().items():
-                    self.ema[k].lerp_(v.detach(), 1 - d)
-
     def saved_vectors(self) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        src = self.ema if self.ema is not None else {k: v.detach() for k, v in self._all().items()}
+        """Both embeddings as they are now (the loop's moving average, with ema_decay, while it saves or previews)."""
+        src = {k: v.detach() for k, v in self._all().items()}
         pos = {k[4:]: v.float().cpu().clone() for k, v in src.items() if k.startswith("pos.")}
         neg = {k[4:]: v.float().cpu().clone() for k, v in src.items() if k.startswith("neg.")}
         return pos, neg
@@ -163,12 +156,8 @@ class AptJob(EmbeddingJob):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["aux"] = self.aux.get_state()
-        if self.ema is not None:
-            state["ema"] = {k: v.cpu() for k, v in self.ema.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.aux.set_state(state["aux"])
-        if self.ema is not None and "ema" in state:
-            self.ema = {k: v.to(self.ema[k].device) for k, v in state["ema"].items()}

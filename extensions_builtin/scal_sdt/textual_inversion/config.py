@@ -25,7 +25,7 @@ def apply_apt_preset(cfg, explicit=frozenset()):
     """``cfg`` with its APT preset's values for every option the user did not give."""
     import dataclasses
 
-    if not getattr(cfg, "apt_preset", ""):
+    if not cfg.apt_preset:
         return cfg
     values = {k: v for k, v in APT_PRESETS[cfg.apt_preset].items() if k != "about" and k not in explicit}
     return dataclasses.replace(cfg, **values)
@@ -98,8 +98,6 @@ class EmbeddingConfig(TrainingOptions):
                                 group="apt")
     disc_mode: str = option("add", "APT: add the discriminator loss, or replace the diffusion loss with it",
                             choices=("add", "replace"), group="apt")
-    ema_decay: float = option(0.0, "keep an EMA of the vectors (both, in APT) and save that; 0 = off", min=0.0,
-                              max=0.99999, group="apt")
     # selected UNet parts learn too, as a LoRA (kohya format) used with <lora:NAME-unet:1>
     unet_parts: str = option("", "also train these UNet parts, as a LoRA saved to lora_out/NAME-unet.safetensors "
                              "(write <lora:NAME-unet:1> in the prompt): attn2-kv (cross-attention keys and values), "

@@ -1,5 +1,6 @@
 """The one training loop. A trainer says what it optimises, how it computes its loss and how it saves;
-the loop owns steps, accumulation, precision, clipping, the NaN guard, checkpoints, previews, progress and interrupt."""
+the loop owns steps, accumulation, precision, clipping, checkpoints, previews, progress and interrupt, and asks
+the NaN guard (``nan_guard.py``) about every step."""
 from __future__ import annotations
 
 import contextlib
@@ -17,6 +18,7 @@ from .control import ControlChannel
 from .ema import EMA
 from .fused import FP16_START_SCALE, FusedBackward
 from .lr import lr_at
+from .nan_guard import NanGuard, TrainingDiverged, finite_gradients
 from .optimizers import make_optimizer
 from .options import TrainingOptions
 from .report import Reporter
@@ -50,10 +52,6 @@ class TrainingJob(Protocol):
     # after_step(step) after every good optimizer step
 
 
-class TrainingDiverged(RuntimeError):
-    pass
-
-
 @dataclass
 class LoopResult:
     step: int
@@ -73,36 +71,6 @@ def _params(groups: list[dict]) -> list[torch.Tensor]:
     return [p for g in groups for p in g["params"]]
 
 
-#: weights above which no rollback copy is kept (it would cost as much device memory as the model and its optimizer
-#: state): a bad step is then skipped before it is applied, and weights gone non-finite end the run
-SNAPSHOT_LIMIT = 50_000_000
-
-
-def _finite_grads(params) -> bool:
-    """One device sync for all gradients (their total norm is finite iff every gradient is)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return True
-    norm = (torch.nn.utils.get_total_norm(grads) if hasattr(torch.nn.utils, "get_total_norm")
-            else torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])))
-    return bool(torch.isfinite(norm))
-
-
-def _snapshot(params, optimizer) -> tuple[list[torch.Tensor], dict]:
-    opt = optimizer.state_dict()
-    opt_copy = {"state": {k: {n: (v.detach().clone() if torch.is_tensor(v) else v) for n, v in s.items()}
-                          for k, s in opt["state"].items()}, "param_groups": [dict(g) for g in opt["param_groups"]]}
-    return [p.detach().clone() for p in params], opt_copy
-
-
-def _restore(params, optimizer, snapshot) -> None:
-    values, opt = snapshot
-    with torch.no_grad():
-        for p, v in zip(params, values):
-            p.copy_(v)
-    optimizer.load_state_dict(opt)
-
-
 def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: Reporter, device: torch.device,
              autocast=None) -> LoopResult:
     on_exit: list = []  # what must be undone however the run ends (the fused optimizer's hooks)
@@ -113,7 +81,77 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
             undo()
 
 
-def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> LoopResult:
+def _optimizer(opts: TrainingOptions, groups: list[dict], precision: str, processes):
+    """The run's optimizer; with ``fused_backward`` one that steps each weight inside the backward pass."""
+    if opts.fused_backward:
+        return FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay),
+                             groups, clip_value=opts.clip_value if opts.clip_grad == "value" else None,
+                             loss_scale=FP16_START_SCALE if precision == "fp16" else 1.0, processes=processes)
+    return make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
+                          weight_decay=opts.weight_decay)
+
+
+def _resume(store: CheckpointStore, job, params, optimizer, scaler, ema, processes, reporter) -> tuple[int, float]:
+    """Everything put back from the newest complete checkpoint: (its step, its learning-rate scale)."""
+    ckpt, state = store.load_latest()
+    with torch.no_grad():
+        for p, v in zip(params, state["params"]):
+            if p.shape != v.shape:
+                raise RuntimeError(f"cannot resume: saved parameter shape {tuple(v.shape)} differs from {tuple(p.shape)}")
+            p.copy_(v)
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    if ema is not None and state.get("ema"):
+        ema.load_state_dict(state["ema"])
+    own = state.get("ranks", [state])
+    if processes.rank >= len(own):
+        raise RuntimeError(f"cannot resume: the run was saved by {len(own)} process(es); launch as many")
+    job.load_state_dict(own[processes.rank]["job"])
+    set_rng_state(own[processes.rank]["rng"])
+    step = int(state["step"])
+    reporter.message(f"resumed {job.name} at step {step} from {ckpt.path}")
+    return step, float(state["lr_scale"])
+
+
+def _optimizer_step(opts: TrainingOptions, job, params, optimizer, scaler, guard: NanGuard, autocast, processes,
+                    device) -> tuple[float, bool]:
+    """One optimizer step: the micro-batches accumulated, gradients averaged over the processes, clipped and
+    applied. Returns (its mean loss, whether loss, gradients and weights stayed finite)."""
+    fused = opts.fused_backward
+    optimizer.zero_grad(set_to_none=True)
+    total, finite = 0.0, True
+    for micro in range(opts.grad_accum):
+        with autocast():
+            loss = job.loss()
+        if processes.any([not torch.isfinite(loss.detach())], device)[0]:  # one bad batch skips it in all
+            return total, False
+        scaled = loss.float() / opts.grad_accum
+        if fused:
+            optimizer.arm(micro == opts.grad_accum - 1)
+            scaled = scaled * optimizer.loss_scale
+        (scaler.scale(scaled) if scaler else scaled).backward()
+        total += float(loss.detach()) / opts.grad_accum
+    if fused:  # the step is already applied; this says whether its gradients were finite
+        return total, optimizer.finish_step()
+    processes.average_gradients(params)
+    if scaler:
+        scaler.unscale_(optimizer)
+    if opts.clip_grad == "value":
+        torch.nn.utils.clip_grad_value_(params, opts.clip_value)
+    elif opts.clip_grad == "norm":
+        torch.nn.utils.clip_grad_norm_(params, opts.clip_value)
+    if scaler:
+        scaler.step(optimizer)  # skips the step itself on inf/NaN gradients (fp16 overflow)
+        scaler.update()
+    elif not finite_gradients(params):
+        return total, False
+    else:
+        optimizer.step()
+    return total, guard.weights_finite()
+
+
+def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, on_exit: list) -> LoopResult:
     run_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(opts.precision, device)
     processes = distributed.current()  # several under accelerate launch / torchrun: gradients averaged each step
@@ -123,20 +161,13 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
     params = _params(groups)
     processes.broadcast(params)
     base_scales = [g.get("lr_scale", 1.0) for g in groups]
-    fused = getattr(opts, "fused_backward", False)  # FineTuneOptions' (DreamBooth), like the EMA below
-    if fused:
-        optimizer = FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay),
-                                  groups, clip_value=opts.clip_value if opts.clip_grad == "value" else None,
-                                  loss_scale=FP16_START_SCALE if precision == "fp16" else 1.0, processes=processes)
+    optimizer = _optimizer(opts, groups, precision, processes)
+    if opts.fused_backward:
         on_exit.append(optimizer.close)
-    else:
-        optimizer = make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
-                                   weight_decay=opts.weight_decay)
     if hasattr(job, "bind_optimizer"):  # a job that saves the optimizer state in its own files
         job.bind_optimizer(optimizer)
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and not fused else None
-    ema = (EMA(params, opts.ema_decay, "cpu" if getattr(opts, "ema_on_cpu", False) else None)
-           if getattr(opts, "ema_decay", 0.0) else None)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and not opts.fused_backward else None
+    ema = EMA(params, opts.ema_decay, "cpu" if opts.ema_on_cpu else None) if opts.ema_decay else None
     averaged = ema.applied if ema is not None else contextlib.nullcontext  # what is saved and previewed
     autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
                                                    else torch.bfloat16, enabled=precision != "fp32"))
@@ -146,33 +177,17 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
     control.poll()  # requests left over from an earlier run do not count
     step, lr_scale = 0, 1.0
     if opts.resume:
-        ckpt, state = store.load_latest()
-        with torch.no_grad():
-            for p, v in zip(params, state["params"]):
-                if p.shape != v.shape:
-                    raise RuntimeError(f"cannot resume: saved parameter shape {tuple(v.shape)} differs from {tuple(p.shape)}")
-                p.copy_(v)
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
-        if ema is not None and state.get("ema"):
-            ema.load_state_dict(state["ema"])
-        own = state.get("ranks", [state])
-        if processes.rank >= len(own):
-            raise RuntimeError(f"cannot resume: the run was saved by {len(own)} process(es); launch as many")
-        job.load_state_dict(own[processes.rank]["job"])
-        set_rng_state(own[processes.rank]["rng"])
-        step, lr_scale = int(state["step"]), float(state["lr_scale"])
-        reporter.message(f"resumed {job.name} at step {step} from {ckpt.path}")
+        step, lr_scale = _resume(store, job, params, optimizer, scaler, ema, processes, reporter)
     log = RunLog(run_dir, resume_from=step if opts.resume else None, report=reporter.message)
     write_log = log.write if processes.main else (lambda: None)
+    guard = NanGuard(params, optimizer, opts.max_bad_steps, lr_scale)
 
     def checkpoint(at_step: int, keep: bool = False) -> Path | None:
         """Every process's data order and generators, written by the first (all processes call it together)."""
         ranks = processes.gather({"job": job.state_dict(), "rng": rng_state()})
         if not processes.main:
             return None
-        state = {"step": at_step, "lr_scale": lr_scale, "params": [p.detach().cpu() for p in params],
+        state = {"step": at_step, "lr_scale": guard.lr_scale, "params": [p.detach().cpu() for p in params],
                  "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else {},
                  "ema": ema.state_dict() if ema is not None else {}, **ranks[0]}
         if processes.distributed:
@@ -204,9 +219,6 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
             write_log()
             reporter.message(f"step {at_step}: saved {path}")
 
-    small = sum(p.numel() for p in params) <= SNAPSHOT_LIMIT
-    good = _snapshot(params, optimizer) if small else None
-    bad_in_row = bad_total = 0
     losses: list[float] = []
     interrupted = killed = False
     started = time.monotonic()
@@ -217,67 +229,24 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
                 interrupted = True
                 break
             lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps,
-                       cycles=opts.lr_cycles) * lr_scale
+                       cycles=opts.lr_cycles) * guard.lr_scale
             for g, scale in zip(optimizer.param_groups, base_scales):
                 g["lr"] = lr * scale
-            optimizer.zero_grad(set_to_none=True)
-            total, finite = 0.0, True
-            for micro in range(opts.grad_accum):
-                with autocast():
-                    loss = job.loss()
-                if processes.any([not torch.isfinite(loss.detach())], device)[0]:  # one bad batch skips it in all
-                    finite = False
-                    break
-                scaled = loss.float() / opts.grad_accum
-                if fused:
-                    optimizer.arm(micro == opts.grad_accum - 1)
-                    scaled = scaled * optimizer.loss_scale
-                (scaler.scale(scaled) if scaler else scaled).backward()
-                total += float(loss.detach()) / opts.grad_accum
-            if fused and finite:  # the step is already applied; this says whether its gradients were finite
-                finite = optimizer.finish_step()
-            elif finite:
-                processes.average_gradients(params)
-            if finite and not fused:
-                if scaler:
-                    scaler.unscale_(optimizer)
-                if opts.clip_grad == "value":
-                    torch.nn.utils.clip_grad_value_(params, opts.clip_value)
-                elif opts.clip_grad == "norm":
-                    torch.nn.utils.clip_grad_norm_(params, opts.clip_value)
-                if scaler:
-                    scaler.step(optimizer)  # skips the step itself on inf/NaN gradients (fp16 overflow)
-                    scaler.update()
-                else:
-                    if not _finite_grads(params):
-                        finite = False
-                    else:
-                        optimizer.step()
-                if small:  # large models: weights gone non-finite show in the next loss
-                    finite = finite and all(torch.isfinite(p.detach()).all() for p in params)
+            total, finite = _optimizer_step(opts, job, params, optimizer, scaler, guard, autocast, processes, device)
             if not finite:
-                bad_in_row += 1
-                bad_total += 1
-                if good is not None:
-                    _restore(params, optimizer, good)
-                lr_scale *= 0.5
-                what = "rolled back to the last good state" if good is not None else "skipped it"
-                reporter.message(f"step {step + 1}: loss or gradients not finite; {what} and halved the learning "
-                                 f"rate (x{lr_scale:g}) [{bad_in_row}/{opts.max_bad_steps}]")
-                if bad_in_row >= opts.max_bad_steps:
+                reporter.message(guard.reject(step + 1))
+                if guard.gave_up:
                     raise TrainingDiverged(
-                        f"training of {job.name} diverged: {bad_in_row} steps in a row gave non-finite values. "
+                        f"training of {job.name} diverged: {guard.bad_in_row} steps in a row gave non-finite values. "
                         f"Lower the learning rate (now {opts.lr!r}), use fp32 or bf16, or enable gradient clipping. "
                         f"The last good state is saved in {run_dir}.")
                 continue
-            bad_in_row = 0
             step += 1
             if ema is not None:
                 ema.update()
             if hasattr(job, "after_step"):
                 job.after_step(step)
-            if small:
-                good = _snapshot(params, optimizer)
+            guard.accept()
             losses.append(total)
             log.append(step, total, lr, time.monotonic() - started)
             reporter.step({"step": step, "loss": total, "lr": lr})
@@ -322,7 +291,8 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
     finally:
         write_log()
         reporter.end()
-    return LoopResult(step=step, final_path=final_path, interrupted=interrupted, losses=losses, bad_steps=bad_total)
+    return LoopResult(step=step, final_path=final_path, interrupted=interrupted, losses=losses,
+                      bad_steps=guard.bad_total)
 
 
 def run_on_host(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: Reporter, host) -> LoopResult:

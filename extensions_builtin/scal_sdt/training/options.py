@@ -80,6 +80,14 @@ class TrainingOptions:
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass (less memory, slower)",
                                           group="memory")
     offload_vae: bool = option(True, "move the VAE off the device once the latents are cached", group="memory")
+    fused_backward: bool = option(False, "step the optimizer inside the backward pass, each weight as soon as its "
+                                  "gradient is ready, so the gradients are never all held (a weights-sized buffer "
+                                  "less: what puts SDXL under 10 GB in DreamBooth); no --clip-grad norm", group="memory")
+    ema_decay: float = option(0.0, "keep an exponential moving average of the trained weights with this decay (0.999 "
+                              "is usual; APT: of both embeddings) and save and preview it instead of the last step's "
+                              "weights; 0 = off", min=0.0, max=0.99999, group="optimisation")
+    ema_on_cpu: bool = option(False, "keep that average in the computer's memory instead of on the card (slower: the "
+                              "weights cross every step)", group="memory")
     # outputs
     out: str = option("embeddings", "folder for the result", group="output")
     log_dir: str = option("", "folder for checkpoints, previews, loss log and plot; default scal-sdt-runs/NAME",
@@ -110,29 +118,12 @@ class TrainingOptions:
     def __post_init__(self):
         check_bounds(self)
         mask_range(self.mask_weights)
+        if self.fused_backward and self.clip_grad == "norm":
+            raise ValueError("fused_backward steps each weight before the whole gradient exists, so it cannot clip by "
+                             "norm; use --clip-grad value or turn fused_backward off")
         if self.LR_AUTO and self.lr.strip().lower() == "auto":
             return
         try:
             PiecewiseLR.parse(self.lr)
         except ValueError as e:
             raise ValueError(f"lr: {e}") from None
-
-
-@dataclass(kw_only=True)
-class FineTuneOptions(TrainingOptions):
-    """What a fine-tune of the model's own weights adds (DreamBooth); read by the loop when a config has them."""
-
-    fused_backward: bool = option(False, "step the optimizer inside the backward pass, each weight as soon as its "
-                                  "gradient is ready, so the gradients are never all held (a weights-sized buffer "
-                                  "less: what puts SDXL under 10 GB); no --clip-grad norm", group="memory")
-    ema_decay: float = option(0.0, "keep an exponential moving average of the weights with this decay (0.999 is "
-                              "usual) and save and preview it instead of the last step's weights; 0 = off", min=0.0,
-                              max=0.99999, group="optimisation")
-    ema_on_cpu: bool = option(False, "keep that average in the computer's memory instead of on the card (slower: the "
-                              "weights cross every step)", group="memory")
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.fused_backward and self.clip_grad == "norm":
-            raise ValueError("fused_backward steps each weight before the whole gradient exists, so it cannot clip by "
-                             "norm; use --clip-grad value or turn fused_backward off")
