@@ -79,3 +79,15 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
     header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
     atomic_write_bytes(path, struct.pack("<Q", len(header)) + header + raw[8 + n:])
     return Path(path)
+
+
+def next_number(folder: str | os.PathLike) -> int:
+    """The next free number in ``folder`` as the WebUI counts its outputs: one more than the largest number that
+    starts a file name there (``00012-345.png`` counts as 12), 0 in an empty or missing folder."""
+    largest = -1
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            head = entry.name.split(".")[0].split("-")[0]
+            if head.isdigit():
+                largest = max(largest, int(head))
+    return largest + 1
