@@ -22,6 +22,17 @@ def test_the_page_has_a_component_for_every_option_but_the_hosts():
     assert {"scal_sdt_ti_start", "scal_sdt_ti_interrupt", "scal_sdt_ti_plot", "scal_sdt_ti_preview"} <= ids
 
 
+def _component(app, elem_id):
+    return next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def test_the_demo_previews_the_concept_large_on_white():
+    """The demo's captions vary (small shapes on brown...): its previews draw the concept where it can be seen."""
+    app = build_app(UiConfig())
+    assert _component(app, "scal_sdt_ti_preview_prompt").value == "a large [name] star on a white background"
+    assert _component(app, "scal_sdt_ti_data").value == "demo"
+
+
 def test_training_from_the_page_streams_progress_and_saves(tmp_path):
     app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
     cfg = EmbeddingConfig(name="pagetest", data="demo", steps=6, out=str(tmp_path / "emb"),

@@ -86,8 +86,9 @@ class TrainingOptions:
                           group="output")
     save_every: int = option(500, "save a checkpoint every N steps (0 = only at the end)", min=0, group="output")
     preview_every: int = option(500, "render preview images every N steps (0 = never)", min=0, group="output")
-    preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; default: the "
-                                     "first template line filled in with the name and the first image's caption",
+    preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; [name] is the "
+                                     "name being trained; default: the first template line filled in with the name "
+                                     "and the first image's caption",
                                  group="output")
     preview_negative: str = option("", "negative prompt for previews", group="output")
     preview_steps: int = option(20, "sampling steps for previews", min=1, group="output")

@@ -31,8 +31,11 @@ from .loss_svg import loss_svg
 
 
 # the embedding tab's settings for the demo on the toy model (the held-out colour is learned in about 25 s on a CPU)
+# previews draw the concept large on white, where a newcomer sees the colour (the captions vary: small shapes on brown
+# backgrounds would preview as olive blobs)
+DEMO_PREVIEW_PROMPT = "a large [name] star on a white background"
 TOY_DEMO = {"init_text": "red", "steps": 400, "lr": "0.02", "batch_size": 8, "preview_every": 100,
-            "save_every": 200}
+            "save_every": 200, "preview_prompt": DEMO_PREVIEW_PROMPT}
 
 
 class StandaloneTrainer:
