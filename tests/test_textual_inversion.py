@@ -106,7 +106,7 @@ def test_existing_name_is_refused_unless_overwrite(tmp_path, tiny_hosts):
         create_embedding(host, "taken", 1, "red", tmp_path)
     create_embedding(host, "taken", 3, "red", tmp_path, overwrite=True)
     assert load_embedding(tmp_path / "taken.safetensors").num_vectors == 3
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite"):
         train_embedding(config(tmp_path, name="taken", out=str(tmp_path)), host, Collect())
 
 

@@ -8,6 +8,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from .config import speak
 from .training.report import Reporter
 
 
@@ -26,8 +27,13 @@ class Job:
     started: float | None = None
     finished: float | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, face: str | None = None) -> dict:
+        """With ``face`` ("api", ...) the messages and the error name options in that face's words."""
+        out = asdict(self)
+        if face is not None:
+            out["messages"] = [speak(m, face) for m in self.messages]
+            out["error"] = None if self.error is None else speak(self.error, face)
+        return out
 
 
 class JobReporter(Reporter):

@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_bounds, option
+from ..config import check_bounds, mention, option
 from ..host.toy import MODEL_HELP, TOY_NAME
 
 
 @dataclass(kw_only=True)
 class GenerateConfig:
     model: str = option(TOY_NAME, "model: " + MODEL_HELP)
-    prompt: str = option(help="the prompt; embedding names from --embeddings work in it as in the WebUI")
+    prompt: str = option(help="the prompt; embedding names from " + mention("embeddings") + " work in it as in the "
+                              "WebUI")
     negative: str = option("", "negative prompt")
     n: int = option(1, "number of images (image i uses seed + i)", min=1)
     seed: int = option(0, "seed of the first image")
@@ -26,7 +27,8 @@ class GenerateConfig:
                            "training with unet_parts, NAME-lora from DreamBooth) or another's — UNet layers "
                            "named the original or the diffusers way, text-encoder layers, LoCon convolutions")
     lora_strength: float = option(1.0, "its strength (0 = off)")
-    aesthetic: str = option("", "an aesthetic embedding (a .pt/.safetensors file, or a name in --aesthetic-dir) to "
+    aesthetic: str = option("", "an aesthetic embedding (a .pt/.safetensors file, or a name in "
+                                + mention("aesthetic_dir") + ") to "
                                 "nudge every image towards; '' = off", group="aesthetic")
     aesthetic_dir: str = option("models/aesthetic_embeddings", "where aesthetic embeddings are found by name",
                                 group="aesthetic")

@@ -17,7 +17,7 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
-from ..config import changed_options, describe, from_dict
+from ..config import changed_options, describe, from_dict, speak
 from ..dreambooth.config import DreamBoothConfig
 from ..dreambooth.trainer import train_dreambooth
 from ..jobs import FanOut, JobRegistry
@@ -176,7 +176,7 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     what = "Hypernetwork" if hypernetwork else "Checkpoint" if dreambooth else "Embedding"
     text = (f"<p>{what} <b>{html.escape(cfg.name)}</b> {state} at step "
             f"{result.step}: {html.escape(str(result.final_path))}. {use}.</p>"
-            + "".join(f"<p>{html.escape(m)}</p>" for m in webui_reporter.lines[-8:]))
+            + "".join(f"<p>{html.escape(speak(m, 'page'))}</p>" for m in webui_reporter.lines[-8:]))
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
             "step": result.step, "interrupted": result.interrupted}
@@ -267,7 +267,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             try:
                 cfg = from_dict(kind, {**webui_defaults(kind), **body})
             except (TypeError, ValueError) as e:
-                raise HTTPException(status_code=422, detail=str(e)) from None
+                raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
             folder = (cfg.instance_data or cfg.data) if kind is DreamBoothConfig else cfg.data
             if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
                 field = "instance_data" if kind is DreamBoothConfig else "data"
@@ -275,7 +275,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             try:
                 check_runnable(cfg)
             except ValueError as e:
-                raise HTTPException(status_code=422, detail=str(e)) from None
+                raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
 
             def work(reporter):
                 shared.state.begin(job=f"scal-sdt-{name}")
@@ -291,7 +291,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         job = registry.get(job_id)
         if job is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
-        return job.to_dict()
+        return job.to_dict("api")
 
     def interrupt_job(job_id: str):
         if not registry.interrupt(job_id):
@@ -299,7 +299,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         return {"interrupting": job_id}
 
     def list_jobs():
-        return [job.to_dict() for job in registry.jobs.values()]
+        return [job.to_dict("api") for job in registry.jobs.values()]
 
     def list_embeddings():
         root = Path(embeddings_dir())
@@ -317,7 +317,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         try:
             cfg = from_dict(kind, body)
         except (TypeError, ValueError) as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
+            raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
         if not os.path.isdir(getattr(cfg, folder)):
             raise HTTPException(status_code=422, detail=f"{folder}: folder does not exist: {getattr(cfg, folder)}")
         return cfg

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_bounds, option
+from ..config import check_bounds, mention, option
 from ..host.toy import MODEL_HELP, TOY_NAME
 from ..host.placement import MEMORY_MODES
 from .lr import PiecewiseLR, SCHEDULES
@@ -56,7 +56,8 @@ class TrainingOptions:
     lr: str = option("0.005", "learning rate, or the WebUI's schedule syntax '0.005:100, 1e-3:1000, 1e-5'",
                      group="optimisation")
     lr_schedule: str = option("piecewise", "piecewise (the lr syntax as written), cosine (from the first rate down), "
-                                           "cosine_restarts (cosine in --lr-cycles cycles), exponential (down to a hundredth "
+                                           "cosine_restarts (cosine in " + mention("lr_cycles") + " cycles), exponential "
+                                           "(down to a hundredth "
                                            "of the first rate), constant", choices=SCHEDULES, group="optimisation")
     lr_cycles: int = option(3, "cycles of cosine_restarts", min=1, group="optimisation")
     warmup_steps: int = option(0, "linear warm-up steps", min=0, group="optimisation")
@@ -125,7 +126,8 @@ class FineTuneOptions(TrainingOptions):
 
     fused_backward: bool = option(False, "step the optimizer inside the backward pass, each weight as soon as its "
                                   "gradient is ready, so the gradients are never all held (a weights-sized buffer "
-                                  "less: what puts SDXL under 10 GB); no --clip-grad norm", group="memory")
+                                  "less: what puts SDXL under 10 GB); no " + mention("clip_grad", "norm"),
+                                  group="memory")
     ema_decay: float = option(0.0, "keep an exponential moving average of the weights with this decay (0.999 is "
                               "usual) and save and preview it instead of the last step's weights; 0 = off", min=0.0,
                               max=0.99999, group="optimisation")
@@ -136,4 +138,4 @@ class FineTuneOptions(TrainingOptions):
         super().__post_init__()
         if self.fused_backward and self.clip_grad == "norm":
             raise ValueError("fused_backward steps each weight before the whole gradient exists, so it cannot clip by "
-                             "norm; use --clip-grad value or turn fused_backward off")
+                             f"norm; use {mention('clip_grad', 'value')} or {mention('fused_backward', False)}")

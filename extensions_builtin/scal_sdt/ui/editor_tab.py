@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..tagging.editor import Dataset, TagVocabulary, thumbnail
+from .form import say
 
 PREFIX = "scal_sdt_edit"
 PAGE = 48
@@ -141,7 +142,7 @@ def editor_tab(defaults: dict | None = None) -> None:
             try:
                 s, note = fn(s, *args)
             except (ValueError, OSError) as e:
-                note = f'<span class="scal-sdt-error">{html.escape(str(e))}</span>'
+                note = f'<span class="scal-sdt-error">{html.escape(say(str(e)))}</span>'
             return (s, *view(s, note))
         return run
 

@@ -5,11 +5,12 @@ Works with the Gradio the WebUI pins (3.41) and with current Gradio: only compon
 from __future__ import annotations
 
 import dataclasses
+import html
 import typing
 
 import gradio as gr
 
-from ..config import MISSING, field_type
+from ..config import MISSING, field_type, form_label, speak
 
 
 def gradio_major() -> int:
@@ -19,6 +20,16 @@ def gradio_major() -> int:
 def js_kwarg(code: str) -> dict:
     """The click/change argument for client-side JavaScript: ``_js`` in Gradio 3, ``js`` from Gradio 4."""
     return {"_js": code} if gradio_major() < 4 else {"js": code}
+
+
+def say(text: str) -> str:
+    """A message for the page (and the WebUI's tabs): the options it names as the form labels them."""
+    return speak(text, "page")
+
+
+def error_html(e: Exception, tag: str = "p") -> str:
+    """A refused input or a failed run, in the page's words."""
+    return f'<{tag} class="scal-sdt-error">{type(e).__name__}: {html.escape(say(str(e)))}</{tag}>'
 
 
 def _default(f: dataclasses.Field):
@@ -32,11 +43,11 @@ def _default(f: dataclasses.Field):
 def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None, offer: "Offer | None" = None):
     tp = field_type(cls, f)
     meta = dict(f.metadata, **({"suggestions": offer.choices, "help": offer.help} if offer else {}))
-    label = f.name.replace("_", " ")
+    label = form_label(f.name)
     value = _default(f) if value is None else value
     kwargs = dict(label=label, elem_id=f"{elem_prefix}_{f.name}")
     if meta.get("help"):
-        kwargs["info"] = meta["help"]
+        kwargs["info"] = say(meta["help"])
     if tp is bool:
         return gr.Checkbox(value=bool(value), **kwargs)
     if meta.get("choices"):

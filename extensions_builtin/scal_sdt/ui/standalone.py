@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import html
 import threading
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
 from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
+from .form import say
 from .loss_svg import loss_svg
 
 
@@ -98,7 +100,7 @@ class StandaloneTrainer:
         run_dir = run_dir_for(cfg)
         previews = sorted((run_dir / "images").glob("*.png"), key=lambda p: p.stat().st_mtime)
         result = box.get("result")
-        text = "<br>".join(job.messages[-6:])
+        text = "<br>".join(html.escape(say(m)) for m in job.messages[-6:])
         if result is not None:
             state = "interrupted" if result.interrupted else "finished"
             text = (f"<p>{self._what(cfg).capitalize()} <b>{cfg.name}</b> {state} at step {result.step}: "

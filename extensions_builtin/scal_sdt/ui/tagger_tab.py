@@ -12,7 +12,7 @@ from ..tagging.config import TagConfig
 from ..tagging.run import TagReport
 from ..tagging.runner import TaggingRunner
 from .editor_tab import editor_tab
-from .form import build_form, values_to_config
+from .form import build_form, error_html, say, values_to_config
 
 ELEM_PREFIX = "scal_sdt_tag"
 CLEAN_PREFIX = "scal_sdt_clean"
@@ -58,11 +58,11 @@ def _stream(runner: TaggingRunner, cfg, render):
     for job, report in runner.run(cfg):
         rate = job.step / max(1e-9, time.time() - job.started)
         line = f"<p>{job.step}/{job.total} images, {rate:.1f} images/s</p>"
-        yield line, render(report) if report else "<br>".join(html.escape(m) for m in job.messages[-4:])
+        yield line, render(report) if report else "<br>".join(html.escape(say(m)) for m in job.messages[-4:])
 
 
 def _error(e: Exception) -> tuple[str, str]:
-    return "", f'<p class="scal-sdt-error">{type(e).__name__}: {html.escape(str(e))}</p>'
+    return "", error_html(e)
 
 
 def tagger_tab(runner: TaggingRunner, defaults: dict | None = None, editor_defaults: dict | None = None) -> dict:

@@ -10,7 +10,7 @@ import gradio as gr
 from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..textual_inversion.config import EmbeddingConfig
-from .form import build_form, js_kwarg, values_to_config
+from .form import build_form, error_html, js_kwarg, values_to_config
 
 # what the host decides, not the form: the WebUI's loaded model and its device flags
 HOST_FIELDS = ("model", "device", "memory_mode")
@@ -88,7 +88,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
         return first + (out.get("progress", ""),) if streaming else first
 
     def error(e: Exception) -> tuple:
-        return outputs_of({"text": f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>'})
+        return outputs_of({"text": error_html(e)})
 
     if streaming:
         def on_start(*values):
