@@ -219,3 +219,39 @@ def test_dreambooth_from_the_page_keeps_the_pages_model(tmp_path):
     assert (tmp_path / "ckpt" / "pagedb.safetensors").exists()
     after = host.components.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_a_reloaded_page_reattaches_to_the_running_training(tmp_path):
+    """The page that started a training goes away (a reload closes its stream): the training runs on, holds the
+    model, and a page opened now follows it to the end and lists it."""
+    app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
+    trainer = app.scal_sdt_trainer
+    assert list(trainer.attach("embedding")) == [{"text": "", "progress": "", "plot": None, "preview": None,
+                                                  "jobs": ""}]
+    cfg = EmbeddingConfig(name="reload", data="demo", steps=30, out=str(tmp_path / "emb"),
+                          log_dir=str(tmp_path / "run"), save_every=0, preview_every=10, preview_steps=1)
+    first_page = trainer.run(cfg)
+    next(first_page)
+    first_page.close()  # the browser reloads
+    with pytest.raises(RuntimeError, match="already running"):
+        next(trainer.run(cfg))
+    seen = list(trainer.attach("embedding"))
+    assert "running" in seen[0]["jobs"] and "reload" in seen[0]["jobs"]
+    assert "finished at step 30" in seen[-1]["text"] and "finished" in seen[-1]["jobs"]
+    assert seen[-1]["plot"].endswith("loss.png") and seen[-1]["preview"].endswith("reload-30.png")
+    assert list(trainer.attach("hypernetwork"))[0]["plot"] is None  # another tab's own latest: none yet
+    assert (tmp_path / "emb" / "reload.safetensors").exists()
+
+
+def test_a_new_run_starts_with_an_empty_plot(tmp_path):
+    """Training again under the same name (its log folder holds the last run's loss.png and previews): the page
+    shows no plot and no preview until this run writes its own."""
+    app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
+    trainer = app.scal_sdt_trainer
+    cfg = EmbeddingConfig(name="again", data="demo", steps=4, out=str(tmp_path / "emb"), log_dir=str(tmp_path / "run"),
+                          save_every=0, preview_every=2, preview_steps=1, overwrite=True)
+    assert list(trainer.run(cfg))[-1]["plot"] is not None
+    assert (tmp_path / "run" / "loss.png").exists()  # the last run's curve, still on disk
+    updates = list(trainer.run(cfg))
+    assert updates[0]["plot"] is None and updates[0]["preview"] is None and "step 0/4" in updates[0]["progress"]
+    assert updates[-1]["plot"] is not None and "<td>2</td>" in updates[-1]["jobs"]
