@@ -255,3 +255,46 @@ def test_a_new_run_starts_with_an_empty_plot(tmp_path):
     updates = list(trainer.run(cfg))
     assert updates[0]["plot"] is None and updates[0]["preview"] is None and "step 0/4" in updates[0]["progress"]
     assert updates[-1]["plot"] is not None and "<td>2</td>" in updates[-1]["jobs"]
+
+
+def _descendants(block):
+    for child in getattr(block, "children", []):
+        yield child
+        yield from _descendants(child)
+
+
+def test_the_training_form_puts_the_basics_first_and_the_rest_in_closed_groups():
+    app = build_app(UiConfig(model="tiny-sd1"))
+    basic = _component(app, "scal_sdt_ti_basic")
+    shown = [b.elem_id for b in _descendants(basic) if (b.elem_id or "").startswith("scal_sdt_ti_")
+             and not b.elem_id.endswith(("_browse", "_folders"))]
+    assert shown == ["scal_sdt_ti_name", "scal_sdt_ti_data", "scal_sdt_ti_init_text", "scal_sdt_ti_steps",
+                     "scal_sdt_ti_lr", "scal_sdt_ti_preset"]
+    groups = [b for b in app.blocks.values() if (b.elem_id or "").startswith("scal_sdt_ti_group_")]
+    assert {g.label for g in groups} >= {"embedding", "model and data", "optimisation", "memory", "output"}
+    assert not any(g.open for g in groups)  # advanced options: one closed accordion per option group
+    inside = {b.elem_id for g in groups for b in _descendants(g)}
+    assert {"scal_sdt_ti_resolution", "scal_sdt_ti_out", "scal_sdt_ti_preview_prompt"} <= inside
+    assert "scal_sdt_ti_name" not in inside
+    # every folder field has a picker
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    for field in ("scal_sdt_ti_data", "scal_sdt_ti_out", "scal_sdt_ti_log_dir", "scal_sdt_db_instance_data",
+                  "scal_sdt_gen_out", "scal_sdt_tag_dir"):
+        assert f"{field}_browse" in ids and f"{field}_folders" in ids, field
+
+
+def test_the_folder_picker_lists_sub_folders_and_goes_up(tmp_path):
+    from scal_sdt.ui.folders import sub_folders
+
+    for name in ("b", "A", ".hidden"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+    (tmp_path / "d" / "file.png").write_bytes(b"x")
+    d = str(tmp_path / "d")
+    assert sub_folders(d) == [str(tmp_path), f"{d}/A", f"{d}/b"]
+    assert sub_folders(f"{d}/not-made-yet/x") == sub_folders(d)  # the nearest folder above
+    app = build_app(UiConfig(model="tiny-sd1"))
+    shown = _handler(app, "scal_sdt_ti_data_browse")(d)
+    choices = shown["choices"] if isinstance(shown, dict) else shown.choices
+    assert [c[0] if isinstance(c, (list, tuple)) else c for c in choices] == sub_folders(d)
+    value, listing = _handler(app, "scal_sdt_ti_data_folders", "select")(f"{d}/A")
+    assert value == f"{d}/A"

@@ -19,11 +19,12 @@ MISSING = dataclasses.MISSING
 
 def option(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
            max: float | None = None, flag: str | None = None, positional: bool = False, group: str = "",
-           suggestions: Any = None) -> Any:
+           suggestions: Any = None, folder: bool = False) -> Any:
     """Declare a config field. ``flag`` overrides the derived ``--kebab-name`` (keep issue-given names stable).
-    ``suggestions`` (a tuple, or a function giving one) are values a form offers while still accepting others."""
+    ``suggestions`` (a tuple, or a function giving one) are values a form offers while still accepting others.
+    ``folder``: the value is a folder (a form offers a picker)."""
     meta = dict(help=help, choices=choices, min=min, max=max, flag=flag, positional=positional, group=group,
-                suggestions=suggestions)
+                suggestions=suggestions, folder=folder)
     if default is MISSING:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict, set)):

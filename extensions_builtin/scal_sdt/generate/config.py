@@ -19,7 +19,7 @@ class GenerateConfig:
     cfg_scale: float = option(7.0, "classifier-free guidance scale", min=0.0)
     width: int = option(0, "width in pixels; 0 = the model's native size", min=0)
     height: int = option(0, "height in pixels; 0 = the model's native size", min=0)
-    embeddings: str = option("", "a folder of embeddings (.safetensors, .pt, .bin, .png) usable by name")
+    embeddings: str = option("", "a folder of embeddings (.safetensors, .pt, .bin, .png) usable by name", folder=True)
     hypernetwork: str = option("", "a hypernetwork .pt file to apply to every image (on the page: also a name from "
                                    "its hypernetworks folder)")
     hypernetwork_strength: float = option(1.0, "its strength (0 = off)", min=0.0)
@@ -31,7 +31,7 @@ class GenerateConfig:
                                 + mention("aesthetic_dir") + ") to "
                                 "nudge every image towards; '' = off", group="aesthetic")
     aesthetic_dir: str = option("models/aesthetic_embeddings", "where aesthetic embeddings are found by name",
-                                group="aesthetic")
+                                group="aesthetic", folder=True)
     aesthetic_weight: float = option(0.2, "how much of the tuned conditioning (under ~0.25 keeps the content)",
                                      min=0.0, max=1.0, group="aesthetic")
     aesthetic_steps: int = option(5, "optimisation steps of the text encoder", min=0, max=100, group="aesthetic")
@@ -46,7 +46,7 @@ class GenerateConfig:
                                      "store it ('' = the family's: toy, or ViT-L-14/openai for SD1 and SDXL, "
                                      "ViT-H-14/laion2b_s32b_b79k for SD2; from the hub cache, never downloaded)",
                                  group="aesthetic")
-    out: str = option("outputs", "folder for the PNG files")
+    out: str = option("outputs", "folder for the PNG files", folder=True)
     device: str = option("auto", "cuda, cpu or auto")
     memory_mode: str = option("normal", "normal | medvram | lowvram", choices=("normal", "medvram", "lowvram"))
 

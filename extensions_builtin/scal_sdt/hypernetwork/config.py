@@ -42,7 +42,7 @@ class HypernetworkConfig(TrainingOptions):
     template: str = option("hypernetwork", "prompt template: a shipped name (none, style, style_filewords, subject, "
                                            "subject_filewords, hypernetwork, filewords) or a .txt file",
                            group="model and data")
-    out: str = option("hypernetworks", "folder for NAME.pt (the WebUI's is models/hypernetworks)", group="output")
+    out: str = option("hypernetworks", "folder for NAME.pt (the WebUI's is models/hypernetworks)", group="output", folder=True)
     find_lr: bool = option(False, "run a short learning-rate range test instead of training, and propose a rate",
                            group="optimisation")
 

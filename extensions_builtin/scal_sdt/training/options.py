@@ -33,7 +33,7 @@ class TrainingOptions:
     # model and data
     model: str = option(TOY_NAME, "model: " + MODEL_HELP, group="model and data")
     data: str = option("", "dataset folder: images with .txt captions beside them (kohya 'N_name' folders repeat N times); "
-                           "'demo' makes a small built-in data set", group="model and data")
+                           "'demo' makes a small built-in data set", group="model and data", folder=True)
     resolution: int = option(0, "training resolution in pixels; 0 = the model's native size", min=0, group="model and data")
     buckets: bool = option(False, "aspect-ratio buckets instead of square centre crops", group="model and data")
     template: str = option("subject_filewords", "prompt template: a shipped name (none, style, style_filewords, subject, "
@@ -82,9 +82,9 @@ class TrainingOptions:
                                           group="memory")
     offload_vae: bool = option(True, "move the VAE off the device once the latents are cached", group="memory")
     # outputs
-    out: str = option("embeddings", "folder for the result", group="output")
+    out: str = option("embeddings", "folder for the result", group="output", folder=True)
     log_dir: str = option("", "folder for checkpoints, previews, loss log and plot; default scal-sdt-runs/NAME",
-                          group="output")
+                          group="output", folder=True)
     save_every: int = option(500, "save a checkpoint every N steps (0 = only at the end)", min=0, group="output")
     preview_every: int = option(500, "render preview images every N steps (0 = never)", min=0, group="output")
     preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; [name] is the "
@@ -102,7 +102,7 @@ class TrainingOptions:
                                        group="output")
     validation_images: int = option(0, "hold out this many images of the data set for a validation loss", min=0,
                                     group="output")
-    validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output")
+    validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output", folder=True)
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 

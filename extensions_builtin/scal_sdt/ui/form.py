@@ -11,6 +11,7 @@ import typing
 import gradio as gr
 
 from ..config import MISSING, field_type, form_label, speak
+from .folders import folder_picker
 
 
 def gradio_major() -> int:
@@ -70,23 +71,38 @@ class Offer:
 
 def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = (), values: dict | None = None,
                open_groups: typing.Collection[str] = (), first: typing.Sequence[str] = (),
-               offers: dict[str, Offer] | None = None) -> dict[str, typing.Any]:
-    """Create the components inside the current Blocks context; returns field name → component.
-    Groups appear in the order of their fields, except the ``first`` ones. ``offers``: field → what the host
-    offers for it (the WebUI's checkpoint list for DreamBooth's model)."""
+               offers: dict[str, Offer] | None = None, basic: typing.Sequence[str] = ()) -> dict[str, typing.Any]:
+    """Create the components inside the current Blocks context; returns field name → component (in the config's
+    field order, whatever the layout).
+    ``basic``: the few fields people change first, shown in that order above the groups, outside any accordion.
+    The other fields sit in one accordion per option group, closed unless in ``open_groups``; groups appear in the
+    order of their fields, except the ``first`` ones. A folder field (``option(folder=True)``) gets a picker.
+    ``offers``: field → what the host offers for it (the WebUI's checkpoint list for DreamBooth's model)."""
     values, offers = values or {}, offers or {}
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    by_name = {f.name: f for f in fields}
     groups: dict[str, list[dataclasses.Field]] = {}
     for f in fields:
-        groups.setdefault(f.metadata.get("group") or "options", []).append(f)
-    components = {}
+        if f.name not in basic:
+            groups.setdefault(f.metadata.get("group") or "options", []).append(f)
+    made = {}
+
+    def make(f: dataclasses.Field) -> None:
+        made[f.name] = component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
+        if f.metadata.get("folder") and f.name not in offers:
+            folder_picker(made[f.name], f"{elem_prefix}_{f.name}")
+
+    if any(name in by_name for name in basic):
+        with gr.Column(elem_id=f"{elem_prefix}_basic"):
+            for name in basic:
+                if name in by_name:
+                    make(by_name[name])
     order = [g for g in first if g in groups] + [g for g in groups if g not in first]
     for group in order:
-        members = groups[group]
-        with gr.Accordion(group, open=group in open_groups):
-            for f in members:
-                components[f.name] = component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
-    return components
+        with gr.Accordion(group, open=group in open_groups, elem_id=f"{elem_prefix}_group_{group.replace(' ', '_')}"):
+            for f in groups[group]:
+                make(f)
+    return {f.name: made[f.name] for f in fields}
 
 
 def values_to_config(cls: type, names: list[str], values: list, fixed: dict | None = None):

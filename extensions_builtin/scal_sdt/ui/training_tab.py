@@ -24,12 +24,16 @@ class TrainerKind:
     config: type  # the trainer's config dataclass
     elem_prefix: str  # elem_id prefix of every component (javascript/scal_sdt.js knows it)
     button: str  # the start button's label
-    first_group: str  # the form's first, open group
+    first_group: str  # the form's first group
+    basic: tuple[str, ...]  # the few options people change first, above the closed groups
 
 
-EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding")
-HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork")
-DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth")
+BASIC = ("name", "data", "steps", "lr", "preset")
+EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding",
+                        ("name", "data", "init_text", "steps", "lr", "preset"))
+HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
+DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
+                         ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"))
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
@@ -53,8 +57,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     elem_prefix = kind.elem_prefix
     with gr.Row():
         with gr.Column(scale=3):
-            form = build_form(kind.config, elem_prefix, exclude=exclude, values=defaults,
-                              open_groups=(kind.first_group, "model and data", "optimisation"),
+            form = build_form(kind.config, elem_prefix, exclude=exclude, values=defaults, basic=kind.basic,
                               first=(kind.first_group,), offers=offers)
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
