@@ -298,3 +298,27 @@ def test_the_folder_picker_lists_sub_folders_and_goes_up(tmp_path):
     assert [c[0] if isinstance(c, (list, tuple)) else c for c in choices] == sub_folders(d)
     value, listing = _handler(app, "scal_sdt_ti_data_folders", "select")(f"{d}/A")
     assert value == f"{d}/A"
+
+
+def test_the_tagger_offers_the_demo_pictures_and_leads_into_the_editor(tmp_path, monkeypatch):
+    """One click writes the toy world's untagged pictures and fills the folder; after tagging, Clean's and the
+    editor's folder fields hold the tagged folder and the editor has it open."""
+    import scal_sdt.ui.standalone as page
+
+    monkeypatch.setattr(page, "TAGGER_DEMO_FOLDER", str(tmp_path / "demo"))
+    app = build_app(UiConfig(model="tiny-sd1"))
+    folder = _handler(app, "scal_sdt_tag_demo")()
+    assert folder == str(tmp_path / "demo") and len(list((tmp_path / "demo").glob("*.png"))) == 16
+    assert not list((tmp_path / "demo").glob("*.txt"))
+    tag_click = next(fn for fn in app.fns.values() if any(
+        getattr(app.blocks.get(t), "elem_id", None) == "scal_sdt_tag_start" for t, _ in fn.targets))
+    ids = {i: getattr(b, "elem_id", None) for i, b in app.blocks.items()}
+    chained = [fn for fn in app.fns.values() if getattr(fn, "trigger_after", None) == tag_click._id]
+    assert chained, "nothing follows the tag run"
+    fill = chained[0]
+    assert [ids[getattr(o, "_id", o)] for o in fill.outputs] == ["scal_sdt_clean_dir", "scal_sdt_edit_dir"]
+    assert fill.fn(folder) == (folder, folder)
+    then_load = [fn for fn in app.fns.values() if getattr(fn, "trigger_after", None) == fill._id]
+    assert then_load and ids[getattr(then_load[0].outputs[1], "_id", then_load[0].outputs[1])] == "scal_sdt_edit_gallery"
+    to_edit = _handler(app, "scal_sdt_tag_to_edit")(folder)
+    assert to_edit[0] == folder

@@ -35,6 +35,8 @@ from .loss_svg import loss_svg
 
 
 # the embedding tab's settings for the demo on the toy model (the held-out colour is learned in about 25 s on a CPU)
+# the Tagger's "demo pictures" button writes here (relative to where the page was started)
+TAGGER_DEMO_FOLDER = "scal-sdt-demo/pictures"
 # previews draw the concept large on white, where a newcomer sees the colour (the captions vary: small shapes on brown
 # backgrounds would preview as olive blobs)
 DEMO_PREVIEW_PROMPT = "a large [name] star on a white background"
@@ -232,7 +234,8 @@ def build_app(ui: UiConfig) -> gr.Blocks:
                                                          "prompt": "a large red star on a white background"})
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
-            tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"})
+            tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"},
+                       demo_folder=TAGGER_DEMO_FOLDER)
     app.scal_sdt_trainer = trainer
     app.scal_sdt_tagger = tagger
     return app
