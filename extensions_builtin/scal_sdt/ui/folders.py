@@ -1,7 +1,8 @@
 """A folder picker for a form's folder fields that works on every Gradio the forms serve (3.41 to 6): a "browse"
-button lists the sub-folders of what the field says (and its parent, to go up); picking one fills the field."""
+button beside the field lists the sub-folders of what the field says (and its parent, to go up); picking one fills the field."""
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import gradio as gr
@@ -25,9 +26,13 @@ def sub_folders(value: str) -> list[str]:
     return [str(base.resolve().parent)] + [str(p) for p in children]
 
 
-def folder_picker(field: gr.components.Component, elem_id: str) -> None:
-    """Under ``field`` (a Textbox, in the current Blocks context): a small browse button and the list it fills."""
-    browse = gr.Button("browse folders", size="sm", elem_id=f"{elem_id}_browse", elem_classes=["scal-sdt-browse"])
+def folder_field(make: typing.Callable[[], typing.Any], elem_id: str):
+    """``make()`` (a Textbox, made in the current Blocks context) with a small browse button beside it and, under
+    them, the list of sub-folders the button fills; returns the Textbox."""
+    with gr.Row(elem_classes=["scal-sdt-folder"]):
+        field = make()
+        browse = gr.Button("browse", size="sm", scale=0, min_width=72, elem_id=f"{elem_id}_browse",
+                           elem_classes=["scal-sdt-browse"])
     listing = gr.Dropdown(choices=[], value=None, label="sub-folders (pick one; the first goes up)", visible=False,
                           allow_custom_value=True, elem_id=f"{elem_id}_folders")
 
@@ -41,3 +46,4 @@ def folder_picker(field: gr.components.Component, elem_id: str) -> None:
 
     browse.click(show, inputs=[field], outputs=[listing])
     listing.select(pick, inputs=[listing], outputs=[field, listing])
+    return field

@@ -11,7 +11,7 @@ import typing
 import gradio as gr
 
 from ..config import MISSING, field_type, form_label, speak
-from .folders import folder_picker
+from .folders import folder_field
 
 
 def gradio_major() -> int:
@@ -88,9 +88,11 @@ def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = ()
     made = {}
 
     def make(f: dataclasses.Field) -> None:
-        made[f.name] = component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
-        if f.metadata.get("folder") and f.name not in offers:
-            folder_picker(made[f.name], f"{elem_prefix}_{f.name}")
+        def component():
+            return component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
+
+        folder = f.metadata.get("folder") and f.name not in offers
+        made[f.name] = folder_field(component, f"{elem_prefix}_{f.name}") if folder else component()
 
     if any(name in by_name for name in basic):
         with gr.Column(elem_id=f"{elem_prefix}_basic"):
