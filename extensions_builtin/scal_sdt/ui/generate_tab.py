@@ -17,7 +17,7 @@ def generate_tab(run: Callable[[GenerateConfig], tuple[list[str], str]], elem_pr
     with gr.Row():
         with gr.Column(scale=3):
             form = build_form(GenerateConfig, elem_prefix, exclude=HOST_FIELDS, values=defaults,
-                              basic=("prompt", "negative", "n", "seed", "embeddings", "out"))
+                              basic=("prompt", "negative", "n", "seed", "steps", "embeddings", "out"))
         with gr.Column(scale=2):
             start = gr.Button("Generate", variant="primary", elem_id=f"{elem_prefix}_start")
             result = gr.HTML(elem_id=f"{elem_prefix}_result")
