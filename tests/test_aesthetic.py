@@ -225,7 +225,7 @@ def test_generate_with_an_aesthetic_embedding(tmp_path, capsys):
     assert main(["make-aesthetic-embedding", "--images", str(red), "--name", "reds", "--out", str(ae)]) == 0
     base = ["generate", "--prompt", "a blue star on a white background", "--n", "2", "--seed", "4", "--steps", "8",
             "--aesthetic-dir", str(ae)]
-    pix = lambda d: np.asarray(Image.open(d / "000004.png"), dtype=np.float32)  # noqa: E731
+    pix = lambda d: np.asarray(Image.open(d / "00000-4.png"), dtype=np.float32)  # noqa: E731
     assert main(base + ["--out", str(tmp_path / "plain")]) == 0
     assert main(base + ["--out", str(tmp_path / "zero"), "--aesthetic", "reds", "--aesthetic-weight", "0"]) == 0
     assert np.array_equal(pix(tmp_path / "plain"), pix(tmp_path / "zero"))
@@ -234,7 +234,7 @@ def test_generate_with_an_aesthetic_embedding(tmp_path, capsys):
                         "--aesthetic-steps", "10", "--aesthetic-lr", "0.001"]) == 0
     assert np.abs(pix(tmp_path / "on") - pix(tmp_path / "plain")).mean() > 0.5
     assert "reused for 1 of 2 images" in capsys.readouterr().err
-    info = Image.open(tmp_path / "on" / "000004.png").text["parameters"]
+    info = Image.open(tmp_path / "on" / "00000-4.png").text["parameters"]
     assert "Aesthetic weight: 0.5" in info and "Aesthetic embedding: reds" in info
     assert main(base + ["--out", str(tmp_path / "x"), "--aesthetic", "nothere"]) == 2
 
@@ -262,7 +262,7 @@ def test_aesthetic_and_hypernetwork_apply_together(tmp_path):
     pix = {}
     for name, extra in runs.items():
         assert main(base + ["--out", str(tmp_path / name)] + extra) == 0
-        pix[name] = np.asarray(Image.open(tmp_path / name / "000004.png"), dtype=np.float32)
+        pix[name] = np.asarray(Image.open(tmp_path / name / "00000-4.png"), dtype=np.float32)
     diff = lambda a, b: np.abs(pix[a] - pix[b]).mean()  # noqa: E731
     assert diff("hn", "plain") > 0.5 and diff("ae", "plain") > 0.5
     assert diff("both", "hn") > 0.5 and diff("both", "ae") > 0.5

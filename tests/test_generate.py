@@ -23,7 +23,7 @@ def test_generate_uses_embeddings_by_name_and_is_deterministic(tmp_path, tiny_ho
     err = capsys.readouterr().err
     assert "wide" in err and "skipped" in err
     a, b, c = (sorted((tmp_path / d).glob("*.png")) for d in "abc")
-    assert [p.name for p in a] == ["000005.png", "000006.png"]
+    assert [p.name for p in a] == ["00000-5.png", "00001-6.png"]  # the WebUI's NUMBER-SEED
     assert pixels(a[0]) == pixels(b[0]) and pixels(a[0]) != pixels(a[1])  # same seed same image; seed + i differs
     assert pixels(a[0]) != pixels(c[0])  # the embedding's name changes the picture
     with Image.open(a[0]) as im:
@@ -36,6 +36,26 @@ def test_generate_uses_embeddings_by_name_and_is_deterministic(tmp_path, tiny_ho
     direct = sd1.sample(["a photo of shiny"], steps=3, seed=5, width=64, height=64, embeddings={"shiny": vec})[0]
     assert max(abs(x - y) for x, y in zip(direct.tobytes(), pixels(a[0]))) <= 2
     assert torch.is_tensor(vec["clip_l"])
+
+
+def test_generate_numbers_on_and_never_overwrites(tmp_path):
+    """A second run into the same folder numbers on from the largest number there, as the WebUI does: the same
+    seeds twice give 8 distinct files, the first 4 untouched."""
+    from scal_sdt.files import next_number
+
+    out = tmp_path / "out"
+    assert next_number(out) == 0  # a missing folder
+    base = ["generate", "--model", "tiny-sd1", "--steps", "2", "--n", "4", "--prompt", "a red star", "--out", str(out)]
+    assert cli.main(base) == 0
+    first = {p.name: p.read_bytes() for p in out.glob("*.png")}
+    assert sorted(first) == ["00000-0.png", "00001-1.png", "00002-2.png", "00003-3.png"]
+    assert cli.main(base) == 0
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert len(names) == 8 and names[4:] == ["00004-0.png", "00005-1.png", "00006-2.png", "00007-3.png"]
+    assert all((out / name).read_bytes() == data for name, data in first.items())
+    (out / "00041-9.png").write_bytes(b"x")  # a gap and other files: on from the largest
+    (out / "notes.txt").write_text("x")
+    assert next_number(out) == 42
 
 
 def test_generate_needs_a_prompt(tmp_path, capsys):

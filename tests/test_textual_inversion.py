@@ -106,7 +106,7 @@ def test_existing_name_is_refused_unless_overwrite(tmp_path, tiny_hosts):
         create_embedding(host, "taken", 1, "red", tmp_path)
     create_embedding(host, "taken", 3, "red", tmp_path, overwrite=True)
     assert load_embedding(tmp_path / "taken.safetensors").num_vectors == 3
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="overwrite"):
         train_embedding(config(tmp_path, name="taken", out=str(tmp_path)), host, Collect())
 
 
@@ -180,3 +180,16 @@ def test_previews_are_a_fixed_seed_grid_of_the_users_prompts(tmp_path, tiny_host
     diff = max(abs(a - b) for pa, pb in zip(grid.crop((128, 0, 192, 64)).getdata(), again.getdata())
                for a, b in zip(pa, pb))
     assert diff <= 2  # batch vs single CPU kernels may differ in the last bits
+
+
+def test_name_in_a_preview_prompt_is_the_trained_name(tmp_path, tiny_hosts, monkeypatch):
+    """``[name]`` in --preview-prompt is the embedding's name (the page's demo previews 'a large [name] star on a
+    white background' whatever the name field says)."""
+    host = tiny_hosts("tiny-sd1")
+    asked = []
+    real = host.sample
+    monkeypatch.setattr(host, "sample", lambda prompts, **kw: asked.append(list(prompts)) or real(prompts, **kw))
+    cfg = config(tmp_path, steps=2, save_every=0, preview_every=2, preview_steps=1, resolution=64,
+                 preview_prompt="a large [name] star on a white background|[name]")
+    train_embedding(cfg, host, Collect())
+    assert asked == [["a large zq star on a white background", "zq"]]

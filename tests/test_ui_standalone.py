@@ -22,6 +22,17 @@ def test_the_page_has_a_component_for_every_option_but_the_hosts():
     assert {"scal_sdt_ti_start", "scal_sdt_ti_interrupt", "scal_sdt_ti_plot", "scal_sdt_ti_preview"} <= ids
 
 
+def _component(app, elem_id):
+    return next(b for b in app.blocks.values() if getattr(b, "elem_id", None) == elem_id)
+
+
+def test_the_demo_previews_the_concept_large_on_white():
+    """The demo's captions vary (small shapes on brown...): its previews draw the concept where it can be seen."""
+    app = build_app(UiConfig())
+    assert _component(app, "scal_sdt_ti_preview_prompt").value == "a large [name] star on a white background"
+    assert _component(app, "scal_sdt_ti_data").value == "demo"
+
+
 def test_training_from_the_page_streams_progress_and_saves(tmp_path):
     app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
     cfg = EmbeddingConfig(name="pagetest", data="demo", steps=6, out=str(tmp_path / "emb"),
@@ -208,3 +219,106 @@ def test_dreambooth_from_the_page_keeps_the_pages_model(tmp_path):
     assert (tmp_path / "ckpt" / "pagedb.safetensors").exists()
     after = host.components.unet.state_dict()
     assert all(torch.equal(before[k], after[k]) and before[k].dtype == after[k].dtype for k in before)
+
+
+def test_a_reloaded_page_reattaches_to_the_running_training(tmp_path):
+    """The page that started a training goes away (a reload closes its stream): the training runs on, holds the
+    model, and a page opened now follows it to the end and lists it."""
+    app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
+    trainer = app.scal_sdt_trainer
+    assert list(trainer.attach("embedding")) == [{"text": "", "progress": "", "plot": None, "preview": None,
+                                                  "jobs": ""}]
+    cfg = EmbeddingConfig(name="reload", data="demo", steps=30, out=str(tmp_path / "emb"),
+                          log_dir=str(tmp_path / "run"), save_every=0, preview_every=10, preview_steps=1)
+    first_page = trainer.run(cfg)
+    next(first_page)
+    first_page.close()  # the browser reloads
+    with pytest.raises(RuntimeError, match="already running"):
+        next(trainer.run(cfg))
+    seen = list(trainer.attach("embedding"))
+    assert "running" in seen[0]["jobs"] and "reload" in seen[0]["jobs"]
+    assert "finished at step 30" in seen[-1]["text"] and "finished" in seen[-1]["jobs"]
+    assert seen[-1]["plot"].endswith("loss.png") and seen[-1]["preview"].endswith("reload-30.png")
+    assert list(trainer.attach("hypernetwork"))[0]["plot"] is None  # another tab's own latest: none yet
+    assert (tmp_path / "emb" / "reload.safetensors").exists()
+
+
+def test_a_new_run_starts_with_an_empty_plot(tmp_path):
+    """Training again under the same name (its log folder holds the last run's loss.png and previews): the page
+    shows no plot and no preview until this run writes its own."""
+    app = build_app(UiConfig(model="tiny-sd1", out=str(tmp_path / "emb")))
+    trainer = app.scal_sdt_trainer
+    cfg = EmbeddingConfig(name="again", data="demo", steps=4, out=str(tmp_path / "emb"), log_dir=str(tmp_path / "run"),
+                          save_every=0, preview_every=2, preview_steps=1, overwrite=True)
+    assert list(trainer.run(cfg))[-1]["plot"] is not None
+    assert (tmp_path / "run" / "loss.png").exists()  # the last run's curve, still on disk
+    updates = list(trainer.run(cfg))
+    assert updates[0]["plot"] is None and updates[0]["preview"] is None and "step 0/4" in updates[0]["progress"]
+    assert updates[-1]["plot"] is not None and "<td>2</td>" in updates[-1]["jobs"]
+
+
+def _descendants(block):
+    for child in getattr(block, "children", []):
+        yield child
+        yield from _descendants(child)
+
+
+def test_the_training_form_puts_the_basics_first_and_the_rest_in_closed_groups():
+    app = build_app(UiConfig(model="tiny-sd1"))
+    basic = _component(app, "scal_sdt_ti_basic")
+    shown = [b.elem_id for b in _descendants(basic) if (b.elem_id or "").startswith("scal_sdt_ti_")
+             and not b.elem_id.endswith(("_browse", "_folders"))]
+    assert shown == ["scal_sdt_ti_name", "scal_sdt_ti_data", "scal_sdt_ti_init_text", "scal_sdt_ti_steps",
+                     "scal_sdt_ti_lr", "scal_sdt_ti_preset"]
+    groups = [b for b in app.blocks.values() if (b.elem_id or "").startswith("scal_sdt_ti_group_")]
+    assert {g.label for g in groups} >= {"embedding", "model and data", "optimisation", "memory", "output"}
+    assert not any(g.open for g in groups)  # advanced options: one closed accordion per option group
+    inside = {b.elem_id for g in groups for b in _descendants(g)}
+    assert {"scal_sdt_ti_resolution", "scal_sdt_ti_out", "scal_sdt_ti_preview_prompt"} <= inside
+    assert "scal_sdt_ti_name" not in inside
+    # every folder field has a picker
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    for field in ("scal_sdt_ti_data", "scal_sdt_ti_out", "scal_sdt_ti_log_dir", "scal_sdt_db_instance_data",
+                  "scal_sdt_gen_out", "scal_sdt_tag_dir"):
+        assert f"{field}_browse" in ids and f"{field}_folders" in ids, field
+
+
+def test_the_folder_picker_lists_sub_folders_and_goes_up(tmp_path):
+    from scal_sdt.ui.folders import sub_folders
+
+    for name in ("b", "A", ".hidden"):
+        (tmp_path / "d" / name).mkdir(parents=True)
+    (tmp_path / "d" / "file.png").write_bytes(b"x")
+    d = str(tmp_path / "d")
+    assert sub_folders(d) == [str(tmp_path), f"{d}/A", f"{d}/b"]
+    assert sub_folders(f"{d}/not-made-yet/x") == sub_folders(d)  # the nearest folder above
+    app = build_app(UiConfig(model="tiny-sd1"))
+    shown = _handler(app, "scal_sdt_ti_data_browse")(d)
+    choices = shown["choices"] if isinstance(shown, dict) else shown.choices
+    assert [c[0] if isinstance(c, (list, tuple)) else c for c in choices] == sub_folders(d)
+    value, listing = _handler(app, "scal_sdt_ti_data_folders", "select")(f"{d}/A")
+    assert value == f"{d}/A"
+
+
+def test_the_tagger_offers_the_demo_pictures_and_leads_into_the_editor(tmp_path, monkeypatch):
+    """One click writes the toy world's untagged pictures and fills the folder; after tagging, Clean's and the
+    editor's folder fields hold the tagged folder and the editor has it open."""
+    import scal_sdt.ui.standalone as page
+
+    monkeypatch.setattr(page, "TAGGER_DEMO_FOLDER", str(tmp_path / "demo"))
+    app = build_app(UiConfig(model="tiny-sd1"))
+    folder = _handler(app, "scal_sdt_tag_demo")()
+    assert folder == str(tmp_path / "demo") and len(list((tmp_path / "demo").glob("*.png"))) == 16
+    assert not list((tmp_path / "demo").glob("*.txt"))
+    tag_click = next(fn for fn in app.fns.values() if any(
+        getattr(app.blocks.get(t), "elem_id", None) == "scal_sdt_tag_start" for t, _ in fn.targets))
+    ids = {i: getattr(b, "elem_id", None) for i, b in app.blocks.items()}
+    chained = [fn for fn in app.fns.values() if getattr(fn, "trigger_after", None) == tag_click._id]
+    assert chained, "nothing follows the tag run"
+    fill = chained[0]
+    assert [ids[getattr(o, "_id", o)] for o in fill.outputs] == ["scal_sdt_clean_dir", "scal_sdt_edit_dir"]
+    assert fill.fn(folder) == (folder, folder)
+    then_load = [fn for fn in app.fns.values() if getattr(fn, "trigger_after", None) == fill._id]
+    assert then_load and ids[getattr(then_load[0].outputs[1], "_id", then_load[0].outputs[1])] == "scal_sdt_edit_gallery"
+    to_edit = _handler(app, "scal_sdt_tag_to_edit")(folder)
+    assert to_edit[0] == folder

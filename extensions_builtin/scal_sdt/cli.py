@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .config import add_arguments, flag_name, from_namespace
+from .config import add_arguments, flag_name, from_namespace, speak
 
 
 @dataclass
@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = from_namespace(cmd.config, args)
         return cmd.run(cfg, given_options(cmd.config, sys.argv[1:] if argv is None else argv))
     except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, nothing lost
-        print(f"scal-sdt {cmd.name}: error: {e}", file=sys.stderr)
+        print(f"scal-sdt {cmd.name}: error: {speak(str(e), 'cli', cmd.config)}", file=sys.stderr)
         return 2
     except Exception as e:  # noqa: BLE001 - an unforeseen failure: still one line here, the traceback in a log
         log = _traceback_log(cmd.name)

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import re
+import shlex
 import typing
 from typing import Any
 
@@ -16,11 +19,12 @@ MISSING = dataclasses.MISSING
 
 def option(default: Any = MISSING, help: str = "", *, choices: tuple | None = None, min: float | None = None,
            max: float | None = None, flag: str | None = None, positional: bool = False, group: str = "",
-           suggestions: Any = None) -> Any:
+           suggestions: Any = None, folder: bool = False) -> Any:
     """Declare a config field. ``flag`` overrides the derived ``--kebab-name`` (keep issue-given names stable).
-    ``suggestions`` (a tuple, or a function giving one) are values a form offers while still accepting others."""
+    ``suggestions`` (a tuple, or a function giving one) are values a form offers while still accepting others.
+    ``folder``: the value is a folder (a form offers a picker)."""
     meta = dict(help=help, choices=choices, min=min, max=max, flag=flag, positional=positional, group=group,
-                suggestions=suggestions)
+                suggestions=suggestions, folder=folder)
     if default is MISSING:
         return dataclasses.field(metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -41,6 +45,62 @@ def flag_name(f: dataclasses.Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+# -- options named in messages ------------------------------------------------------------------------------------
+# A message or help text names an option by its field, and each face words it its own way: the flag on the command
+# line, the form's label on the page and in the WebUI's tabs, the JSON key in the API. One message, three renderings.
+FACES = ("cli", "page", "api")
+_MENTION = re.compile(r"⟦(\+?)([A-Za-z_][A-Za-z0-9_]*)(?:=([^⟧]*))?⟧")
+
+
+def mention(name: str, value: Any = MISSING) -> str:
+    """The option ``name`` (or its setting ``name = value``) in a message: ``--lr`` / “lr” / ``"lr"``; with a value
+    ``--optimizer adafactor`` / “optimizer” = adafactor / ``"optimizer": "adafactor"``. See :func:`speak`."""
+    return f"⟦{name}⟧" if value is MISSING else f"⟦{name}={json.dumps(value)}⟧"
+
+
+def turn_on(name: str) -> str:
+    """Asking for a switch: "pass --overwrite" / "tick “overwrite”" / 'send "overwrite": true'."""
+    return f"⟦+{name}⟧"
+
+
+def form_label(name: str) -> str:
+    """The label a form gives the field ``name`` (ui/form.py)."""
+    return name.replace("_", " ")
+
+
+def _cli_flag(name: str, classes: typing.Sequence[type]) -> str:
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name == name:
+                return flag_name(f)
+    return "--" + name.replace("_", "-")
+
+
+def speak(text: str, face: str, *classes: type) -> str:
+    """``text`` with every :func:`mention` / :func:`turn_on` worded for ``face`` ("cli", "page" or "api");
+    ``classes``: the configs whose flags the command line knows (a field's own ``flag``)."""
+    if face not in FACES:
+        raise ValueError(f"face must be one of {', '.join(FACES)}, not {face!r}")
+
+    def word(m: re.Match) -> str:
+        switch, name, raw = m.group(1), m.group(2), m.group(3)
+        value = MISSING if raw is None else json.loads(raw)
+        flag, label = _cli_flag(name, classes), f"“{form_label(name)}”"
+        if switch:
+            return {"cli": f"pass {flag}", "page": f"tick {label}", "api": f'send "{name}": true'}[face]
+        if face == "api":
+            return f'"{name}"' if value is MISSING else f'"{name}": {json.dumps(value)}'
+        if value is MISSING:
+            return flag if face == "cli" else label
+        if isinstance(value, bool):
+            if face == "cli":
+                return flag if value else "--no-" + flag[2:]
+            return f"{label} {'ticked' if value else 'unticked'}"
+        return f"{flag} {shlex.quote(str(value))}" if face == "cli" else f"{label} = {value}"
+
+    return _MENTION.sub(word, str(text))
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     """Add one flag per field of ``cls``, with its default, choices and help text."""
     groups: dict[str, Any] = {}
@@ -52,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         tp = field_type(cls, f)
         required = f.default is MISSING and f.default_factory is MISSING
         default = None if required else (f.default if f.default is not MISSING else f.default_factory())
-        help_text = meta.get("help", "")
+        help_text = speak(meta.get("help", ""), "cli", cls).replace("%", "%%")
         if not required:
             help_text += f" (default: {default!r})"
         kwargs: dict[str, Any] = dict(help=help_text, dest=f.name)
@@ -96,7 +156,8 @@ def describe(cls: type) -> list[dict]:
         required = f.default is MISSING and f.default_factory is MISSING
         out.append(dict(name=f.name, type=field_type(cls, f).__name__, required=required,
                         default=None if required else (f.default if f.default is not MISSING else f.default_factory()),
-                        **{k: v for k, v in f.metadata.items() if k not in ("flag", "positional", "suggestions")}))
+                        **{k: speak(v, "api") if k == "help" else v for k, v in f.metadata.items()
+                           if k not in ("flag", "positional", "suggestions")}))
     return out
 
 

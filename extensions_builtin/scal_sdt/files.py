@@ -103,3 +103,15 @@ def check_confined(cfg, roots: list[str | os.PathLike]) -> None:
         if not any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in real_roots):
             raise ValueError(f"{name}: {value!r} is outside the WebUI's folders; give a folder inside "
                              f"{', '.join(sorted(set(real_roots)))}")
+
+
+def next_number(folder: str | os.PathLike) -> int:
+    """The next free number in ``folder`` as the WebUI counts its outputs: one more than the largest number that
+    starts a file name there (``00012-345.png`` counts as 12), 0 in an empty or missing folder."""
+    largest = -1
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            head = entry.name.split(".")[0].split("-")[0]
+            if head.isdigit():
+                largest = max(largest, int(head))
+    return largest + 1

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .config import speak
 from .files import atomic_write_text
 from .training.report import Reporter
 
@@ -32,8 +33,13 @@ class Job:
     finished: float | None = None
     request: dict = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, face: str | None = None) -> dict:
+        """With ``face`` ("api", ...) the messages and the error name options in that face's words."""
+        out = asdict(self)
+        if face is not None:
+            out["messages"] = [speak(m, face) for m in self.messages]
+            out["error"] = None if self.error is None else speak(self.error, face)
+        return out
 
 
 class JobReporter(Reporter):

@@ -71,11 +71,12 @@ def assert_a_real_picture(png: bytes) -> None:
 
 def test_the_tab_shows_its_form(page, tmp_path):
     open_our_tab(page)
-    # the open groups show the fields a user starts with: the embedding's name first, the data, the steps
-    for f in ("name", "data", "resolution", "steps", "lr"):
+    # the basic section shows the fields a user starts with; every other group is a closed accordion
+    for f in ("name", "data", "init_text", "steps", "lr", "preset"):
         assert page.visible(f"scal_sdt_ti_{f}"), f
+    assert not page.visible("scal_sdt_ti_resolution")
     for label in ("embedding", "model and data", "optimisation", "memory", "output"):
-        assert page.accordion(label, TAB) is not None, label
+        assert "open" not in (page.accordion(label, TAB).get_attribute("class") or "").split(), label
     start = page.by_id("scal_sdt_ti_start")
     assert start.is_displayed() and start.text.strip() == "Train embedding"
     assert page.by_id("scal_sdt_ti_interrupt").is_displayed()
@@ -123,9 +124,9 @@ def fill_and_start(page: br.WebUIPage, name: str, data: Path, steps: int, previe
     open_our_tab(page)
     page.set_value("scal_sdt_ti_name", name)
     page.set_value("scal_sdt_ti_data", str(data))
-    page.set_value("scal_sdt_ti_resolution", 64)
-    page.open_accordion("optimisation", TAB)
     page.set_value("scal_sdt_ti_steps", steps)
+    page.open_accordion("model and data", TAB)
+    page.set_value("scal_sdt_ti_resolution", 64)
     page.open_accordion("output", TAB)
     page.set_value("scal_sdt_ti_save_every", 0)
     page.set_value("scal_sdt_ti_preview_every", preview_every)

@@ -10,7 +10,7 @@ from ..host.toy import MODEL_HELP, TOY_NAME
 
 @dataclass(kw_only=True)
 class AestheticEmbeddingConfig:
-    images: str = option(help="the folder of images whose look the embedding captures", group="embedding")
+    images: str = option(help="the folder of images whose look the embedding captures", group="embedding", folder=True)
     name: str = option(help="the embedding's name (its file name)", group="embedding")
     model: str = option(TOY_NAME, "the model it is for (its family picks the image encoder): " + MODEL_HELP,
                         group="embedding")
@@ -18,7 +18,7 @@ class AestheticEmbeddingConfig:
                        "or ARCH/PRETRAINED in your hub cache; '' = the family's own (SD1 ViT-L-14/openai, SD2 "
                        "ViT-H-14/laion2b_s32b_b79k, SDXL both of ViT-L-14/openai and ViT-bigG-14/laion2b_s39b_b160k)",
                        group="embedding")
-    out: str = option("models/aesthetic_embeddings", "folder for NAME.pt and NAME.safetensors", group="embedding")
+    out: str = option("models/aesthetic_embeddings", "folder for NAME.pt and NAME.safetensors", group="embedding", folder=True)
     batch_size: int = option(16, "images per encoder call", min=1, group="embedding")
     overwrite: bool = option(False, "replace an existing embedding of that name", group="embedding")
     device: str = option("auto", "cuda, cpu or auto", group="embedding")

@@ -20,6 +20,7 @@ from ..host.toy import TOY_NAME
 from ..training.frozen_job import image_grid
 from ..training.images import image_files
 from ..training.report import Reporter
+from ..config import turn_on
 from .config import AestheticEmbeddingConfig
 
 #: the image encoders whose embedding space each family's text encoders share, with their keys in our files
@@ -105,7 +106,8 @@ def make_aesthetic_embedding(cfg: AestheticEmbeddingConfig, reporter: Reporter |
     out = Path(cfg.out)
     targets = [out / f"{cfg.name}.pt", out / f"{cfg.name}.safetensors"]
     if not cfg.overwrite and any(p.exists() for p in targets):
-        raise FileExistsError(f"aesthetic embedding {cfg.name!r} already exists in {out}; pass --overwrite")
+        raise FileExistsError(f"aesthetic embedding {cfg.name!r} already exists in {out}; "
+                              f"{turn_on('overwrite')}")
     encoders = encoders_for(cfg, family)
     images, skipped = [], []
     for path in image_files(cfg.images):

@@ -20,16 +20,16 @@ class DreamBoothConfig(TrainingOptions):
     template: str = option("none", "unused by DreamBooth: instance_prompt and class_prompt are the prompts",
                            group="model and data")
     out: str = option("models/Stable-diffusion", "folder for NAME.safetensors (and its .yaml and run JSON)",
-                      group="output")
+                      group="output", folder=True)
     save_every: int = option(0, "also write the checkpoint every N steps into the run folder (0 = only at the end)",
                              min=0, group="output")
     preview_every: int = option(200, "render preview images every N steps (0 = never)", min=0, group="output")
     instance_data: str = option("", "folder of the concept's images (captions beside them are used by [filewords])",
-                                group="dreambooth")
+                                group="dreambooth", folder=True)
     instance_prompt: str = option("", "the prompt of every instance image, e.g. 'a photo of sks dog'; [filewords] "
                                   "puts the image's caption in; '' = the caption alone", group="dreambooth")
     class_data: str = option("", "folder of class images; missing ones are generated into it with class_prompt (and "
-                             "reused next time); '' = no prior preservation", group="dreambooth")
+                             "reused next time); '' = no prior preservation", group="dreambooth", folder=True)
     class_prompt: str = option("", "the prompt of the class images, e.g. 'a photo of a dog'", group="dreambooth")
     num_class_images: int = option(50, "class images to have in class_data (the missing ones are generated)", min=0,
                                    group="dreambooth")
@@ -50,7 +50,7 @@ class DreamBoothConfig(TrainingOptions):
     pivotal_init_text: str = option("*", "text whose token vectors start that embedding", group="dreambooth")
     pivotal_lr: float = option(5e-3, "that embedding's learning rate (on lr's schedule)", min=0.0, group="dreambooth")
     embeddings_out: str = option("embeddings", "folder for the pivotal embedding (in the WebUI: its embeddings folder)",
-                                 group="output")
+                                 group="output", folder=True)
     min_snr_gamma: float = option(0.0, "min-SNR loss weighting with this gamma (5 is usual); 0 = off", min=0.0,
                                   group="dreambooth")
     noise_offset: float = option(0.0, "offset noise (0.05-0.1 lets the model learn darker darks); 0 = off", min=0.0,
@@ -70,7 +70,7 @@ class DreamBoothConfig(TrainingOptions):
                                     "layout, conv_dim; the WebUI's Lora loads it); 0 = Linear layers only", min=0,
                                     max=1024, group="output")
     lora_out: str = option("", "folder for the extracted LoRA; '' = beside the checkpoint (in the WebUI: models/Lora)",
-                           group="output")
+                           group="output", folder=True)
     save_fp16: bool = option(True, "write the checkpoint in fp16 (half the size; what the WebUI loads anyway)",
                              group="dreambooth")
     overwrite: bool = option(False, "replace an existing checkpoint of that name", group="dreambooth")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from ..config import mention
 from .config import DreamBoothConfig
 
 MIB = 2 ** 20
@@ -83,11 +84,11 @@ def estimate(cfg: DreamBoothConfig, size: ModelSize, resolution: int, frozen_byt
 
 
 #: what to switch on, in order, until a run fits (each is a DreamBoothConfig change)
-STEPS = (("gradient_checkpointing", True, "--gradient-checkpointing"),
-         ("cache_text", True, "--cache-text"),
-         ("optimizer", "adafactor", "--optimizer adafactor (or adamw8bit with bitsandbytes)"),
-         ("fused_backward", True, "--fused-backward"),
-         ("master_weights", "bf16", "--master-weights bf16"))
+STEPS = (("gradient_checkpointing", True, mention("gradient_checkpointing", True)),
+         ("cache_text", True, mention("cache_text", True)),
+         ("optimizer", "adafactor", mention("optimizer", "adafactor") + " (or adamw8bit with bitsandbytes)"),
+         ("fused_backward", True, mention("fused_backward", True)),
+         ("master_weights", "bf16", mention("master_weights", "bf16")))
 
 
 def _switched(cfg: DreamBoothConfig, field: str, value) -> DreamBoothConfig | None:
@@ -116,8 +117,9 @@ def advise(cfg: DreamBoothConfig, size: ModelSize, resolution: int, budget_gib: 
         advice.append(f"{flag} -> {estimate(trial, size, resolution).peak_mib / 1024:.1f} GiB")
     while estimate(trial, size, resolution).peak_mib > budget_gib * 1024 and trial.batch_size > 1:
         trial = dataclasses.replace(trial, batch_size=trial.batch_size // 2, grad_accum=trial.grad_accum * 2)
-        advice.append(f"--batch-size {trial.batch_size} --grad-accum {trial.grad_accum} -> "
+        advice.append(f"{mention('batch_size', trial.batch_size)} {mention('grad_accum', trial.grad_accum)} -> "
                       f"{estimate(trial, size, resolution).peak_mib / 1024:.1f} GiB")
     if estimate(trial, size, resolution).peak_mib > budget_gib * 1024:
-        advice.append(f"a lower --resolution than {resolution} (activations scale with the pixels), or a bigger card")
+        advice.append(f"a lower {mention('resolution')} than {resolution} (activations scale with the pixels), or a "
+                      f"bigger card")
     return now, advice

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import to_dict
+from ..config import mention, to_dict, turn_on
 from ..files import atomic_write_text
 from ..host.base import Host
 from ..training.dataset import LatentDataset
@@ -279,13 +279,14 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
         cfg = dataclasses.replace(cfg, precision="bf16")
     target = Path(cfg.out) / f"{cfg.name}.safetensors"
     if target.exists() and not cfg.overwrite and not cfg.resume:
-        raise FileExistsError(f"checkpoint {target} already exists; choose another name or pass --overwrite")
+        raise FileExistsError(f"checkpoint {target} already exists; choose another name or "
+                                f"{turn_on('overwrite')}")
     if cfg.pivotal_vectors and not cfg.overwrite and not cfg.resume:
         from ..textual_inversion.create import existing_embeddings
 
         if clash := existing_embeddings(Path(cfg.embeddings_out), cfg.name):
-            raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or pass "
-                                  f"--overwrite")
+            raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or "
+                                  f"{turn_on('overwrite')}")
     preflight(cfg, host, reporter)
     while True:
         box: dict = {}
@@ -297,9 +298,11 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
                 raise
             smaller = step_down(cfg)
             if smaller is None:
-                raise RuntimeError(f"out of memory even with gradient checkpointing at batch 1: try --master-weights "
-                                   f"bf16 --optimizer adafactor (or adamw8bit), --resolution lower than "
-                                   f"{cfg.resolution or host.native_resolution}, or memory_mode medvram") from e
+                raise RuntimeError(f"out of memory even with gradient checkpointing at batch 1: try "
+                                   f"{mention('master_weights', 'bf16')}, {mention('optimizer', 'adafactor')} (or "
+                                   f"adamw8bit), {mention('resolution')} lower than "
+                                   f"{cfg.resolution or host.native_resolution}, or "
+                                   f"{mention('memory_mode', 'medvram')}") from e
             cfg, what = smaller
             del job, box
             import gc

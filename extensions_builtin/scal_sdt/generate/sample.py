@@ -6,7 +6,7 @@ from pathlib import Path
 
 from PIL.PngImagePlugin import PngInfo
 
-from ..files import atomic_path
+from ..files import atomic_path, next_number
 from ..host.base import Host
 from ..textual_inversion.format import EmbeddingError, check_fits, load_embedding
 from .config import GenerateConfig
@@ -96,7 +96,10 @@ def aesthetic_encoder(cfg: GenerateConfig, host: Host, report=print):
 
 
 def _sample(cfg: GenerateConfig, host: Host, used: dict, width: int, height: int, out: Path, report=print) -> list[Path]:
+    """Image i is ``NNNNN-SEED.png`` as the WebUI names it, numbered on from the folder's largest number: a second
+    run never overwrites the first."""
     paths = []
+    number = next_number(out)
     encode = aesthetic_encoder(cfg, host, report)
     extra = {"encode": encode} if encode is not None else {}
     for i in range(cfg.n):
@@ -105,7 +108,10 @@ def _sample(cfg: GenerateConfig, host: Host, used: dict, width: int, height: int
         info = PngInfo()
         info.add_text("parameters", generation_parameters(cfg, cfg.seed + i, width, height, host.model_name,
                                                           host.model_hash))
-        path = out / f"{cfg.seed + i:06d}.png"
+        while any(out.glob(f"{number:05d}-*")):  # another run took it meanwhile
+            number += 1
+        path = out / f"{number:05d}-{cfg.seed + i}.png"
+        number += 1
         with atomic_path(path) as tmp:
             image.save(tmp, format="PNG", pnginfo=info)
         paths.append(path)

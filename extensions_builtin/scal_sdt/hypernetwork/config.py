@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import option
+from ..config import mention, option
 from ..textual_inversion.config import check_name
 from ..training.options import TrainingOptions
 from .module import WEIGHT_INITS, activation_class, parse_dropout, parse_structure
@@ -38,11 +38,11 @@ class HypernetworkConfig(TrainingOptions):
     # the shared options whose defaults differ for hypernetworks
     lr: str = option("auto", "learning rate, or the WebUI's schedule syntax '5e-6:100, 1e-6:1500, 5e-7'; auto = a "
                              "safe rate for the structure and the model's width (5e-7 for 1, 2, 1 on SD1, the "
-                             "field's limit; --find-lr measures one)", group="optimisation")
+                             "field's limit; " + mention("find_lr") + " measures one)", group="optimisation")
     template: str = option("hypernetwork", "prompt template: a shipped name (none, style, style_filewords, subject, "
                                            "subject_filewords, hypernetwork, filewords) or a .txt file",
                            group="model and data")
-    out: str = option("hypernetworks", "folder for NAME.pt (the WebUI's is models/hypernetworks)", group="output")
+    out: str = option("hypernetworks", "folder for NAME.pt (the WebUI's is models/hypernetworks)", group="output", folder=True)
     find_lr: bool = option(False, "run a short learning-rate range test instead of training, and propose a rate",
                            group="optimisation")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import to_dict
+from ..config import mention, to_dict, turn_on
 from ..host.attention import context_widths
 from ..host.base import Conditioning, Host
 from ..training.checkpoints import CheckpointStore
@@ -141,13 +141,13 @@ def new_hypernetwork(cfg: HypernetworkConfig, host: Host) -> Hypernetwork:
 def prepare_job(cfg: HypernetworkConfig, host: Host, reporter: Reporter) -> HypernetworkJob:
     out = hypernetwork_path(Path(cfg.out), cfg.name)
     if out.exists() and not cfg.resume and not cfg.overwrite:
-        raise FileExistsError(f"hypernetwork {cfg.name!r} already exists ({out}); choose another name, pass "
-                              f"--overwrite to replace it, or --resume to continue its run")
+        raise FileExistsError(f"hypernetwork {cfg.name!r} already exists ({out}); choose another name, "
+                              f"{turn_on('overwrite')} to replace it, or {turn_on('resume')} to continue its run")
     if cfg.lr.strip().lower() == "auto":
         lr = safe_lr(parse_structure(cfg.layer_structure), sum(host.widths.values()))
         cfg = dataclasses.replace(cfg, lr=f"{lr:.3g}")
         reporter.message(f"learning rate {cfg.lr}: the safe default for structure {cfg.layer_structure} on a "
-                         f"{sum(host.widths.values())}-wide context (--find-lr measures one on your data)")
+                         f"{sum(host.widths.values())}-wide context ({mention('find_lr')} measures one on your data)")
     resolution = cfg.resolution or host.native_resolution
     dataset, validation = prepare_data(cfg, host, reporter, resolution)
     continuing = cfg.resume and out.exists() and not CheckpointStore(run_dir_for(cfg)).complete()

@@ -28,9 +28,9 @@ from .watermark import WatermarkClassifier
 
 @dataclass(kw_only=True)
 class CleanConfig:
-    dir: str = option(help="the folder of images to clean", positional=True, group="dataset")
+    dir: str = option(help="the folder of images to clean", positional=True, group="dataset", folder=True)
     out: str = option("", "where crops and cleaned copies go ('' = DIR_clean beside DIR); originals are not changed",
-                      group="dataset")
+                      group="dataset", folder=True)
     recursive: bool = option(True, "sub-folders too", group="dataset")
     caption_extension: str = option(".txt", "captions copied and moved with their image", group="dataset")
 

@@ -12,7 +12,7 @@ DEFAULT_GENERAL, DEFAULT_CHARACTER = 0.35, 0.85
 
 @dataclass(kw_only=True)
 class TagConfig:
-    dir: str = option(help="the folder of images to tag", positional=True, group="dataset")
+    dir: str = option(help="the folder of images to tag", positional=True, group="dataset", folder=True)
     model: str = option("wd-vit-tagger-v3", "tagger: a folder with model.onnx + selected_tags.csv (or tags.txt, "
                         "tag_mapping.json, top_tags.txt), a Hugging Face repo id or known name in your hub cache, or "
                         "'toy'; several separated by '+' make an ensemble", group="dataset",

@@ -50,7 +50,7 @@ class CreateEmbeddingConfig:
     format: str = option("safetensors", "file format: safetensors, pt (the WebUI's layout) or png (embedded in a "
                                         "picture)", choices=FORMATS, group="embedding")
     model: str = option(TOY_NAME, "model: " + MODEL_HELP, group="embedding")
-    out: str = option("embeddings", "embeddings folder", group="embedding")
+    out: str = option("embeddings", "embeddings folder", group="embedding", folder=True)
     device: str = option("auto", "cuda, cpu or auto", group="embedding")
 
     def __post_init__(self):
@@ -107,7 +107,7 @@ class EmbeddingConfig(TrainingOptions):
                             "first rate of lr)", min=0.0, group="unet parts")
     unet_rank: int = option(4, "rank of the UNet LoRA", min=1, max=256, group="unet parts")
     lora_out: str = option("Lora", "folder for NAME-unet.safetensors (in the WebUI: its models/Lora)",
-                           group="unet parts")
+                           group="unet parts", folder=True)
 
     def __post_init__(self):
         check_name(self.name)

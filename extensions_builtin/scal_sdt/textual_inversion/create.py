@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from ..config import turn_on
 from ..host.base import Host
 from .format import Embedding, load_embedding, save_embedding
 
@@ -39,7 +40,8 @@ def create_embedding(host: Host, name: str, num_vectors: int, init_text: str, ou
     """Write a fresh embedding file; refuses a name that exists unless ``overwrite``."""
     clash = existing_embeddings(out_dir, name)
     if clash and not overwrite:
-        raise FileExistsError(f"embedding {name!r} already exists ({clash[0]}); choose another name or pass --overwrite")
+        raise FileExistsError(f"embedding {name!r} already exists ({clash[0]}); choose another name or "
+                                f"{turn_on('overwrite')}")
     emb = Embedding(name=name, vectors=file_vectors(host, init_vectors(host, init_text, num_vectors)), step=0,
                     sd_checkpoint=host.model_hash, sd_checkpoint_name=host.model_name)
     return save_embedding(emb, embedding_path(out_dir, name, fmt), fmt)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import to_dict
+from ..config import to_dict, turn_on
 from ..host.base import Host
 from ..lora.network import LoraNetwork, unet_targets
 from ..training.dataset import LatentDataset
@@ -115,8 +115,8 @@ def train_embedding(cfg: EmbeddingConfig, host: Host, reporter: Reporter | None 
     names = [cfg.name] + ([f"{cfg.name}-neg"] if cfg.mode == "apt" else [])
     for name in names:
         if not cfg.resume and not cfg.overwrite and (clash := existing_embeddings(out_dir, name)):
-            raise FileExistsError(f"embedding {name!r} already exists ({clash[0]}); choose another name, pass "
-                                  f"--overwrite to replace it, or --resume to continue its run")
+            raise FileExistsError(f"embedding {name!r} already exists ({clash[0]}); choose another name, "
+                                  f"{turn_on('overwrite')} to replace it, or {turn_on('resume')} to continue its run")
     resolution = cfg.resolution or host.native_resolution
     dataset, validation = prepare_data(cfg, host, reporter, resolution)
     start = init_vectors(host, cfg.init_text, cfg.vectors)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from ..config import mention, turn_on
+
 MARKER = "COMPLETE"
 STATE = "state.pt"
 PREFIX = "step-"
@@ -76,7 +78,7 @@ class CheckpointStore:
         if free < need:
             raise CheckpointError(f"not enough free disk to save the checkpoint of step {step}: it needs "
                                   f"{need / 2**20:.1f} MB, {self.root} has {free / 2**20:.1f} MB free. The previous "
-                                  f"checkpoint is kept; free some space and resume with --resume.")
+                                  f"checkpoint is kept; free some space and resume ({turn_on('resume')}).")
         now = time.time()
         if self.keep_every_minutes and (self._last_kept_time is None
                                         or now - self._last_kept_time >= self.keep_every_minutes * 60):
@@ -158,4 +160,4 @@ class CheckpointStore:
                 continue
             return ckpt, state
         raise FileNotFoundError(f"nothing to resume in {self.root}: no complete checkpoint (train once without "
-                                f"--resume first, with --save-every N to keep checkpoints)")
+                                f"{mention('resume')} first, with {mention('save_every')} N to keep checkpoints)")

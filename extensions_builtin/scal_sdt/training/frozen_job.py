@@ -100,8 +100,8 @@ class FrozenModelJob:
 
     def preview_grid(self, step: int, sample: Callable[..., list]) -> tuple[list, list[Path]]:
         """A fixed-seed grid of the preview prompts ('|' separates several; by default, as in the WebUI, the first
-        template line with the first image's caption) at the training size, by ``sample(prompts, **settings)``."""
-        prompts = [p.strip() for p in self.cfg.preview_prompt.split("|") if p.strip()]
+        template line with the first image's caption; ``[name]`` in a prompt is the trained name) at the training size, by ``sample(prompts, **settings)``."""
+        prompts = [p.strip().replace("[name]", self.name) for p in self.cfg.preview_prompt.split("|") if p.strip()]
         prompts = prompts or [render(self.templates[0], self.name, self.dataset.items[0].caption)]
         seed = self.cfg.preview_seed if self.cfg.preview_seed >= 0 else self.cfg.seed
         size = self.cfg.resolution or self.host.native_resolution

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import check_bounds, option
+from ..config import check_bounds, mention, option
 from ..host.toy import MODEL_HELP, TOY_NAME
 from ..host.placement import MEMORY_MODES
 from .lr import PiecewiseLR, SCHEDULES
@@ -33,7 +33,7 @@ class TrainingOptions:
     # model and data
     model: str = option(TOY_NAME, "model: " + MODEL_HELP, group="model and data")
     data: str = option("", "dataset folder: images with .txt captions beside them (kohya 'N_name' folders repeat N times); "
-                           "'demo' makes a small built-in data set", group="model and data")
+                           "'demo' makes a small built-in data set", group="model and data", folder=True)
     resolution: int = option(0, "training resolution in pixels; 0 = the model's native size", min=0, group="model and data")
     buckets: bool = option(False, "aspect-ratio buckets instead of square centre crops", group="model and data")
     template: str = option("subject_filewords", "prompt template: a shipped name (none, style, style_filewords, subject, "
@@ -56,7 +56,8 @@ class TrainingOptions:
     lr: str = option("0.005", "learning rate, or the WebUI's schedule syntax '0.005:100, 1e-3:1000, 1e-5'",
                      group="optimisation")
     lr_schedule: str = option("piecewise", "piecewise (the lr syntax as written), cosine (from the first rate down), "
-                                           "cosine_restarts (cosine in --lr-cycles cycles), exponential (down to a hundredth "
+                                           "cosine_restarts (cosine in " + mention("lr_cycles") + " cycles), exponential "
+                                           "(down to a hundredth "
                                            "of the first rate), constant", choices=SCHEDULES, group="optimisation")
     lr_cycles: int = option(3, "cycles of cosine_restarts", min=1, group="optimisation")
     warmup_steps: int = option(0, "linear warm-up steps", min=0, group="optimisation")
@@ -82,20 +83,22 @@ class TrainingOptions:
     offload_vae: bool = option(True, "move the VAE off the device once the latents are cached", group="memory")
     fused_backward: bool = option(False, "step the optimizer inside the backward pass, each weight as soon as its "
                                   "gradient is ready, so the gradients are never all held (a weights-sized buffer "
-                                  "less: what puts SDXL under 10 GB in DreamBooth); no --clip-grad norm", group="memory")
+                                  "less: what puts SDXL under 10 GB in DreamBooth); no " + mention("clip_grad", "norm"),
+                                  group="memory")
     ema_decay: float = option(0.0, "keep an exponential moving average of the trained weights with this decay (0.999 "
                               "is usual; APT: of both embeddings) and save and preview it instead of the last step's "
                               "weights; 0 = off", min=0.0, max=0.99999, group="optimisation")
     ema_on_cpu: bool = option(False, "keep that average in the computer's memory instead of on the card (slower: the "
                               "weights cross every step)", group="memory")
     # outputs
-    out: str = option("embeddings", "folder for the result", group="output")
+    out: str = option("embeddings", "folder for the result", group="output", folder=True)
     log_dir: str = option("", "folder for checkpoints, previews, loss log and plot; default scal-sdt-runs/NAME",
-                          group="output")
+                          group="output", folder=True)
     save_every: int = option(500, "save a checkpoint every N steps (0 = only at the end)", min=0, group="output")
     preview_every: int = option(500, "render preview images every N steps (0 = never)", min=0, group="output")
-    preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; default: the "
-                                     "first template line filled in with the name and the first image's caption",
+    preview_prompt: str = option("", "prompt(s) for previews, several separated by '|' make a grid; [name] is the "
+                                     "name being trained; default: the first template line filled in with the name "
+                                     "and the first image's caption",
                                  group="output")
     preview_negative: str = option("", "negative prompt for previews", group="output")
     preview_steps: int = option(20, "sampling steps for previews", min=1, group="output")
@@ -108,7 +111,7 @@ class TrainingOptions:
                                        group="output")
     validation_images: int = option(0, "hold out this many images of the data set for a validation loss", min=0,
                                     group="output")
-    validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output")
+    validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output", folder=True)
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 
@@ -120,7 +123,7 @@ class TrainingOptions:
         mask_range(self.mask_weights)
         if self.fused_backward and self.clip_grad == "norm":
             raise ValueError("fused_backward steps each weight before the whole gradient exists, so it cannot clip by "
-                             "norm; use --clip-grad value or turn fused_backward off")
+                             f"norm; use {mention('clip_grad', 'value')} or {mention('fused_backward', False)}")
         if self.LR_AUTO and self.lr.strip().lower() == "auto":
             return
         try:

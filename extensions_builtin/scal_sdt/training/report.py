@@ -6,6 +6,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from ..config import speak
+
 
 class Reporter:
     """Receives progress from a long job. The WebUI's adapter maps it onto ``shared.state``."""
@@ -48,6 +50,7 @@ class ConsoleReporter(Reporter):
     def message(self, text):
         if self.quiet:
             return
+        text = speak(text, "cli")
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:

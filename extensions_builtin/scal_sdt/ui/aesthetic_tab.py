@@ -9,7 +9,7 @@ import gradio as gr
 
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult
-from .form import build_form, values_to_config
+from .form import build_form, error_html, values_to_config
 
 ELEM_PREFIX = "scal_sdt_ae"
 
@@ -39,7 +39,7 @@ def aesthetic_tab(make: Callable[[AestheticEmbeddingConfig], AestheticResult], e
         try:
             out = make(values_to_config(AestheticEmbeddingConfig, names, list(values)))
         except (ValueError, OSError, RuntimeError) as e:
-            return f'<p class="scal-sdt-error">{type(e).__name__}: {html.escape(str(e))}</p>', None
+            return error_html(e), None
         grids = [str(p) for p in out.paths if p.name.endswith(".preview.png")]
         return render(out), grids[0] if grids else None
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 
 from ..tagging.editor import Dataset, TagVocabulary, thumbnail
+from .form import say
 
 PREFIX = "scal_sdt_edit"
 PAGE = 48
@@ -79,7 +80,9 @@ def view(s: EditorSession | None, note: str = ""):
     return gallery, freq, current.caption() if current else "", label, status, f"page {s.page + 1}/{pages}"
 
 
-def editor_tab(defaults: dict | None = None) -> None:
+def editor_tab(defaults: dict | None = None) -> dict:
+    """The editor's blocks; returns {"dir": its folder field, "open": (fn, inputs, outputs)}: the event that loads
+    the folder the field names (the Tagger chains it after tagging)."""
     defaults = defaults or {}
     state = gr.State(None)
     with gr.Row():
@@ -141,7 +144,7 @@ def editor_tab(defaults: dict | None = None) -> None:
             try:
                 s, note = fn(s, *args)
             except (ValueError, OSError) as e:
-                note = f'<span class="scal-sdt-error">{html.escape(str(e))}</span>'
+                note = f'<span class="scal-sdt-error">{html.escape(say(str(e)))}</span>'
             return (s, *view(s, note))
         return run
 
@@ -260,3 +263,4 @@ def editor_tab(defaults: dict | None = None) -> None:
     dedupe.click(guarded(bulk(lambda d, idx: d.dedupe(idx))), inputs=[state, scope], outputs=outputs)
     undo.click(guarded(on_undo), inputs=[state], outputs=outputs)
     redo.click(guarded(on_redo), inputs=[state], outputs=outputs)
+    return {"dir": folder, "open": (guarded(on_load), [state, folder, ext, vocab_files], outputs)}

@@ -5,11 +5,13 @@ Works with the Gradio the WebUI pins (3.41) and with current Gradio: only compon
 from __future__ import annotations
 
 import dataclasses
+import html
 import typing
 
 import gradio as gr
 
-from ..config import MISSING, field_type
+from ..config import MISSING, field_type, form_label, speak
+from .folders import folder_field
 
 
 def gradio_major() -> int:
@@ -19,6 +21,16 @@ def gradio_major() -> int:
 def js_kwarg(code: str) -> dict:
     """The click/change argument for client-side JavaScript: ``_js`` in Gradio 3, ``js`` from Gradio 4."""
     return {"_js": code} if gradio_major() < 4 else {"js": code}
+
+
+def say(text: str) -> str:
+    """A message for the page (and the WebUI's tabs): the options it names as the form labels them."""
+    return speak(text, "page")
+
+
+def error_html(e: Exception, tag: str = "p") -> str:
+    """A refused input or a failed run, in the page's words."""
+    return f'<{tag} class="scal-sdt-error">{type(e).__name__}: {html.escape(say(str(e)))}</{tag}>'
 
 
 def _default(f: dataclasses.Field):
@@ -32,11 +44,11 @@ def _default(f: dataclasses.Field):
 def component_for(cls: type, f: dataclasses.Field, elem_prefix: str, value=None, offer: "Offer | None" = None):
     tp = field_type(cls, f)
     meta = dict(f.metadata, **({"suggestions": offer.choices, "help": offer.help} if offer else {}))
-    label = f.name.replace("_", " ")
+    label = form_label(f.name)
     value = _default(f) if value is None else value
     kwargs = dict(label=label, elem_id=f"{elem_prefix}_{f.name}")
     if meta.get("help"):
-        kwargs["info"] = meta["help"]
+        kwargs["info"] = say(meta["help"])
     if tp is bool:
         return gr.Checkbox(value=bool(value), **kwargs)
     if meta.get("choices"):
@@ -59,23 +71,40 @@ class Offer:
 
 def build_form(cls: type, elem_prefix: str, exclude: typing.Collection[str] = (), values: dict | None = None,
                open_groups: typing.Collection[str] = (), first: typing.Sequence[str] = (),
-               offers: dict[str, Offer] | None = None) -> dict[str, typing.Any]:
-    """Create the components inside the current Blocks context; returns field name → component.
-    Groups appear in the order of their fields, except the ``first`` ones. ``offers``: field → what the host
-    offers for it (the WebUI's checkpoint list for DreamBooth's model)."""
+               offers: dict[str, Offer] | None = None, basic: typing.Sequence[str] = ()) -> dict[str, typing.Any]:
+    """Create the components inside the current Blocks context; returns field name → component (in the config's
+    field order, whatever the layout).
+    ``basic``: the few fields people change first, shown in that order above the groups, outside any accordion.
+    The other fields sit in one accordion per option group, closed unless in ``open_groups``; groups appear in the
+    order of their fields, except the ``first`` ones. A folder field (``option(folder=True)``) gets a picker.
+    ``offers``: field → what the host offers for it (the WebUI's checkpoint list for DreamBooth's model)."""
     values, offers = values or {}, offers or {}
     fields = [f for f in dataclasses.fields(cls) if f.name not in exclude]
+    by_name = {f.name: f for f in fields}
     groups: dict[str, list[dataclasses.Field]] = {}
     for f in fields:
-        groups.setdefault(f.metadata.get("group") or "options", []).append(f)
-    components = {}
+        if f.name not in basic:
+            groups.setdefault(f.metadata.get("group") or "options", []).append(f)
+    made = {}
+
+    def make(f: dataclasses.Field) -> None:
+        def component():
+            return component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
+
+        folder = f.metadata.get("folder") and f.name not in offers
+        made[f.name] = folder_field(component, f"{elem_prefix}_{f.name}") if folder else component()
+
+    if any(name in by_name for name in basic):
+        with gr.Column(elem_id=f"{elem_prefix}_basic"):
+            for name in basic:
+                if name in by_name:
+                    make(by_name[name])
     order = [g for g in first if g in groups] + [g for g in groups if g not in first]
     for group in order:
-        members = groups[group]
-        with gr.Accordion(group, open=group in open_groups):
-            for f in members:
-                components[f.name] = component_for(cls, f, elem_prefix, values.get(f.name), offers.get(f.name))
-    return components
+        with gr.Accordion(group, open=group in open_groups, elem_id=f"{elem_prefix}_group_{group.replace(' ', '_')}"):
+            for f in groups[group]:
+                make(f)
+    return {f.name: made[f.name] for f in fields}
 
 
 def values_to_config(cls: type, names: list[str], values: list, fixed: dict | None = None):

@@ -8,7 +8,7 @@ import gradio as gr
 
 from ..generate.config import GenerateConfig
 from .training_tab import HOST_FIELDS
-from .form import build_form, values_to_config
+from .form import build_form, error_html, values_to_config
 
 
 def generate_tab(run: Callable[[GenerateConfig], tuple[list[str], str]], elem_prefix: str = "scal_sdt_gen",
@@ -17,7 +17,7 @@ def generate_tab(run: Callable[[GenerateConfig], tuple[list[str], str]], elem_pr
     with gr.Row():
         with gr.Column(scale=3):
             form = build_form(GenerateConfig, elem_prefix, exclude=HOST_FIELDS, values=defaults,
-                              open_groups=("options",))
+                              basic=("prompt", "negative", "n", "seed", "steps", "embeddings", "out"))
         with gr.Column(scale=2):
             start = gr.Button("Generate", variant="primary", elem_id=f"{elem_prefix}_start")
             result = gr.HTML(elem_id=f"{elem_prefix}_result")
@@ -29,7 +29,7 @@ def generate_tab(run: Callable[[GenerateConfig], tuple[list[str], str]], elem_pr
             paths, text = run(values_to_config(GenerateConfig, names, list(values)))
             return paths, text
         except (ValueError, OSError, RuntimeError) as e:
-            return [], f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>'
+            return [], error_html(e)
 
     start.click(on_generate, inputs=[form[n] for n in names], outputs=[gallery, result])
     return form

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import dataclasses
+import html
+import inspect
 import threading
 import time
+import typing
 from pathlib import Path
 
 import gradio as gr
@@ -24,16 +27,36 @@ from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
 from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
+from .form import error_html, say
 from .loss_svg import loss_svg
 
 
 # the embedding tab's settings for the demo on the toy model (the held-out colour is learned in about 25 s on a CPU)
+# the Tagger's "demo pictures" button writes here (relative to where the page was started)
+TAGGER_DEMO_FOLDER = "scal-sdt-demo/pictures"
+# previews draw the concept large on white, where a newcomer sees the colour (the captions vary: small shapes on brown
+# backgrounds would preview as olive blobs)
+DEMO_PREVIEW_PROMPT = "a large [name] star on a white background"
 TOY_DEMO = {"init_text": "red", "steps": 400, "lr": "0.02", "batch_size": 8, "preview_every": 100,
-            "save_every": 200}
+            "save_every": 200, "preview_prompt": DEMO_PREVIEW_PROMPT}
+
+
+@dataclasses.dataclass
+class PageJob:
+    """One training started on this page: its config, its live state (``job``), the result or the error."""
+
+    cfg: typing.Any
+    job: Job
+    reporter: JobReporter
+    what: str  # "embedding", "hypernetwork" or "checkpoint"
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    result: typing.Any = None
+    error: Exception | None = None
 
 
 class StandaloneTrainer:
-    """Runs one training at a time on a lazily loaded model; streams progress to the page."""
+    """Runs one training at a time on a lazily loaded model; streams progress to the page. Every training of this
+    page session is kept in ``jobs``: a page opened (or reloaded) while one runs attaches to it (:meth:`attach`)."""
 
     def __init__(self, ui: UiConfig):
         self.ui = ui
@@ -41,6 +64,7 @@ class StandaloneTrainer:
         self._reporter: JobReporter | None = None
         self._run_dir: Path | None = None
         self._lock = threading.Lock()
+        self.jobs: list[PageJob] = []
 
     def host(self):
         if self._host is None:
@@ -50,51 +74,100 @@ class StandaloneTrainer:
         return self._host
 
     def run(self, cfg: EmbeddingConfig | HypernetworkConfig):
+        """Start a training and follow it (see :meth:`follow`); its error is raised at the end. The training runs
+        on when the page that started it goes away (the lock is the worker's until it ends)."""
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("a training is already running; interrupt it or wait")
         try:
             cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
             self._run_dir = run_dir_for(cfg)
-            job = Job(id="page", kind="train-" + self._what(cfg))
+            job = Job(id=str(len(self.jobs) + 1), kind="train-" + self._what(cfg), status="running",
+                      total=cfg.steps, started=time.time())
             self._reporter = reporter = JobReporter(job)
-            losses = reporter.losses
-            box: dict = {}
-            worker = threading.Thread(target=self._train, args=(cfg, reporter, box), daemon=True)
-            worker.start()
-            while worker.is_alive():
-                worker.join(1.0)
-                yield self._update(box.get("cfg", cfg), job, losses, box)
-            if "error" in box:
-                raise box["error"]
-            yield self._update(box.get("cfg", cfg), job, losses, box)
-        finally:
+            running = PageJob(cfg, job, reporter, self._what(cfg))
+            self.jobs.append(running)
+            threading.Thread(target=self._train, args=(running,), daemon=True, name="scal-sdt-page-training").start()
+        except BaseException:
             self._lock.release()
+            raise
+        yield from self.follow(running)
+        if running.error is not None:
+            raise running.error
+
+    def follow(self, running: PageJob, every: float = 1.0):
+        """The page's view of ``running`` now (a fresh plot: nothing of an earlier run), then every ``every`` s
+        until it ends, then once more."""
+        yield self._update(running)
+        while not running.done.wait(every):
+            yield self._update(running)
+        yield self._update(running)
+
+    def attach(self, what: str):
+        """What a page opened now shows for its ``what`` tab: the latest such job, followed while it runs."""
+        latest = next((j for j in reversed(self.jobs) if j.what == what), None)
+        if latest is None:
+            yield {"text": "", "progress": "", "plot": None, "preview": None, "jobs": self.jobs_html()}
+            return
+        for update in self.follow(latest):
+            if latest.error is not None:
+                update["text"] = error_html(latest.error) + update["text"]
+            yield update
+
+    def tab(self, what: str, page: gr.Blocks) -> dict:
+        """training_tab's arguments for the ``what`` tab of ``page``: streamed runs, steering, reconnection."""
+        return dict(run=self.run, interrupt=self.interrupt, streaming=True, steer=self.steer,
+                    attach=lambda: self.attach(what), page=page)
+
+    def jobs_html(self) -> str:
+        """This page session's trainings, newest first, with their state."""
+        if not self.jobs:
+            return ""
+        rows = "".join(
+            f"<tr data-state='{j.job.status}'><td>{j.job.id}</td><td>{j.what}</td><td>{html.escape(j.cfg.name)}</td>"
+            f"<td>{j.job.status}</td><td>{j.job.step}/{j.job.total}</td>"
+            f"<td>{time.strftime('%H:%M:%S', time.localtime(j.job.started))}</td></tr>" for j in reversed(self.jobs))
+        return ("<table class='scal-sdt-jobs'><tr><th>#</th><th>training</th><th>name</th><th>state</th>"
+                f"<th>step</th><th>started</th></tr>{rows}</table>")
 
     @staticmethod
     def _what(cfg) -> str:
         return ("hypernetwork" if isinstance(cfg, HypernetworkConfig) else "checkpoint"
                 if isinstance(cfg, DreamBoothConfig) else "embedding")
 
-    def _train(self, cfg, reporter, box):
+    def _train(self, running: PageJob):
+        cfg, reporter, job = running.cfg, running.reporter, running.job
         try:  # the form sends every field: the changed ones count as given; a fine-tune puts the page's model back
             run = runs.prepare(cfg, self.host(), say=reporter.message)
-            box["cfg"] = run.cfg
-            box["result"] = runs.train(run, reporter)
+            running.cfg = run.cfg
+            running.result = runs.train(run, reporter)
+            job.status = "interrupted" if running.result.interrupted else "finished"
         except Exception as e:  # shown on the page
-            box["error"] = e
+            running.error, job.status, job.error = e, "failed", f"{type(e).__name__}: {e}"
+        finally:
+            job.finished = time.time()
+            self._lock.release()
+            running.done.set()
 
-    def _update(self, cfg, job, losses, box) -> dict:
+    def _update(self, running: PageJob) -> dict:
+        """Text, progress, plot and latest preview of ``running``: only files written since it started (a new run
+        under an earlier run's name starts with an empty plot)."""
+        cfg, job = running.cfg, running.job
         run_dir = run_dir_for(cfg)
-        previews = sorted((run_dir / "images").glob("*.png"), key=lambda p: p.stat().st_mtime)
-        result = box.get("result")
-        text = "<br>".join(job.messages[-6:])
+
+        def fresh(path: Path) -> bool:
+            return path.exists() and path.stat().st_mtime >= job.started - 1e-3
+
+        previews = sorted((p for p in (run_dir / "images").glob("*.png") if fresh(p)), key=lambda p: p.stat().st_mtime)
+        result = running.result
+        text = "<br>".join(html.escape(say(m)) for m in job.messages[-6:])
         if result is not None:
             state = "interrupted" if result.interrupted else "finished"
-            text = (f"<p>{self._what(cfg).capitalize()} <b>{cfg.name}</b> {state} at step {result.step}: "
-                    f"{result.final_path}</p>" + text)
+            text = (f"<p>{running.what.capitalize()} <b>{html.escape(cfg.name)}</b> {state} at step {result.step}: "
+                    f"{html.escape(str(result.final_path))}</p>" + text)
         plot = run_dir / "loss.png"
-        return {"text": text, "progress": f"step {job.step}/{cfg.steps}" + loss_svg(losses[-2000:]),
-                "plot": str(plot) if plot.exists() else None, "preview": str(previews[-1]) if previews else None}
+        return {"text": text, "progress": f"step {job.step}/{cfg.steps}" + loss_svg(running.reporter.losses[-2000:]),
+                "plot": str(plot) if fresh(plot) else None, "preview": str(previews[-1]) if previews else None,
+                "jobs": self.jobs_html()}
 
     def generate(self, cfg: GenerateConfig) -> tuple[list[str], str]:
         """Sample on the page's model; refused while a training uses it."""
@@ -120,20 +193,28 @@ class StandaloneTrainer:
             self._reporter.stop_requested.set()
 
 
+#: the extension's page script (the editor's keyboard shortcuts) and style sheet (the WebUI loads both itself), beside
+#: the package in a checkout or editable install
+PAGE_SCRIPT = Path(__file__).resolve().parents[3] / "javascript" / "scal_sdt.js"
+PAGE_STYLE = Path(__file__).resolve().parents[3] / "style.css"
+
+
 def build_app(ui: UiConfig) -> gr.Blocks:
     trainer = StandaloneTrainer(ui)
-    with gr.Blocks(title="SCAL-SDT") as app:
+    # Gradio 3-5 take the style sheet here, Gradio 6 in launch() (see launch_options)
+    style = {"css": PAGE_STYLE.read_text(encoding="utf-8")} if (
+        PAGE_STYLE.is_file() and "css" in inspect.signature(gr.Blocks.__init__).parameters) else {}
+    with gr.Blocks(title="SCAL-SDT", **style) as app:
         gr.Markdown(f"## SCAL-SDT — model `{ui.model}`")
         with gr.Tab("Embedding"):
-            training_tab(EMBEDDING, run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
-                         defaults={"out": ui.out, "data": "demo", "name": "my-embedding", "template": "filewords",
-                                   **TOY_DEMO})
+            training_tab(EMBEDDING, defaults={"out": ui.out, "data": "demo", "name": "my-embedding",
+                                              "template": "filewords", **TOY_DEMO}, **trainer.tab("embedding", app))
         with gr.Tab("Hypernetwork"):
-            training_tab(HYPERNETWORK, run=trainer.run, interrupt=trainer.interrupt, streaming=True,
-                         steer=trainer.steer, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"})
+            training_tab(HYPERNETWORK, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"},
+                         **trainer.tab("hypernetwork", app))
         with gr.Tab("DreamBooth"):
-            training_tab(DREAMBOOTH, run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
-                         defaults={"out": ui.checkpoints, "name": "my-dreambooth"})
+            training_tab(DREAMBOOTH, defaults={"out": ui.checkpoints, "name": "my-dreambooth"},
+                         **trainer.tab("checkpoint", app))
         with gr.Tab("Aesthetic embedding"):
             aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
                                                                                    device=ui.device)),
@@ -145,25 +226,32 @@ def build_app(ui: UiConfig) -> gr.Blocks:
                                                          "prompt": "a large red star on a white background"})
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
-            tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"})
+            tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"},
+                       demo_folder=TAGGER_DEMO_FOLDER)
     app.scal_sdt_trainer = trainer
     app.scal_sdt_tagger = tagger
     return app
 
 
-#: the extension's page script (the editor's keyboard shortcuts), beside the package in a checkout or editable install
-PAGE_SCRIPT = Path(__file__).resolve().parents[3] / "javascript" / "scal_sdt.js"
+def launch_options(app: gr.Blocks) -> dict:
+    """What ``app.launch`` needs besides the address: the page script, the style sheet (Gradio 6), the folders
+    whose files the page shows; and the queue set up so that a page reconnecting to a training (a generator that
+    runs as long as it) never waits behind another page's."""
+    params = inspect.signature(app.launch).parameters
+    if int(gr.__version__.split(".")[0]) < 4:
+        app.queue(concurrency_count=8)
+    else:
+        app.queue(default_concurrency_limit=8)
+    extra = {"allowed_paths": [str(Path.cwd()), str(Path("~/.cache/scal-sdt").expanduser())]}
+    if PAGE_SCRIPT.is_file() and "head" in params:
+        extra["head"] = f"<script>{PAGE_SCRIPT.read_text(encoding='utf-8')}</script>"
+    if PAGE_STYLE.is_file() and "css" in params:
+        extra["css"] = PAGE_STYLE.read_text(encoding="utf-8")
+    return extra
 
 
 def serve(ui: UiConfig) -> None:
-    import inspect
-
     app = build_app(ui)
-    app.queue()
-    extra = {}
-    if PAGE_SCRIPT.is_file() and "head" in inspect.signature(app.launch).parameters:
-        extra["head"] = f"<script>{PAGE_SCRIPT.read_text(encoding='utf-8')}</script>"
-    app.launch(server_name=ui.host, server_port=ui.port, inbrowser=False,
-               allowed_paths=[str(Path.cwd()), str(Path("~/.cache/scal-sdt").expanduser())], **extra)
+    app.launch(server_name=ui.host, server_port=ui.port, inbrowser=False, **launch_options(app))
     while True:  # launch() returns in scripts on some Gradio versions
         time.sleep(3600)

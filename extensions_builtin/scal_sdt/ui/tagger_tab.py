@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import html
 import time
+import typing
 
 import gradio as gr
 
+from ..demo_data import make_tagger_demo
 from ..tagging.clean import CleanConfig, CleanReport
 from ..tagging.config import TagConfig
 from ..tagging.run import TagReport
 from ..tagging.runner import TaggingRunner
 from .editor_tab import editor_tab
-from .form import build_form, values_to_config
+from .form import build_form, error_html, say, values_to_config
 
 ELEM_PREFIX = "scal_sdt_tag"
 CLEAN_PREFIX = "scal_sdt_clean"
@@ -58,32 +60,52 @@ def _stream(runner: TaggingRunner, cfg, render):
     for job, report in runner.run(cfg):
         rate = job.step / max(1e-9, time.time() - job.started)
         line = f"<p>{job.step}/{job.total} images, {rate:.1f} images/s</p>"
-        yield line, render(report) if report else "<br>".join(html.escape(m) for m in job.messages[-4:])
+        yield line, render(report) if report else "<br>".join(html.escape(say(m)) for m in job.messages[-4:])
 
 
 def _error(e: Exception) -> tuple[str, str]:
-    return "", f'<p class="scal-sdt-error">{type(e).__name__}: {html.escape(str(e))}</p>'
+    return "", error_html(e)
 
 
-def tagger_tab(runner: TaggingRunner, defaults: dict | None = None, editor_defaults: dict | None = None) -> dict:
-    """Three sub-tabs: tag a folder, clean it, edit its tags."""
+def tagger_tab(runner: TaggingRunner, defaults: dict | None = None, editor_defaults: dict | None = None,
+               demo_folder: str = "") -> dict:
+    """Three sub-tabs: tag a folder, clean it, edit its tags. Tagging leads on: the folder it tagged fills Clean's
+    and the editor's folder fields and opens in the editor; two buttons go there. ``demo_folder``: where the
+    "demo pictures" button writes the toy world's untagged pictures ('' = no such button)."""
     folder = {"dir": (defaults or {}).get("dir", "")}
-    with gr.Tabs():
-        with gr.Tab("Tag folder", elem_id=f"{ELEM_PREFIX}_tab"):
-            form = _run_section(runner, TagConfig, ELEM_PREFIX, "Tag folder", report_html, defaults,
-                                ("dataset", "tags"), unload=True)
-        with gr.Tab("Clean", elem_id=f"{CLEAN_PREFIX}_tab"):
-            clean_form = _run_section(runner, CleanConfig, CLEAN_PREFIX, "Clean folder", clean_report_html, folder,
-                                      ("dataset", "faces"))
-        with gr.Tab("Edit tags", elem_id="scal_sdt_edit_tab"):
-            editor_tab(editor_defaults or folder)
+    with gr.Tabs(elem_id=f"{ELEM_PREFIX}_tabs") as tabs:
+        with gr.Tab("Tag folder", id="tag", elem_id=f"{ELEM_PREFIX}_tab"):
+            if demo_folder:
+                with gr.Row():
+                    gr.Markdown("Tag a folder of images: the captions are written beside them. No folder at hand? "
+                                "Try the toy world's pictures (untagged shapes; the `toy` tagger knows them).")
+                    demo = gr.Button("Use the demo pictures", size="sm", elem_id=f"{ELEM_PREFIX}_demo")
+            form, tagged = _run_section(runner, TagConfig, ELEM_PREFIX, "Tag folder", report_html, defaults,
+                                        ("dataset", "tags"), unload=True)
+            with gr.Row():
+                to_clean = gr.Button("Clean this folder →", size="sm", elem_id=f"{ELEM_PREFIX}_to_clean")
+                to_edit = gr.Button("Edit its tags →", size="sm", elem_id=f"{ELEM_PREFIX}_to_edit")
+        with gr.Tab("Clean", id="clean", elem_id=f"{CLEAN_PREFIX}_tab"):
+            clean_form, _ = _run_section(runner, CleanConfig, CLEAN_PREFIX, "Clean folder", clean_report_html, folder,
+                                         ("dataset", "faces"))
+        with gr.Tab("Edit tags", id="edit", elem_id="scal_sdt_edit_tab"):
+            editor = editor_tab(editor_defaults or folder)
+    if demo_folder:
+        demo.click(lambda: str(make_tagger_demo(demo_folder)), inputs=[], outputs=[form["dir"]])
+    load_editor, editor_inputs, editor_outputs = editor["open"]
+    same = [form["dir"], clean_form["dir"], editor["dir"]]
+    tagged.then(lambda d: (d, d), inputs=[form["dir"]], outputs=same[1:]).then(
+        load_editor, inputs=editor_inputs, outputs=editor_outputs)
+    to_clean.click(lambda d: (d, gr.update(selected="clean")), inputs=[form["dir"]], outputs=[same[1], tabs])
+    to_edit.click(lambda d: (d, gr.update(selected="edit")), inputs=[form["dir"]], outputs=[same[2], tabs]).then(
+        load_editor, inputs=editor_inputs, outputs=editor_outputs)
     return {**form, **{f"clean_{k}": v for k, v in clean_form.items()}}
 
 
 def _run_section(runner: TaggingRunner, config: type, prefix: str, label: str, render, values: dict | None,
-                 open_groups: tuple[str, ...], unload: bool = False) -> dict:
+                 open_groups: tuple[str, ...], unload: bool = False) -> tuple[dict, typing.Any]:
     """A form from ``config``, a start button that streams the run's progress and its report (``render``), Stop,
-    and (taggers) Unload model."""
+    and (taggers) Unload model. Returns the form and the start event (to chain what follows a run)."""
     with gr.Row():
         with gr.Column(scale=3):
             form = build_form(config, prefix, values=values, open_groups=open_groups, first=("dataset",))
@@ -102,8 +124,8 @@ def _run_section(runner: TaggingRunner, config: type, prefix: str, label: str, r
         except (ValueError, OSError, RuntimeError) as e:
             yield _error(e)
 
-    start.click(on_start, inputs=[form[n] for n in names], outputs=[progress, result])
+    started = start.click(on_start, inputs=[form[n] for n in names], outputs=[progress, result])
     stop.click(lambda: runner.stop(), inputs=[], outputs=[])
     if unload_button is not None:
         unload_button.click(lambda: runner.unload(), inputs=[], outputs=[progress])
-    return form
+    return form, started

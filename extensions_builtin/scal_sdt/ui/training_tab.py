@@ -3,14 +3,14 @@ preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import gradio as gr
 
 from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..textual_inversion.config import EmbeddingConfig
-from .form import build_form, js_kwarg, values_to_config
+from .form import build_form, error_html, js_kwarg, values_to_config
 
 # what the host decides, not the form: the WebUI's loaded model and its device flags
 HOST_FIELDS = ("model", "device", "memory_mode")
@@ -24,19 +24,24 @@ class TrainerKind:
     config: type  # the trainer's config dataclass
     elem_prefix: str  # elem_id prefix of every component (javascript/scal_sdt.js knows it)
     button: str  # the start button's label
-    first_group: str  # the form's first, open group
+    first_group: str  # the form's first group
+    basic: tuple[str, ...]  # the few options people change first, above the closed groups
 
 
-EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding")
-HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork")
-DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth")
+BASIC = ("name", "data", "steps", "lr", "preset")
+EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding",
+                        ("name", "data", "init_text", "steps", "lr", "preset"))
+HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
+DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
+                         ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"))
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
                  exclude: tuple[str, ...] = HOST_FIELDS, defaults: dict | None = None,
                  txt2img_preview_params: list | None = None, progress_js: bool = False,
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
-                 steer: Callable[[str], None] | None = None, offers: dict | None = None) -> dict:
+                 steer: Callable[[str], None] | None = None, offers: dict | None = None,
+                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -45,13 +50,14 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     ``progress_js`` hooks the WebUI's progress bar (javascript/scal_sdt.js). With ``streaming``, ``run(cfg)``
     yields such dicts while it works (plus "progress" HTML) and the page updates live. ``steer(word)`` asks the
     running training to "sample", "save" or "backup" after its current step. ``offers``: field → :class:`Offer`
-    (what the host lists for a field). Returns field name → component.
+    (what the host lists for a field). ``attach()`` (with ``page``, the Blocks, and ``streaming``) yields what a
+    page opened or reloaded shows: the running training followed live (plot, previews, progress), and the page
+    session's trainings (a "jobs" table). Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
         with gr.Column(scale=3):
-            form = build_form(kind.config, elem_prefix, exclude=exclude, values=defaults,
-                              open_groups=(kind.first_group, "model and data", "optimisation"),
+            form = build_form(kind.config, elem_prefix, exclude=exclude, values=defaults, basic=kind.basic,
                               first=(kind.first_group,), offers=offers)
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
@@ -67,7 +73,9 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
             progress = gr.HTML(elem_id=f"{elem_prefix}_progress")
             result = gr.HTML(elem_id=f"{elem_prefix}_result")
             plot = gr.Image(label="loss", interactive=False, elem_id=f"{elem_prefix}_plot")
-            preview = gr.Image(label="latest preview", interactive=False, elem_id=f"{elem_prefix}_preview")
+            preview = gr.Image(label="latest preview", interactive=False, elem_id=f"{elem_prefix}_preview",
+                               elem_classes=["scal-sdt-preview"])
+            jobs = gr.HTML(elem_id=f"{elem_prefix}_jobs", visible=attach is not None)
 
     names = list(form)
     extra = list(txt2img_preview_params or [])
@@ -85,10 +93,13 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
 
     def outputs_of(out: dict) -> tuple:
         first = (out.get("plot"), out.get("preview"), out.get("text", ""))
-        return first + (out.get("progress", ""),) if streaming else first
+        return first + (out.get("progress", ""), out.get("jobs", "")) if streaming else first
 
     def error(e: Exception) -> tuple:
-        return outputs_of({"text": f'<p class="scal-sdt-error">{type(e).__name__}: {e}</p>'})
+        return outputs_of({"text": error_html(e), "jobs": attach_jobs()})
+
+    def attach_jobs() -> str:
+        return next(attach(), {}).get("jobs", "") if attach is not None and streaming else ""
 
     if streaming:
         def on_start(*values):
@@ -105,13 +116,20 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                 return error(e)
 
     inputs = list(form.values()) + [use_txt2img] + extra
-    outputs = [plot, preview, result] + ([progress] if streaming else [])  # result (a string) last
+    # the WebUI's wrapped call gives its last output the timing or the error: result (a string) last there
+    outputs = [plot, preview, result] + ([progress, jobs] if streaming else [])
     if progress_js:
         dummy = gr.Textbox(visible=False, elem_id=f"{elem_prefix}_task")
         start.click(wrap(on_start), inputs=[dummy] + inputs, outputs=outputs,
                     **js_kwarg(f"scalSdtStart_{elem_prefix}"))
     else:
         start.click(wrap(on_start), inputs=inputs, outputs=outputs)
+    if attach is not None and streaming and page is not None:
+        def on_open():
+            for out in attach():
+                yield outputs_of(out)
+
+        page.load(on_open, inputs=[], outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
     if steer is not None:
         for word, button in steer_buttons.items():

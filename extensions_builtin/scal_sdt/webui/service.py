@@ -16,7 +16,7 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
-from ..config import describe, from_dict
+from ..config import describe, from_dict, speak
 from ..files import check_confined
 from ..dreambooth.config import DreamBoothConfig
 from ..jobs import FanOut, JobRegistry
@@ -171,7 +171,7 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     what = "Hypernetwork" if hypernetwork else "Checkpoint" if dreambooth else "Embedding"
     text = (f"<p>{what} <b>{html.escape(cfg.name)}</b> {state} at step "
             f"{result.step}: {html.escape(str(result.final_path))}. {use}.</p>"
-            + "".join(f"<p>{html.escape(m)}</p>" for m in webui_reporter.lines[-8:]))
+            + "".join(f"<p>{html.escape(speak(m, 'page'))}</p>" for m in webui_reporter.lines[-8:]))
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
             "step": result.step, "interrupted": result.interrupted}
@@ -260,7 +260,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             try:
                 cfg = from_dict(kind, {**webui_defaults(kind), **body})
             except (TypeError, ValueError) as e:
-                raise HTTPException(status_code=422, detail=str(e)) from None
+                raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
             try:
                 check_confined(effective_config(cfg), webui_folders())
             except ValueError as e:
@@ -272,7 +272,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             try:
                 check_runnable(cfg)
             except ValueError as e:
-                raise HTTPException(status_code=422, detail=str(e)) from None
+                raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
 
             def work(reporter):
                 shared.state.begin(job=f"scal-sdt-{name}")
@@ -288,7 +288,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         job = registry.get(job_id)
         if job is None:
             raise HTTPException(status_code=404, detail=f"no job {job_id}")
-        return job.to_dict()
+        return job.to_dict("api")
 
     def interrupt_job(job_id: str):
         if not registry.interrupt(job_id):
@@ -296,7 +296,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         return {"interrupting": job_id}
 
     def list_jobs():
-        return [job.to_dict() for job in registry.jobs.values()]
+        return [job.to_dict("api") for job in registry.jobs.values()]
 
     def list_embeddings():
         root = Path(embeddings_dir())
@@ -314,7 +314,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         try:
             cfg = from_dict(kind, body)
         except (TypeError, ValueError) as e:
-            raise HTTPException(status_code=422, detail=str(e)) from None
+            raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
         if not os.path.isdir(getattr(cfg, folder)):
             raise HTTPException(status_code=422, detail=f"{folder}: folder does not exist: {getattr(cfg, folder)}")
         written = dataclasses.replace(cfg, out=os.path.join(paths.data_path, cfg.out)) if getattr(cfg, "out", "") else cfg
