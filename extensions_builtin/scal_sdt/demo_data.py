@@ -55,14 +55,3 @@ def make_concept_folder(folder: Path, shape: str = "star", colour: str = "orange
         (folder / f"{i:03d}.txt").write_text(f"{bg}_background, simple_background")
     return folder
 
-
-def make_tagger_demo(folder, n: int = 16, seed: int = 0) -> Path:
-    """``n`` untagged pictures of the toy world (shapes on backgrounds, as its tagger knows them) in ``folder``, for a
-    first try of the Tagger: any earlier captions there are removed, so the folder starts untagged."""
-    from .toy_world.world import make_dataset
-
-    folder = Path(folder)
-    make_dataset(folder, n, seed=seed)
-    for caption in folder.glob("*.txt"):
-        caption.unlink()
-    return folder

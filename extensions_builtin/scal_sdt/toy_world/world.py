@@ -238,3 +238,13 @@ def make_dataset(folder, n: int, seed: int = 0, style: str = "tags", filter: Cal
         (folder / f"{i:05d}.txt").write_text(CAPTIONERS[style](scene) + "\n", encoding="utf-8")
         scenes.append(scene)
     return scenes
+
+
+def make_tagger_demo(folder, n: int = 16, seed: int = 0) -> Path:
+    """``n`` untagged pictures of the toy world (shapes on backgrounds, as its tagger knows them) in ``folder``, for a
+    first try of the Tagger: any earlier captions there are removed, so the folder starts untagged."""
+    folder = Path(folder)
+    make_dataset(folder, n, seed=seed)
+    for caption in folder.glob("*.txt"):
+        caption.unlink()
+    return folder

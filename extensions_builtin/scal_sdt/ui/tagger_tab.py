@@ -8,7 +8,7 @@ import typing
 
 import gradio as gr
 
-from ..demo_data import make_tagger_demo
+from ..toy_world.world import make_tagger_demo
 from ..tagging.clean import CleanConfig, CleanReport
 from ..tagging.config import TagConfig
 from ..tagging.run import TagReport
