@@ -168,7 +168,7 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     use = (f"Pick it in Settings or write <code>&lt;hypernet:{html.escape(cfg.name)}:1&gt;</code>" if hypernetwork
            else "Pick it in the checkpoint list" if dreambooth
            else f"Write <code>{html.escape(cfg.name)}</code> in a prompt")
-    what = "Hypernetwork" if hypernetwork else "Checkpoint" if dreambooth else "Embedding"
+    what = run.trainer.what.capitalize()
     text = (f"<p>{what} <b>{html.escape(cfg.name)}</b> {state} at step "
             f"{result.step}: {html.escape(str(result.final_path))}. {use}.</p>"
             + "".join(f"<p>{html.escape(speak(m, 'page'))}</p>" for m in webui_reporter.lines[-8:]))
