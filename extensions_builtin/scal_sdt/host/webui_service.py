@@ -118,13 +118,18 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
 
 def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     host = training_host(source)
-    if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:
-        cfg = apply_apt_preset(cfg, set(explicit) if explicit is not None else changed_options(cfg))
-    if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
-        given = set(explicit) if explicit is not None else changed_options(cfg)
-        given |= {"memory_mode", "device"} | ({"precision"} if host.device.type == "cpu" else set())
-        cfg = apply_preset(cfg, host.family.name, given)
-    cfg = effective_config(cfg)
+    try:
+        if isinstance(cfg, EmbeddingConfig) and cfg.apt_preset:
+            cfg = apply_apt_preset(cfg, set(explicit) if explicit is not None else changed_options(cfg))
+        if cfg.preset:  # the WebUI's device flags stay the WebUI's; the preset sets batch, precision, checkpointing
+            given = set(explicit) if explicit is not None else changed_options(cfg)
+            given |= {"memory_mode", "device"} | ({"precision"} if host.device.type == "cpu" else set())
+            cfg = apply_preset(cfg, host.family.name, given)
+        cfg = effective_config(cfg)
+    except BaseException:  # the model as the WebUI had it (begin_training froze it)
+        if hasattr(host, "restore"):
+            host.restore()
+        raise
     _active_run.append(cfg.log_dir)
     losses: list[float] = []
     svg = [""]
