@@ -10,8 +10,9 @@ TI with 2 vectors from "*", hypernetworks with layer structure 1, 2, 1, relu, No
 Seconds per step: each WebUI side trains a fresh name for ``--warmup`` steps and another for ``--warmup + --steps``
 steps; the difference of their wall times over ``--steps`` is the time per step with set-up and HTTP cancelled out
 (the built-in trainer resumes from an embedding's stored step, so every run has its own name). The CLI's is read off
-its run log (``loss.csv``'s seconds). Peak memory: the WebUI process's peak RSS during a run above its RSS before
-(Linux ``/proc/PID/clear_refs`` resets the peak), and what it still holds afterwards; the CLI's is its whole process'
+its run log (``loss.csv``'s seconds). Peak memory: the WebUI process's peak RSS during a side's two runs above its RSS before
+(Linux ``/proc/PID/clear_refs`` resets the peak), and what it still holds afterwards, after one untimed run of each
+side (the first training in a process grows its heap whoever runs it); the CLI's is its whole process'
 peak RSS. Sides take turns within each repeat (the CPU may be shared); medians over ``--repeats`` are reported, and
 the ratios ours / built-in.
 
@@ -210,6 +211,12 @@ def main(argv=None) -> dict:
             for kind in kinds:
                 rows: dict[str, list] = {s: [] for s in sides}
                 errors: dict[str, str] = {}
+                for side in sides:  # untimed: the process's first run of each side grows its heap once
+                    if side != "cli":
+                        try:
+                            (peers.builtin if side == "built-in" else peers.ours)(kind, a.warmup)
+                        except Exception as e:  # noqa: BLE001
+                            errors[side] = f"{type(e).__name__}: {str(e)[:400]}"
                 for rep in range(a.repeats):
                     order = sides if rep % 2 == 0 else sides[::-1]  # take turns: a busy spell hits both
                     for side in order:
