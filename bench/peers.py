@@ -23,7 +23,7 @@ their rows say why they failed and ours are still measured.
 
     WEBUI_DIR=/work/hosts/a1111 WEBUI_PYTHON=/work/hosts/a1111-venv/bin/python \\
         PYTHONPATH=$PWD/extensions_builtin python bench/peers.py --threads 1 --json peers.json
-    ... python bench/peers.py --quick          # 2 + 3 steps, one repeat: a smoke run
+    ... python bench/peers.py --quick          # runs of 2 and 5 steps, one repeat: a smoke run
 """
 from __future__ import annotations
 
@@ -182,7 +182,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int, default=0,
                     help="OMP/MKL threads for the WebUI and the CLI (0: torch's default); on a shared CPU 1 is steadier")
-    ap.add_argument("--quick", action="store_true", help="2 + 3 steps, one repeat")
+    ap.add_argument("--quick", action="store_true", help="runs of 2 and 5 steps, one repeat (a smoke run)")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     if a.quick:
