@@ -136,13 +136,41 @@ def from_namespace(cls: type, ns: argparse.Namespace):
     return cls(**{k: v for k, v in vars(ns).items() if k in names})
 
 
+def coerce(name: str, tp: type, value: Any) -> Any:
+    """A JSON value as the field's type: a number where text is expected (``"lr": 0.005``) becomes its text,
+    numeric text where a number is expected its number; what cannot be is a ValueError naming the field."""
+    if value is None or tp not in (bool, int, float, str):
+        return value
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is str and (isinstance(value, str) or number):
+        return value if isinstance(value, str) else repr(value)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if tp in (int, float) and (number or isinstance(value, str)):
+        try:
+            x = float(value)
+        except ValueError:
+            x = None
+        if tp is float and x is not None:
+            return x
+        if x is not None and x.is_integer():
+            return int(x)
+    what = {bool: "true or false", int: "a whole number", float: "a number", str: "text"}[tp]
+    raise ValueError(f"{name} must be {what}, not {value!r}")
+
+
 def from_dict(cls: type, data: dict):
-    """Build a config from a dict (an API body or saved metadata); unknown keys are refused by name."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    """Build a config from a dict (an API body or saved metadata); unknown keys are refused by name, values are
+    taken as their field's type (:func:`coerce`)."""
+    if not isinstance(data, dict):
+        raise ValueError(f"options for {cls.__name__} must be a JSON object, not {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown option(s) for {cls.__name__}: {', '.join(unknown)}")
-    return cls(**data)
+    return cls(**{k: coerce(k, field_type(cls, fields[k]), v) for k, v in data.items()})
 
 
 def to_dict(cfg) -> dict:

@@ -104,6 +104,27 @@ def test_bad_input_gets_a_4xx_with_the_reason(server, body, reason):
     assert server.alive()
 
 
+@pytest.mark.parametrize("body,reason", [
+    ({"name": "x", "lr": [0.005]}, "lr must be text"),
+    ({"name": "x", "steps": 2.5}, "steps must be a whole number"),
+    ({"name": "x", "use_dropout": "yes"}, "use_dropout must be true or false"),
+])
+def test_hypernetwork_bad_types_get_a_4xx_with_the_reason(server, data_dir, body, reason):
+    with pytest.raises(WebUIError, match=r"HTTP 4\d\d") as err:
+        server.post("/scal-sdt/v1/train/hypernetwork", {"data": str(data_dir), **body})
+    assert reason in str(err.value)
+    assert server.alive()
+
+
+def test_a_json_number_for_the_learning_rate_is_accepted(server, data_dir):
+    """Issue 22: "lr": 0.005 as a JSON number answered HTTP 500 ("'float' object has no attribute 'strip'")."""
+    job = server.wait_job(server.post("/scal-sdt/v1/train/hypernetwork", {
+        "name": "numberlr", "data": str(data_dir), "lr": 0.0005, "steps": 2, "resolution": 64, "save_every": 0,
+        "preview_every": 0}), timeout=240)
+    assert job["status"] == "finished", job
+    assert job["step"] == 2
+
+
 def test_an_empty_dataset_fails_the_job_not_the_webui(server, tmp_path):
     (tmp_path / "empty").mkdir()
     job = train(server, name="nothing", data=str(tmp_path / "empty"), steps=2, resolution=64)

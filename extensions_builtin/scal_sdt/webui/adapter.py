@@ -47,6 +47,7 @@ class WebUIHost(Host):
         self._parked: set[str] = set()
         self._ldm_checkpoint: list[tuple] = []  # (module, flag) switched off while we train
         self._checkpointed: list = []  # blocks whose forward is torch's checkpoint while we train
+        self._frozen: list[tuple[torch.nn.Parameter, bool]] = []  # (weight, its requires_grad) frozen while we train
 
     # -- identity ---------------------------------------------------------------------------------------------
     def _embedders(self) -> list:
@@ -200,7 +201,13 @@ class WebUIHost(Host):
     def begin_training(self) -> None:
         """ldm's own gradient checkpointing (``use_checkpoint`` in the model's yaml, on in SD1's) backpropagates into
         each block's own weights only: a LoRA or hypernetwork hooked into a block would never get a gradient. It is
-        switched off while we train; :meth:`set_gradient_checkpointing` puts torch's (which has no such limit) in."""
+        switched off while we train; :meth:`set_gradient_checkpointing` puts torch's (which has no such limit) in.
+        Every weight of the model is frozen for the run (the WebUI leaves the UNet's at ``requires_grad=True``, so
+        each step would compute and keep ``.grad`` for all of it); what a run trains (DreamBooth's UNet) it unfreezes
+        itself, and :meth:`restore` puts the WebUI's flags back."""
+        for p in self.sd_model.parameters():
+            self._frozen.append((p, p.requires_grad))
+            p.requires_grad_(False)
         for m in self.sd_model.model.diffusion_model.modules():
             for flag in ("checkpoint", "use_checkpoint"):
                 if getattr(m, flag, None) is True:
@@ -229,6 +236,10 @@ class WebUIHost(Host):
         for m, flag in self._ldm_checkpoint:
             setattr(m, flag, True)
         self._ldm_checkpoint = []
+        for p, flag in self._frozen:  # as the WebUI had them, with no gradient of ours left behind
+            p.grad = None
+            p.requires_grad_(flag)
+        self._frozen = []
 
     def autocast(self, precision: str):
         """The WebUI's own autocast (fp16, or none when it runs in full precision); bf16 asked for — DreamBooth's

@@ -115,8 +115,11 @@ def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) ->
             return _run_training(cfg, extra_reporter, explicit, source)
         finally:
             release_memory()
-    with checkpoint_loaded(source):
-        return _run_training(cfg, extra_reporter, explicit)
+    try:
+        with checkpoint_loaded(source):
+            return _run_training(cfg, extra_reporter, explicit)
+    finally:  # the job's thread had its own heap arena: what the run freed goes back to the system
+        release_memory()
 
 
 def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
