@@ -78,7 +78,7 @@ def test_prior_preservation_loss_is_instance_plus_weighted_class(folders, tmp_pa
         parts = []
         for nb, template in ((inst, cfg.instance_prompt), (cls, cfg.class_prompt)):
             cond = host.encode_prompts(job.prompts(template, nb.batch.captions), size=nb.size)
-            parts.append(nb.loss(host, host.predict(nb.x_t, nb.t, cond)))
+            parts.append(job.objective(nb, host.predict(nb.x_t, nb.t, cond)))
     assert losses[1.0] == pytest.approx(float(parts[0] + parts[1]), rel=1e-4)
     assert losses[0.0] == pytest.approx(float(parts[0]), rel=1e-4)
 
@@ -320,8 +320,7 @@ def test_min_snr_weighting_keeps_the_masks(tiny_hosts):
     weighted by min(SNR, gamma) / SNR: a wrong prediction where the mask is 0 changes nothing."""
     from types import SimpleNamespace
 
-    from scal_sdt.dreambooth.trainer import min_snr_weights
-    from scal_sdt.training.frozen_job import NoisedBatch
+    from scal_sdt.training.objective import NoisedBatch, Objective, min_snr_weights
 
     host = tiny_hosts("tiny-sd1")
     g = torch.Generator().manual_seed(0)
@@ -335,8 +334,8 @@ def test_min_snr_weighting_keeps_the_masks(tiny_hosts):
     spoilt = out.clone()
     spoilt[..., 4:] += 5.0  # wrong only where the mask says "not trained on"
     expect = ((out - target) ** 2)[..., :4].mean(dim=(1, 2, 3))
-    assert torch.allclose(nb.image_losses(host, out), expect)
-    assert torch.allclose(nb.image_losses(host, spoilt), expect)
-    job = SimpleNamespace(cfg=SimpleNamespace(min_snr_gamma=5.0), host=host)
-    weighted = DreamBoothJob.mse(job, nb, spoilt)
+    objective = Objective(host.schedule, min_snr_gamma=5.0)
+    assert torch.allclose(objective.image_losses(nb, out), expect)
+    assert torch.allclose(objective.image_losses(nb, spoilt), expect)
+    weighted = objective(nb, spoilt)
     assert torch.allclose(weighted, (expect * min_snr_weights(host.schedule, t, 5.0)).mean())

@@ -17,7 +17,7 @@ from .control import ControlChannel
 from .ema import EMA
 from .fused import FP16_START_SCALE, FusedBackward
 from .lr import lr_at
-from .optimizers import make_optimizer
+from .optimizers import effective_lr, evaluating, make_optimizer
 from .options import TrainingOptions
 from .report import Reporter
 from .run_log import RunLog
@@ -125,19 +125,28 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
     base_scales = [g.get("lr_scale", 1.0) for g in groups]
     fused = getattr(opts, "fused_backward", False)  # FineTuneOptions' (DreamBooth), like the EMA below
     if fused:
-        optimizer = FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay),
+        optimizer = FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay,
+                                                           warmup_steps=opts.warmup_steps),
                                   groups, clip_value=opts.clip_value if opts.clip_grad == "value" else None,
                                   loss_scale=FP16_START_SCALE if precision == "fp16" else 1.0, processes=processes)
         on_exit.append(optimizer.close)
     else:
         optimizer = make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
-                                   weight_decay=opts.weight_decay)
+                                   weight_decay=opts.weight_decay, warmup_steps=opts.warmup_steps)
+    lr_text, why = effective_lr(opts)
+    if why:
+        reporter.message(why)
     if hasattr(job, "bind_optimizer"):  # a job that saves the optimizer state in its own files
         job.bind_optimizer(optimizer)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and not fused else None
     ema = (EMA(params, opts.ema_decay, "cpu" if getattr(opts, "ema_on_cpu", False) else None)
            if getattr(opts, "ema_decay", 0.0) else None)
-    averaged = ema.applied if ema is not None else contextlib.nullcontext  # what is saved and previewed
+    ema_applied = ema.applied if ema is not None else contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def averaged():  # what is saved, previewed and validated: the EMA, or a schedule-free optimizer's average
+        with evaluating(optimizer, params), ema_applied():
+            yield
     autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
                                                    else torch.bfloat16, enabled=precision != "fp32"))
 
@@ -182,7 +191,8 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
     def validate(at_step: int) -> None:
         if not processes.main:
             return
-        value = job.validation_loss() if hasattr(job, "validation_loss") else None
+        with evaluating(optimizer, params):
+            value = job.validation_loss() if hasattr(job, "validation_loss") else None
         if value is not None:
             log.set_validation(at_step, value)
             reporter.message(f"step {at_step}: validation loss {value:.5f}")
@@ -216,7 +226,7 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
             if processes.any([reporter.should_stop()], device)[0]:
                 interrupted = True
                 break
-            lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps,
+            lr = lr_at(step, opts.lr_schedule, lr_text, opts.steps, opts.warmup_steps,
                        cycles=opts.lr_cycles) * lr_scale
             for g, scale in zip(optimizer.param_groups, base_scales):
                 g["lr"] = lr * scale
