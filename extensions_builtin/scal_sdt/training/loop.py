@@ -17,6 +17,7 @@ from .control import ControlChannel
 from .ema import EMA
 from .fused import FP16_START_SCALE, FusedBackward
 from .lr import lr_at
+from .objective import knob_summary
 from .optimizers import effective_lr, evaluating, make_optimizer
 from .options import TrainingOptions
 from .report import Reporter
@@ -136,6 +137,8 @@ def _run_loop(opts, job, run_dir, reporter, device, autocast, on_exit: list) -> 
     lr_text, why = effective_lr(opts)
     if why:
         reporter.message(why)
+    if (objective := getattr(job, "objective", None)) is not None and (knobs := knob_summary(objective)):
+        reporter.message(f"objective ({objective.schedule.prediction_type}): {knobs}")
     if hasattr(job, "bind_optimizer"):  # a job that saves the optimizer state in its own files
         job.bind_optimizer(optimizer)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and not fused else None
