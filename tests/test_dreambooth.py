@@ -339,3 +339,23 @@ def test_min_snr_weighting_keeps_the_masks(tiny_hosts):
     assert torch.allclose(objective.image_losses(nb, spoilt), expect)
     weighted = objective(nb, spoilt)
     assert torch.allclose(weighted, (expect * min_snr_weights(host.schedule, t, 5.0)).mean())
+
+
+def test_a_concepts_weight_scales_its_loss(folders, tmp_path, tiny_hosts):
+    """``weight`` in the concepts JSON multiplies that concept's loss (same draws: twice the weight, twice the loss)."""
+    host = tiny_hosts("tiny-sd1")
+    losses = {}
+    for w in (1.0, 2.0):
+        path = tmp_path / f"concepts-{w}.json"
+        path.write_text(json.dumps([{"instance_data": str(folders / "inst"), "instance_prompt": "sks [filewords]",
+                                     "weight": w}]))
+        cfg = config(folders, tmp_path, concepts=str(path), class_data="", class_prompt="")
+        assert concepts_of(cfg)[0].weight == w
+        job = DreamBoothJob(cfg, host, prepare_concepts(cfg, host, Collect(), 64), tmp_path / "run")
+        with torch.no_grad():
+            losses[w] = float(job.loss())
+    assert losses[2.0] == pytest.approx(2 * losses[1.0], rel=1e-6)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"instance_data": "a", "weight": -1}]))
+    with pytest.raises(ValueError, match="weight"):
+        concepts_of(DreamBoothConfig(name="x", concepts=str(path)))

@@ -35,8 +35,9 @@ class DreamBoothConfig(FineTuneOptions):
                                    group="dreambooth")
     prior_loss_weight: float = option(1.0, "weight of the class images' loss", min=0.0, group="dreambooth")
     concepts: str = option("", "a JSON file with a list of concepts (instance_data, instance_prompt, class_data, "
-                           "class_prompt, num_class_images, weight: the concept's loss weight; the DreamBooth extension's names instance_data_dir / "
-                           "class_data_dir work too) instead of the single one above", group="dreambooth")
+                           "class_prompt, num_class_images, weight: the concept's loss weight; the DreamBooth "
+                           "extension's names instance_data_dir / class_data_dir work too) instead of the single one "
+                           "above", group="dreambooth")
     class_steps: int = option(20, "sampling steps for generated class images", min=1, group="dreambooth")
     class_cfg: float = option(7.0, "CFG scale for generated class images", min=0.0, group="dreambooth")
     train_text_encoder: bool = option(False, "also fine-tune the text encoder(s)", group="dreambooth")

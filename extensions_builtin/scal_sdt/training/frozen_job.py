@@ -1,7 +1,7 @@
 """What every trainer on a frozen model's diffusion loss shares (Textual Inversion, hypernetworks): the noise and
 prompt generators, prompts from templates, one noised batch and its loss (the run's :class:`~.objective.Objective`),
-fixed-seed previews, validation at fixed timesteps and noises, and the state a resume restores. A trainer subclasses :class:`FrozenModelJob` and
-sets ``cfg``, ``host``, ``dataset``, ``templates``, ``run_dir`` and ``validation``."""
+fixed-seed previews, validation at fixed timesteps and noises, and the state a resume restores. A trainer subclasses
+:class:`FrozenModelJob` and sets ``cfg``, ``host``, ``dataset``, ``templates``, ``run_dir`` and ``validation``."""
 from __future__ import annotations
 
 import random
