@@ -79,7 +79,7 @@ def test_prior_preservation_loss_is_instance_plus_weighted_class(folders, tmp_pa
         parts = []
         for nb, template in ((inst, cfg.instance_prompt), (cls, cfg.class_prompt)):
             cond = host.encode_prompts(job.prompts(template, nb.batch.captions), size=nb.size)
-            parts.append(nb.loss(host, host.predict(nb.x_t, nb.t, cond)))
+            parts.append(job.objective(nb, host.predict(nb.x_t, nb.t, cond)))
     assert losses[1.0] == pytest.approx(float(parts[0] + parts[1]), rel=1e-4)
     assert losses[0.0] == pytest.approx(float(parts[0]), rel=1e-4)
 
@@ -323,8 +323,7 @@ def test_min_snr_weighting_keeps_the_masks(tiny_hosts):
     weighted by min(SNR, gamma) / SNR: a wrong prediction where the mask is 0 changes nothing."""
     from types import SimpleNamespace
 
-    from scal_sdt.dreambooth.trainer import min_snr_weights
-    from scal_sdt.training.frozen_job import NoisedBatch
+    from scal_sdt.training.objective import NoisedBatch, Objective, min_snr_weights
 
     host = tiny_hosts("tiny-sd1")
     g = torch.Generator().manual_seed(0)
@@ -338,8 +337,28 @@ def test_min_snr_weighting_keeps_the_masks(tiny_hosts):
     spoilt = out.clone()
     spoilt[..., 4:] += 5.0  # wrong only where the mask says "not trained on"
     expect = ((out - target) ** 2)[..., :4].mean(dim=(1, 2, 3))
-    assert torch.allclose(nb.image_losses(host, out), expect)
-    assert torch.allclose(nb.image_losses(host, spoilt), expect)
-    job = SimpleNamespace(cfg=SimpleNamespace(min_snr_gamma=5.0), host=host)
-    weighted = DreamBoothJob.mse(job, nb, spoilt)
+    objective = Objective(host.schedule, min_snr_gamma=5.0)
+    assert torch.allclose(objective.image_losses(nb, out), expect)
+    assert torch.allclose(objective.image_losses(nb, spoilt), expect)
+    weighted = objective(nb, spoilt)
     assert torch.allclose(weighted, (expect * min_snr_weights(host.schedule, t, 5.0)).mean())
+
+
+def test_a_concepts_weight_scales_its_loss(folders, tmp_path, tiny_hosts):
+    """``weight`` in the concepts JSON multiplies that concept's loss (same draws: twice the weight, twice the loss)."""
+    host = tiny_hosts("tiny-sd1")
+    losses = {}
+    for w in (1.0, 2.0):
+        path = tmp_path / f"concepts-{w}.json"
+        path.write_text(json.dumps([{"instance_data": str(folders / "inst"), "instance_prompt": "sks [filewords]",
+                                     "weight": w}]))
+        cfg = config(folders, tmp_path, concepts=str(path), class_data="", class_prompt="")
+        assert concepts_of(cfg)[0].weight == w
+        job = DreamBoothJob(cfg, host, prepare_concepts(cfg, host, Collect(), 64), tmp_path / "run")
+        with torch.no_grad():
+            losses[w] = float(job.loss())
+    assert losses[2.0] == pytest.approx(2 * losses[1.0], rel=1e-6)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps([{"instance_data": "a", "weight": -1}]))
+    with pytest.raises(ValueError, match="weight"):
+        concepts_of(DreamBoothConfig(name="x", concepts=str(path)))

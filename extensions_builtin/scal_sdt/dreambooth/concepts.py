@@ -9,7 +9,7 @@ from pathlib import Path
 from .config import DreamBoothConfig
 
 ALIASES = {"instance_data_dir": "instance_data", "class_data_dir": "class_data"}
-KEYS = ("instance_data", "instance_prompt", "class_data", "class_prompt", "num_class_images")
+KEYS = ("instance_data", "instance_prompt", "class_data", "class_prompt", "num_class_images", "weight")
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,7 @@ class Concept:
     class_data: str = ""
     class_prompt: str = ""
     num_class_images: int = 50
+    weight: float = 1.0  # its loss weight (its steps count this much)
 
     @property
     def prior(self) -> bool:
@@ -48,5 +49,8 @@ def concepts_of(cfg: DreamBoothConfig) -> list[Concept]:
             raise ValueError(f"concepts: entry {i} of {path} has no instance_data")
         if entry.get("class_data") and not entry.get("class_prompt"):
             raise ValueError(f"concepts: entry {i} of {path} has class_data but no class_prompt")
+        weight = entry.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
+            raise ValueError(f"concepts: entry {i} of {path} has weight {weight!r}; give a number >= 0")
         out.append(Concept(**{**{"num_class_images": cfg.num_class_images}, **entry}))
     return out

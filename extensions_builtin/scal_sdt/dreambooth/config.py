@@ -35,8 +35,9 @@ class DreamBoothConfig(TrainingOptions):
                                    group="dreambooth")
     prior_loss_weight: float = option(1.0, "weight of the class images' loss", min=0.0, group="dreambooth")
     concepts: str = option("", "a JSON file with a list of concepts (instance_data, instance_prompt, class_data, "
-                           "class_prompt, num_class_images; the DreamBooth extension's names instance_data_dir / "
-                           "class_data_dir work too) instead of the single one above", group="dreambooth")
+                           "class_prompt, num_class_images, weight: the concept's loss weight; the DreamBooth "
+                           "extension's names instance_data_dir / class_data_dir work too) instead of the single one "
+                           "above", group="dreambooth")
     class_steps: int = option(20, "sampling steps for generated class images", min=1, group="dreambooth")
     class_cfg: float = option(7.0, "CFG scale for generated class images", min=0.0, group="dreambooth")
     train_text_encoder: bool = option(False, "also fine-tune the text encoder(s)", group="dreambooth")
@@ -51,10 +52,6 @@ class DreamBoothConfig(TrainingOptions):
     pivotal_lr: float = option(5e-3, "that embedding's learning rate (on lr's schedule)", min=0.0, group="dreambooth")
     embeddings_out: str = option("embeddings", "folder for the pivotal embedding (in the WebUI: its embeddings folder)",
                                  group="output", folder=True)
-    min_snr_gamma: float = option(0.0, "min-SNR loss weighting with this gamma (5 is usual); 0 = off", min=0.0,
-                                  group="dreambooth")
-    noise_offset: float = option(0.0, "offset noise (0.05-0.1 lets the model learn darker darks); 0 = off", min=0.0,
-                                 group="dreambooth")
     master_weights: str = option("fp32", "the trained weights' dtype: fp32 (mixed precision, the usual) or bf16 "
                                  "(full bf16: weights, gradients and optimizer state in bf16, about half the memory)",
                                  choices=("fp32", "bf16"), group="memory")

@@ -15,13 +15,13 @@ from ..config import mention, to_dict, turn_on
 from ..files import atomic_write_text
 from ..host.base import Host
 from ..training.dataset import LatentDataset
-from ..training.frozen_job import FrozenModelJob, NoisedBatch
+from ..training.frozen_job import FrozenModelJob
 from ..training.loop import LoopResult, run_on_host
 from ..training.lr import rate_scale
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
 from ..textual_inversion.format import save_embedding
-from ..training.templates import process_tags, render
+from ..training.templates import render
 from .class_images import ensure_class_images
 from .concepts import Concept, concepts_of
 from .config import DreamBoothConfig
@@ -32,13 +32,6 @@ class ConceptData:
     concept: Concept
     instances: LatentDataset
     classes: LatentDataset | None
-
-
-def min_snr_weights(schedule, t: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Min-SNR-γ (Hang et al. 2023): each timestep's loss weighted by min(SNR, γ) / SNR (ε) or / (SNR + 1) (v)."""
-    a = schedule.alphas_cumprod.to(t.device)[t].float()
-    snr = a / (1 - a)
-    return snr.clamp(max=gamma) / (snr + 1 if schedule.prediction_type == "v_prediction" else snr)
 
 
 @dataclass
@@ -64,6 +57,7 @@ class DreamBoothJob(FrozenModelJob):
         """Encode every prompt the run will use once (when they are fixed: text frozen, no tag shuffle or dropout,
         and for SDXL one size), then let the text encoders leave the device. Returns how many were cached."""
         if (self.training_text or self.vectors or self.cfg.shuffle_tags or self.cfg.tag_dropout
+                or self.cfg.caption_dropout
                 or (self.cfg.buckets and self.host.family.size_conditioning)):
             return 0
         wanted = {self.prompts(template, [item.caption])[0]
@@ -105,24 +99,17 @@ class DreamBoothJob(FrozenModelJob):
 
     # -- the loss ---------------------------------------------------------------------------------------------
     def prompts(self, template: str, captions: list[str]) -> list[str]:
-        return [render(template or "[filewords]", self.name, process_tags(c, self.cfg.shuffle_tags, self.cfg.tag_dropout,
-                                                                          self.cfg.keep_tokens, self.prompt_rng))
-                for c in captions]
-
-    def mse(self, nb: NoisedBatch, out: torch.Tensor) -> torch.Tensor:
-        if not self.cfg.min_snr_gamma:
-            return nb.loss(self.host, out)
-        per_image = nb.image_losses(self.host, out)  # masks kept
-        return (per_image * min_snr_weights(self.host.schedule, nb.t, self.cfg.min_snr_gamma)).mean()
+        return [render(template or "[filewords]", self.name, self.caption_words(c)) for c in captions]
 
     def loss(self) -> torch.Tensor:
         """The instance batch and (with prior preservation) as many class images, in one UNet call when their sizes
-        agree: mse(instances) + prior_loss_weight · mse(classes)."""
+        agree: loss(instances) + prior_loss_weight · loss(classes), each by the run's objective, times the
+        concept's weight."""
         data = self.concepts[self.turn % len(self.concepts)]
         self.turn += 1
-        parts = [(self.noised_batch(data.instances, self.cfg.noise_offset), data.concept.instance_prompt)]
+        parts = [(self.noised_batch(data.instances), data.concept.instance_prompt)]
         if data.classes is not None:
-            parts.append((self.noised_batch(data.classes, self.cfg.noise_offset), data.concept.class_prompt))
+            parts.append((self.noised_batch(data.classes), data.concept.class_prompt))
         prompts = [self.prompts(template, nb.batch.captions) for nb, template in parts]
         host = self.host
         conds = [self.encode(p, nb.size) for (nb, _), p in zip(parts, prompts)]
@@ -136,10 +123,10 @@ class DreamBoothJob(FrozenModelJob):
                 outs = [out[:n], out[n:]]
             else:
                 outs = [host.predict(nb.x_t, nb.t, c) for (nb, _), c in zip(parts, conds)]
-        loss = self.mse(parts[0][0], outs[0])
+        loss = self.objective(parts[0][0], outs[0])
         if len(parts) == 2:
-            loss = loss + self.cfg.prior_loss_weight * self.mse(parts[1][0], outs[1])
-        return loss
+            loss = loss + self.cfg.prior_loss_weight * self.objective(parts[1][0], outs[1])
+        return loss if data.concept.weight == 1.0 else data.concept.weight * loss
 
     def after_step(self, step: int) -> None:
         self.steps_done += 1
@@ -228,7 +215,8 @@ def prepare_concepts(cfg: DreamBoothConfig, host: Host, reporter: Reporter, reso
         if concept.prior:
             classes, _ = prepare_data(dataclasses.replace(cfg, data=concept.class_data, validation_images=0,
                                                           validation_data="", seed=cfg.seed + 1 + i, alpha_weight=False,
-                                                          flip=False), host, reporter, resolution)
+                                                          flip=False, random_crop=False, color_jitter=0.0,
+                                                          folder_weights=""), host, reporter, resolution)
         reporter.message(f"concept {i + 1}: {len(instances.items)} instance image(s), prompt "
                          f"{concept.instance_prompt or '[filewords]'!r}" + (
                              f"; {len(classes.items)} class image(s), prompt {concept.class_prompt!r}, prior weight "

@@ -21,6 +21,7 @@ from ..training.checkpoints import CheckpointStore
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
 from ..training.loop import LoopResult, run_on_host
+from ..training.optimizers import LR_FREE, OPTIMIZER_CLASSES
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
 from ..training.templates import load_template, render
@@ -99,7 +100,7 @@ class HypernetworkJob(FrozenModelJob):
         cond = self.conditioning(self.prompts_for(nb.batch.captions), nb.size)
         with self.applied(training=True), self.host.on_device("unet"):
             out = self.host.predict(nb.x_t, nb.t, cond)
-        return nb.loss(self.host, out)
+        return self.objective(nb, out)
 
     def stamped(self, step: int) -> Hypernetwork:
         hn = self.hypernetwork
@@ -127,8 +128,8 @@ class HypernetworkJob(FrozenModelJob):
 
     def validation_loss(self) -> float | None:
         with self.applied(training=False):
-            return self.validation_mean(lambda latents, prompts: heldout_loss(self.host, latents, prompts,
-                                                                              seed=self.cfg.seed))
+            return self.validation_mean(lambda latents, prompts, masks: heldout_loss(
+                self.host, latents, prompts, seed=self.cfg.seed, objective=self.objective, masks=masks))
 
 
 def new_hypernetwork(cfg: HypernetworkConfig, host: Host) -> Hypernetwork:
@@ -143,7 +144,7 @@ def prepare_job(cfg: HypernetworkConfig, host: Host, reporter: Reporter) -> Hype
     if out.exists() and not cfg.resume and not cfg.overwrite:
         raise FileExistsError(f"hypernetwork {cfg.name!r} already exists ({out}); choose another name, "
                               f"{turn_on('overwrite')} to replace it, or {turn_on('resume')} to continue its run")
-    if cfg.lr.strip().lower() == "auto":
+    if cfg.lr.strip().lower() == "auto" and cfg.optimizer not in LR_FREE:  # those take their own 1.0
         lr = safe_lr(parse_structure(cfg.layer_structure), sum(host.widths.values()))
         cfg = dataclasses.replace(cfg, lr=f"{lr:.3g}")
         reporter.message(f"learning rate {cfg.lr}: the safe default for structure {cfg.layer_structure} on a "
@@ -152,7 +153,7 @@ def prepare_job(cfg: HypernetworkConfig, host: Host, reporter: Reporter) -> Hype
     dataset, validation = prepare_data(cfg, host, reporter, resolution)
     continuing = cfg.resume and out.exists() and not CheckpointStore(run_dir_for(cfg)).complete()
     if continuing:  # the WebUI's way: train an existing hypernetwork further, with its optimizer state
-        hn, start_optimizer = continue_from_file(out, reporter)
+        hn, start_optimizer = continue_from_file(out, reporter, cfg.optimizer)
         cfg = dataclasses.replace(cfg, resume=False)
     else:
         hn, start_optimizer = new_hypernetwork(cfg, host), None
@@ -170,13 +171,13 @@ def prepare_job(cfg: HypernetworkConfig, host: Host, reporter: Reporter) -> Hype
                            start_step=hn.step if continuing else 0, start_optimizer=start_optimizer)
 
 
-def continue_from_file(path: Path, reporter: Reporter) -> tuple[Hypernetwork, dict | None]:
+def continue_from_file(path: Path, reporter: Reporter, optimizer: str = "adamw") -> tuple[Hypernetwork, dict | None]:
     """An existing ``NAME.pt`` (ours or the WebUI's) and its optimizer state when ``.pt.optim`` still matches it."""
     hn = load_hypernetwork(path)
     saved = load_optimizer_state(path)
     state = saved.get("optimizer_state_dict") if saved else None
-    if saved and saved.get("optimizer_name", "AdamW").lower() != "adamw":
-        reporter.message(f"{path.name}.optim holds a {saved['optimizer_name']} state; AdamW starts fresh")
+    if saved and saved.get("optimizer_name", "AdamW").lower() != OPTIMIZER_CLASSES[optimizer].lower():
+        reporter.message(f"{path.name}.optim holds a {saved['optimizer_name']} state; {optimizer} starts fresh")
         state = None
     if state and sum(len(g["params"]) for g in state.get("param_groups", [])) != len(hn.parameters()):
         reporter.message(f"{path.name}.optim does not fit the file's layers; the optimizer starts fresh")

@@ -12,7 +12,7 @@ import torch
 from torch.nn import functional as F
 
 from ..host.base import Conditioning
-from ..training.templates import process_tags, render
+from ..training.templates import render
 from .config import cfg_range
 from .create import file_vectors
 from .format import Embedding, save_embedding
@@ -85,8 +85,7 @@ class AptJob(EmbeddingJob):
         the negative prompt (``neg_prompt name``), or the same line with NAME-neg (``mirror``)."""
         pos, neg = [], []
         for caption in captions:
-            words = process_tags(caption, self.cfg.shuffle_tags, self.cfg.tag_dropout, self.cfg.keep_tokens,
-                                 self.prompt_rng)
+            words = self.caption_words(caption)
             line = self.prompt_rng.choice(self.templates)
             pos.append(render(line, self.name, words))
             neg.append(render(line, self.neg, words) if self.cfg.neg_prompt == "mirror" else self.neg)
@@ -107,9 +106,9 @@ class AptJob(EmbeddingJob):
             cond = host.encode_prompts(neg + pos, self.embeddings(), size=nb.size)
             cond_neg, cond_pos = cond.split(len(pos))
             pred = self.guided_prediction(nb.x_t, nb.t, cond_neg, cond_pos, scale)
-        loss = nb.loss(host, pred) if cfg.disc_mode != "replace" else pred.sum() * 0.0
+        loss = self.objective(nb, pred) if cfg.disc_mode != "replace" else pred.sum() * 0.0
         if cfg.rec_weight or self.discriminator is not None:
-            x0_pred, _ = host.schedule.split(nb.x_t, pred, nb.t)
+            x0_pred, _ = self.objective.schedule.split(nb.x_t, pred, nb.t)
             x0_pred, x0_true = crop_and_scale(x0_pred.float(), nb.x0, cfg.rec_crop, cfg.rec_downscale, self.aux)
             with host.on_device("vae"):
                 image = host.decode_differentiable(x0_pred)

@@ -65,7 +65,7 @@ class EmbeddingJob(FrozenModelJob):
             cond = self.host.encode_prompts(self.prompts_for(nb.batch.captions), {self.name: dict(self.vectors)},
                                             size=nb.size)
             out = self.host.predict(nb.x_t, nb.t, cond)
-        return nb.loss(self.host, out)
+        return self.objective(nb, out)
 
     def embedding(self, step: int) -> Embedding:
         vectors = file_vectors(self.host, {k: v.detach().float().cpu().clone() for k, v in self.vectors.items()})
@@ -89,8 +89,9 @@ class EmbeddingJob(FrozenModelJob):
 
     def validation_loss(self) -> float | None:
         """Held-out images with their first-template prompts, at fixed timesteps and noises."""
-        return self.validation_mean(lambda latents, prompts: heldout_loss(
-            self.host, latents, prompts, {self.name: dict(self.vectors)}, seed=self.cfg.seed))
+        return self.validation_mean(lambda latents, prompts, masks: heldout_loss(
+            self.host, latents, prompts, {self.name: dict(self.vectors)}, seed=self.cfg.seed, objective=self.objective,
+            masks=masks))
 
 
 def templates_with_name(template: str, reporter: Reporter, captions: list[str] = ()) -> list[str]:

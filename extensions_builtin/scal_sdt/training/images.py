@@ -37,6 +37,7 @@ class ImageItem:
     repeats: int
     mask_path: Path | None
     size: tuple[int, int]  # (width, height) after EXIF orientation
+    weight: float = 1.0  # the loss weight of its folder (--folder-weights) or concept
 
 
 @dataclass
@@ -56,6 +57,19 @@ def caption_from_filename(stem: str, word_regex: str = "", join_string: str = " 
     if word_regex:
         text = join_string.join(re.findall(word_regex, text))
     return text
+
+
+def folder_weight(image: Path, root: Path, weights: dict[str, float]) -> float:
+    """The loss weight of the nearest folder between ``root`` (excluded) and the image that ``weights`` names,
+    by its whole name (``10_mychar``) or, for a kohya ``N_name`` folder, by its name alone (``mychar``); 1 if none."""
+    for folder in image.relative_to(root).parents:
+        if not folder.name:
+            continue
+        match = RE_REPEAT_FOLDER.match(folder.name)
+        for key in (folder.name, match.group(2) if match else None):
+            if key in weights:
+                return weights[key]
+    return 1.0
 
 
 def folder_repeats(image: Path, root: Path) -> int:

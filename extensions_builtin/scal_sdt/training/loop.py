@@ -19,7 +19,8 @@ from .ema import EMA
 from .fused import FP16_START_SCALE, FusedBackward
 from .lr import lr_at
 from .nan_guard import NanGuard, TrainingDiverged, finite_gradients
-from .optimizers import make_optimizer
+from .objective import knob_summary
+from .optimizers import effective_lr, evaluating, make_optimizer
 from .options import TrainingOptions
 from .report import Reporter
 from .run_log import RunLog
@@ -84,11 +85,12 @@ def run_loop(opts: TrainingOptions, job: TrainingJob, run_dir: Path, reporter: R
 def _optimizer(opts: TrainingOptions, groups: list[dict], precision: str, processes):
     """The run's optimizer; with ``fused_backward`` one that steps each weight inside the backward pass."""
     if opts.fused_backward:
-        return FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay),
+        return FusedBackward(lambda g: make_optimizer(opts.optimizer, g, lr=0.0, weight_decay=opts.weight_decay,
+                                                      warmup_steps=opts.warmup_steps),
                              groups, clip_value=opts.clip_value if opts.clip_grad == "value" else None,
                              loss_scale=FP16_START_SCALE if precision == "fp16" else 1.0, processes=processes)
     return make_optimizer(opts.optimizer, [{"params": g["params"]} for g in groups], lr=0.0,
-                          weight_decay=opts.weight_decay)
+                          weight_decay=opts.weight_decay, warmup_steps=opts.warmup_steps)
 
 
 def _resume(store: CheckpointStore, job, params, optimizer, scaler, ema, processes, reporter) -> tuple[int, float]:
@@ -164,11 +166,21 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
     optimizer = _optimizer(opts, groups, precision, processes)
     if opts.fused_backward:
         on_exit.append(optimizer.close)
+    lr_text, why = effective_lr(opts)
+    if why:
+        reporter.message(why)
+    if (objective := getattr(job, "objective", None)) is not None and (knobs := knob_summary(objective)):
+        reporter.message(f"objective ({objective.schedule.prediction_type}): {knobs}")
     if hasattr(job, "bind_optimizer"):  # a job that saves the optimizer state in its own files
         job.bind_optimizer(optimizer)
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and not opts.fused_backward else None
     ema = EMA(params, opts.ema_decay, "cpu" if opts.ema_on_cpu else None) if opts.ema_decay else None
-    averaged = ema.applied if ema is not None else contextlib.nullcontext  # what is saved and previewed
+    ema_applied = ema.applied if ema is not None else contextlib.nullcontext
+
+    @contextlib.contextmanager
+    def averaged():  # what is saved, previewed and validated: the EMA, or a schedule-free optimizer's average
+        with evaluating(optimizer, params), ema_applied():
+            yield
     autocast = autocast or (lambda: torch.autocast(device.type, dtype=torch.float16 if precision == "fp16"
                                                    else torch.bfloat16, enabled=precision != "fp32"))
 
@@ -197,7 +209,8 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
     def validate(at_step: int) -> None:
         if not processes.main:
             return
-        value = job.validation_loss() if hasattr(job, "validation_loss") else None
+        with evaluating(optimizer, params):
+            value = job.validation_loss() if hasattr(job, "validation_loss") else None
         if value is not None:
             log.set_validation(at_step, value)
             reporter.message(f"step {at_step}: validation loss {value:.5f}")
@@ -228,7 +241,7 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
             if processes.any([reporter.should_stop()], device)[0]:
                 interrupted = True
                 break
-            lr = lr_at(step, opts.lr_schedule, opts.lr, opts.steps, opts.warmup_steps,
+            lr = lr_at(step, opts.lr_schedule, lr_text, opts.steps, opts.warmup_steps,
                        cycles=opts.lr_cycles) * guard.lr_scale
             for g, scale in zip(optimizer.param_groups, base_scales):
                 g["lr"] = lr * scale

@@ -8,13 +8,43 @@ from ..config import check_bounds, mention, option
 from ..host.toy import MODEL_HELP, TOY_NAME
 from ..host.placement import MEMORY_MODES
 from .lr import PiecewiseLR, SCHEDULES
+from .optimizers import OPTIMIZERS, WHOLE_GROUP
+from .objective import LOSSES, TIMESTEP_DISTRIBUTIONS, parse_timestep_range
 from .presets import preset_names
 from .templates import list_templates
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 CLIP_MODES = ("none", "value", "norm")
-OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 LATENT_SAMPLING = ("once", "deterministic", "random")
+
+
+def size_list(text: str) -> list[int]:
+    """``"512,768"`` -> [512, 768] (``resolutions``)."""
+    try:
+        sizes = [int(p) for p in text.replace(" ", "").split(",") if p]
+    except ValueError:
+        raise ValueError(f"resolutions {text!r}: give sizes in pixels, e.g. 512,768") from None
+    if any(r < 64 or r % 64 for r in sizes):
+        raise ValueError(f"resolutions {text!r}: each size must be a multiple of 64 (and at least 64)")
+    return sizes
+
+
+def weight_map(text: str) -> dict[str, float]:
+    """``"mychar=2, bg=0.5"`` -> {"mychar": 2.0, "bg": 0.5} (``folder_weights``)."""
+    out = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        name, _, value = part.rpartition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not name.strip() or weight < 0:
+            raise ValueError(f"folder_weights {text!r}: give name=weight pairs with weights >= 0, e.g. "
+                             f"mychar=1,10_background=0.5")
+        out[name.strip()] = weight
+    return out
 
 
 def mask_range(text: str) -> tuple[float, float]:
@@ -42,6 +72,25 @@ class TrainingOptions:
     shuffle_tags: bool = option(False, "shuffle the comma-separated tags of each caption", group="model and data")
     tag_dropout: float = option(0.0, "drop each tag with this probability", min=0.0, max=1.0, group="model and data")
     keep_tokens: int = option(0, "keep the first N tags in place when shuffling or dropping", min=0, group="model and data")
+    caption_dropout: float = option(0.0, "train on an empty caption (the template without the image's words) with "
+                                         "this probability, so the concept is also learnt unprompted (kohya's "
+                                         "caption_dropout_rate; 0.05-0.1 is usual)", min=0.0, max=1.0,
+                                    group="model and data")
+    random_crop: bool = option(False, "crop at a random place instead of the centre where an image overhangs its "
+                                      "bucket (kohya's random_crop); cached as augment_variants copies",
+                               group="model and data")
+    color_jitter: float = option(0.0, "vary brightness, contrast and saturation by up to this fraction (0.1 is "
+                                      "mild); cached as augment_variants copies; 0 = off", min=0.0, max=1.0,
+                                 group="model and data")
+    augment_variants: int = option(4, "with random_crop or color_jitter: differently augmented copies of each "
+                                      "image encoded once and drawn from at random (the latents stay cached)",
+                                   min=1, max=64, group="model and data")
+    resolutions: str = option("", "several training sizes in one run, e.g. 512,768: every image is cached at "
+                                  "each (bucketed by aspect with --buckets) and a batch never mixes sizes; "
+                                  "'' = --resolution alone", group="model and data")
+    folder_weights: str = option("", "loss weight per folder, e.g. 'mychar=1,10_background=0.5': a kohya N_name "
+                                     "folder by its name with or without N_; images elsewhere weigh 1",
+                                 group="model and data")
     latent_sampling: str = option("once", "latent cache: once (one sample), deterministic (the mean), random (a new "
                                           "sample each use)", choices=LATENT_SAMPLING, group="model and data")
     flip: bool = option(False, "random horizontal flips", group="model and data")
@@ -61,14 +110,45 @@ class TrainingOptions:
                                            "of the first rate), constant", choices=SCHEDULES, group="optimisation")
     lr_cycles: int = option(3, "cycles of cosine_restarts", min=1, group="optimisation")
     warmup_steps: int = option(0, "linear warm-up steps", min=0, group="optimisation")
-    optimizer: str = option("adamw", "adamw, adamw8bit (bitsandbytes, CUDA) or adafactor (factored moments: the least "
-                                     "memory)", choices=OPTIMIZERS, group="optimisation")
-    weight_decay: float = option(0.0, "AdamW weight decay", min=0.0, group="optimisation")
+    optimizer: str = option("adamw", "adamw; adamw8bit (bitsandbytes, CUDA: a quarter of the state); adafactor "
+                                     "(factored moments: the least memory); prodigy or dadapt-adam (find their own "
+                                     "step size: lr 1.0 unless you give one); lion (sign of the momentum: use a "
+                                     "3-10x smaller lr than AdamW); came (Adafactor's memory, AdamW's stability); "
+                                     "schedulefree-adamw (no decay schedule needed; saves and previews its average)",
+                             choices=OPTIMIZERS, group="optimisation")
+    weight_decay: float = option(0.0, "weight decay (decoupled, as AdamW's)", min=0.0, group="optimisation")
     clip_grad: str = option("none", "gradient clipping: none, value or norm", choices=CLIP_MODES, group="optimisation")
     clip_value: float = option(1.0, "the clipping threshold", min=0.0, group="optimisation")
     seed: int = option(0, "random seed (data order, noise, timesteps)", group="optimisation")
     max_bad_steps: int = option(5, "stop after this many non-finite steps in a row (each is rolled back and halves the lr)",
                                 min=1, group="optimisation")
+    # the diffusion objective (training/objective.py): every knob off by default
+    loss: str = option("mse", "loss function: mse, huber (kohya's pseudo-Huber: squared error for small errors, "
+                              "linear for large ones, less pulled by outliers) or smooth-l1 (the same divided by "
+                              "huber_c)", choices=LOSSES, group="objective")
+    huber_c: float = option(0.1, "where huber / smooth-l1 turn from squared to linear (kohya's huber_c)", min=1e-6,
+                            group="objective")
+    min_snr_gamma: float = option(0.0, "min-SNR loss weighting with this gamma (5 is usual): each timestep's loss "
+                                       "times min(SNR, gamma)/SNR (v models: /(SNR+1)); 0 = off", min=0.0,
+                                  group="objective")
+    debiased_estimation: bool = option(False, "weight each timestep's loss by 1/sqrt(SNR) (v models: 1/(SNR+1)), "
+                                              "as kohya's debiased_estimation_loss", group="objective")
+    noise_offset: float = option(0.0, "offset noise (0.05-0.1 lets the model learn darker darks and brighter "
+                                      "brights); 0 = off", min=0.0, group="objective")
+    multires_noise_iterations: int = option(0, "pyramid noise: add noise at this many coarser scales (6-10 is "
+                                                "usual); 0 = off", min=0, max=20, group="objective")
+    multires_noise_discount: float = option(0.3, "each coarser scale's weight falls by this factor (0.1-0.3)",
+                                            min=0.0, max=1.0, group="objective")
+    timestep_range: str = option("", "train only on timesteps LO up to HI (not included), e.g. 200,800; '' = all "
+                                     "(0,1000)", group="objective")
+    timestep_distribution: str = option("uniform", "how timesteps are drawn in that range: uniform, or "
+                                                   "logit-normal (more of the middle ones, as SD3)",
+                                        choices=TIMESTEP_DISTRIBUTIONS, group="objective")
+    input_perturbation: float = option(0.0, "noise the input by this much more than the target says (0.1 is "
+                                            "usual; reduces exposure bias); 0 = off", min=0.0, group="objective")
+    zero_terminal_snr: bool = option(False, "rescale the schedule so its last timestep is pure noise (v-prediction "
+                                            "models only; lets them learn very dark and bright images)",
+                                     group="objective")
     # memory and speed
     preset: str = option("", "memory preset by card size: 6gb | 8gb | 12gb | 24gb (batch, precision, checkpointing, "
                              "memory mode for the model family); options you give yourself win",
@@ -124,6 +204,13 @@ class TrainingOptions:
         if self.fused_backward and self.clip_grad == "norm":
             raise ValueError("fused_backward steps each weight before the whole gradient exists, so it cannot clip by "
                              f"norm; use {mention('clip_grad', 'value')} or {mention('fused_backward', False)}")
+        if self.fused_backward and self.optimizer in WHOLE_GROUP:
+            raise ValueError(f"fused_backward gives every weight its own optimizer, which {self.optimizer} cannot "
+                             f"work with; choose adamw, adamw8bit, adafactor, lion or came, or "
+                             f"{mention('fused_backward', False)}")
+        parse_timestep_range(self.timestep_range)
+        size_list(self.resolutions)
+        weight_map(self.folder_weights)
         if self.LR_AUTO and self.lr.strip().lower() == "auto":
             return
         try:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from ..host.base import Host
 from ..toy_world.concepts import make_held_out_colour_set
-from .options import mask_range
+from .options import mask_range, size_list, weight_map
 from .dataset import LatentDataset
-from .images import scan_folder
+from .images import folder_weight, scan_folder
 from .mask_preview import write_mask_previews
 from .report import Reporter
 
@@ -16,6 +16,22 @@ from .report import Reporter
 def run_dir_for(cfg) -> Path:
     """The run's log folder: --log-dir, else scal-sdt-runs/NAME."""
     return Path(cfg.log_dir) if cfg.log_dir else Path("scal-sdt-runs") / cfg.name
+
+
+def warn_long_captions(items, reporter: Reporter) -> int:
+    """Say how many captions are longer than the text encoder's 75 tokens (they are encoded in 75-token chunks, as
+    the WebUI does, but the template's words take room too and a tag split across two chunks loses its context)."""
+    from ..host.tokenizer import CHUNK_TOKENS, clip_tokenizer
+
+    tokenizer = clip_tokenizer()
+    lengths = [len(tokenizer.encode(item.caption)) for item in items]
+    long = [n for n in lengths if n > CHUNK_TOKENS]
+    if long:
+        reporter.message(f"{len(long)} of {len(items)} caption(s) are longer than the text encoder's {CHUNK_TOKENS} "
+                         f"tokens (the longest {max(long)}); they are encoded in {CHUNK_TOKENS}-token chunks as the "
+                         f"WebUI does, which weakens what spans two chunks — shorten them or use --keep-tokens with "
+                         f"--shuffle-tags")
+    return len(long)
 
 
 def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[LatentDataset, LatentDataset | None]:
@@ -37,6 +53,15 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
     for path, reason in scan.skipped:
         reporter.message(f"skipped {path}: {reason}")
     items, held = scan.items, []
+    if weights := weight_map(getattr(cfg, "folder_weights", "")):
+        import dataclasses
+
+        items = [dataclasses.replace(item, weight=folder_weight(item.path, Path(data), weights)) for item in items]
+        named = {w for w in weights if not any(w in (p.name, p.name.partition("_")[2])
+                                               for item in items for p in item.path.relative_to(data).parents)}
+        if named:
+            reporter.message(f"folder_weights: no folder named {', '.join(sorted(named))} under {data}")
+    warn_long_captions(items, reporter)
     if cfg.validation_data:
         held = scan_folder(Path(cfg.validation_data)).items
     elif cfg.validation_images:
@@ -50,9 +75,11 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
         reporter.message(f"loss weights (red = not trained on): {sheet}")
     common = dict(resolution=resolution, buckets=cfg.buckets, encode_moments=host.encode_moments,
                   alpha_as_weight=cfg.alpha_weight, device=host.device, mask_range=mask_range(cfg.mask_weights))
+    augment = dict(random_crop=cfg.random_crop, color_jitter=cfg.color_jitter, augment_variants=cfg.augment_variants,
+                   resolutions=size_list(cfg.resolutions))
     with host.on_device("vae"):
         dataset = LatentDataset(items, cache_mode=cfg.latent_sampling, batch_size=cfg.batch_size, seed=cfg.seed,
-                                flip=cfg.flip, **common)
+                                flip=cfg.flip, **augment, **common)
         validation = LatentDataset(held, cache_mode="deterministic", batch_size=1, seed=cfg.seed, **common) if held else None
     for path, reason in getattr(dataset, "skipped", []):
         reporter.message(f"skipped {path}: {reason}")
