@@ -95,6 +95,13 @@ def _dreambooth(cfg, explicit: set[str]) -> int:
     return _report_run(cfg, train_dreambooth(cfg, host, _reporter()))
 
 
+def _train_lora(cfg, explicit: set[str]) -> int:
+    from .lora.trainer import train_lora
+
+    cfg, host = _training_host(cfg, explicit)
+    return _report_run(cfg, train_lora(cfg, host, _reporter()))
+
+
 def _create_embedding(cfg, explicit: set[str]) -> int:
     from .host.standalone import load_host
     from .textual_inversion.create import create_embedding
@@ -225,6 +232,7 @@ def commands() -> list[Command]:
     from .tagging.clean import CleanConfig
     from .aesthetic.config import AestheticEmbeddingConfig
     from .dreambooth.config import DreamBoothConfig
+    from .lora.config import LoraConfig
     from .ui_config import UiConfig
 
     return [
@@ -234,6 +242,8 @@ def commands() -> list[Command]:
                 _train_hypernetwork),
         Command("dreambooth", "fine-tune a checkpoint on a concept (DreamBooth, prior preservation): a new "
                 "single-file checkpoint", DreamBoothConfig, _dreambooth),
+        Command("train-lora", "train a LoRA / LoCon / LoHa / LoKr / DoRA of a concept or style (kohya-format "
+                ".safetensors, <lora:NAME:1>)", LoraConfig, _train_lora),
         Command("tag", "tag every image of a folder with ONNX taggers: a caption file beside each image", TagConfig,
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",
