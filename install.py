@@ -18,7 +18,8 @@ REQUIREMENTS = [
     ("tqdm", "tqdm>=4.60"),
     ("yaml", "pyyaml>=6"),
     ("onnxruntime", "onnxruntime>=1.16"),  # the taggers; skipped when onnxruntime-gpu (same module) is there
-    ("cv2", "opencv-python-headless>=4.8,<5"),  # dataset cleaning; skipped when the WebUI's opencv-python is there
+    ("cv2", "opencv-python-headless>=4.8,<5"),
+    ("lycoris", "lycoris-lora>=4.0"),  # the LoRA trainer's adapters  # dataset cleaning; skipped when the WebUI's opencv-python is there
 ]
 PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi",
              "protobuf")  # protobuf: the WebUI pins 3.20; a new onnxruntime would pull 7.x

@@ -38,8 +38,8 @@ def lora_metadata(cfg, *, family: str, model_name: str, model_hash: str, steps: 
     from ..config import to_dict
 
     args = {"algo": cfg.network} if NETWORK_MODULE[cfg.network] == "lycoris.kohya" else {}
-    if cfg.network != "lora":
-        args.update({"conv_dim": str(cfg.conv_rank), "conv_alpha": f"{cfg.conv_alpha:g}"})
+    if cfg.convs:
+        args.update({"conv_dim": str(cfg.conv_rank or cfg.rank), "conv_alpha": f"{cfg.conv_alpha or cfg.alpha:g}"})
     if cfg.network == "dora":
         args.update({"algo": "lora", "dora_wd": "True", "wd_on_output": "False"})
     if cfg.rank_dropout:

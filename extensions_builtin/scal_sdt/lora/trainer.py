@@ -159,7 +159,12 @@ def train_lora(cfg: LoraConfig, host: Host, reporter: Reporter | None = None) ->
                          f"weights learn{' (UNet + text encoders)' if te is not None else ''}"
                          f"{f' + a {cfg.pivotal_vectors}-vector embedding {cfg.name!r}' if vectors else ''}, "
                          f"{resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}")
-        return run_on_host(cfg, job, run_dir, reporter, host)
+        # rank and module dropout draw from torch's generator: seeded here (and restored on resume), the caller's
+        # own generator state is left as it was
+        devices = [host.device] if host.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed)
+            return run_on_host(cfg, job, run_dir, reporter, host)
     finally:
         net.detach()
 

@@ -19,9 +19,11 @@ from ..textual_inversion.config import EmbeddingConfig, apply_apt_preset
 from ..textual_inversion.trainer import train_embedding
 from ..training import control
 from ..training.run_setup import run_dir_for
-from .training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, training_tab
+from .training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, LORA, training_tab
 from ..dreambooth.config import DreamBoothConfig
 from ..dreambooth.trainer import train_dreambooth
+from ..lora.config import LoraConfig
+from ..lora.trainer import train_lora
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
@@ -78,7 +80,7 @@ class StandaloneTrainer:
     @staticmethod
     def _what(cfg) -> str:
         return ("hypernetwork" if isinstance(cfg, HypernetworkConfig) else "checkpoint"
-                if isinstance(cfg, DreamBoothConfig) else "embedding")
+                if isinstance(cfg, DreamBoothConfig) else "lora" if isinstance(cfg, LoraConfig) else "embedding")
 
     def _train(self, cfg, reporter, box):
         try:
@@ -86,7 +88,8 @@ class StandaloneTrainer:
                 with self.host().weights_kept(cfg.train_text_encoder):
                     box["result"] = train_dreambooth(cfg, self.host(), reporter)
                 return
-            trainer = train_hypernetwork if isinstance(cfg, HypernetworkConfig) else train_embedding
+            trainer = (train_hypernetwork if isinstance(cfg, HypernetworkConfig)
+                       else train_lora if isinstance(cfg, LoraConfig) else train_embedding)  # LoRA: weights untouched
             box["result"] = trainer(cfg, self.host(), reporter)
         except Exception as e:  # shown on the page
             box["error"] = e
@@ -142,6 +145,9 @@ def build_app(ui: UiConfig) -> gr.Blocks:
         with gr.Tab("DreamBooth"):
             training_tab(DREAMBOOTH, run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
                          defaults={"out": ui.checkpoints, "name": "my-dreambooth"})
+        with gr.Tab("LoRA"):  # the held-out colour on the toy model, as the README's quality table measures it
+            training_tab(LORA, run=trainer.run, interrupt=trainer.interrupt, streaming=True, steer=trainer.steer,
+                         defaults={"out": ui.loras, "name": "my-lora", "data": "demo", "embeddings_out": ui.out})
         with gr.Tab("Aesthetic embedding"):
             aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
                                                                                    device=ui.device)),

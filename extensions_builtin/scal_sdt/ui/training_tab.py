@@ -1,4 +1,4 @@
-"""A training tab (Embedding, Hypernetwork, DreamBooth): a form from the trainer's config, Start / Interrupt, loss plot,
+"""A training tab (Embedding, Hypernetwork, DreamBooth, LoRA): a form from the trainer's config, Start / Interrupt, loss plot,
 preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import gradio as gr
 
 from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
+from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
 from .form import build_form, js_kwarg, values_to_config
 
@@ -30,6 +31,7 @@ class TrainerKind:
 EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding")
 HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork")
 DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth")
+LORA = TrainerKind(LoraConfig, "scal_sdt_lora", "Train LoRA", "lora")
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
