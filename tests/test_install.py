@@ -23,7 +23,7 @@ def fake_launch(installed, fail=False):
 
 def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
     mod = load_install()
-    present = {"safetensors", "matplotlib", "tqdm", "yaml", "onnxruntime", "cv2"}
+    present = {"safetensors", "matplotlib", "tqdm", "yaml", "onnxruntime", "cv2", "lycoris"}
     monkeypatch.setitem(mod["install"].__globals__, "_is_installed", lambda launch, m: m in present)
     captured = {}
 
