@@ -50,8 +50,9 @@ def predict(host, seed=0):
 
 
 # -- the WebUI's arithmetic, written from its formulas (extensions-builtin/Lora/network_*.py) ---------------------
-def webui_delta(sd: dict, key: str, weight: torch.Tensor) -> torch.Tensor:
-    """The weight change the WebUI's built-in Lora extension makes of ``key``'s tensors at strength 1."""
+def webui_delta(sd: dict, key: str, weight: torch.Tensor, strength: float = 1.0) -> torch.Tensor:
+    """The weight change the WebUI's built-in Lora extension makes of ``key``'s tensors at ``strength``: the
+    rebuilt change, DoRA's decomposition, then alpha / dim and the strength."""
     def flat(t):
         return t.reshape(t.shape[0], -1)
 
@@ -80,13 +81,12 @@ def webui_delta(sd: dict, key: str, weight: torch.Tensor) -> torch.Tensor:
             w1 = w1[:, :, None, None]
         updown = torch.kron(w1, w2).reshape(weight.shape)
     scale = float(alpha) / dim if (alpha is not None and dim) else 1.0
-    updown = updown * scale
-    if f"{key}.dora_scale" in sd:  # per input column, as the WebUI's apply_weight_decompose
+    if f"{key}.dora_scale" in sd:  # per input column, as the WebUI's apply_weight_decompose, before the scale
         merged = weight + updown
         norm = merged.transpose(0, 1).reshape(merged.shape[1], -1).norm(dim=1, keepdim=True)
         norm = norm.reshape(merged.shape[1], *[1] * (weight.dim() - 1)).transpose(0, 1)
         updown = merged * (sd[f"{key}.dora_scale"] / norm) - weight
-    return updown
+    return updown * scale * strength
 
 
 @pytest.mark.parametrize("network", NETWORKS)
@@ -117,9 +117,14 @@ def test_every_type_round_trips_in_the_webuis_layout(network, tiny_hosts, folder
     targets = host.lora_targets()
     with safe_open(str(path), "pt") as f:
         sd = {k: f.get_tensor(k) for k in f.keys()}
-    for i, key in enumerate(loaded.keys):  # the WebUI's weight change equals ours, layer by layer
+    for i, key in enumerate(loaded.keys):  # the WebUI's weight change equals ours, layer by layer, at 1 and 0.5
         w = targets[key].weight.detach().float()
-        assert torch.allclose(webui_delta(sd, key, w), loaded.weight_delta(i), atol=1e-5, rtol=1e-4), key
+        for strength in (1.0, 0.5):
+            assert torch.allclose(webui_delta(sd, key, w, strength), loaded.weight_delta(i, strength), atol=1e-5,
+                                  rtol=1e-4), (key, strength)
+    loaded.attach(0.0)  # strength 0: the plain model's output, bit for bit
+    assert torch.equal(predict(host), plain)
+    loaded.detach()
 
 
 def test_training_changes_the_unet_at_1_not_at_0_and_leaves_the_model_untouched(tiny_hosts, folders, tmp_path):

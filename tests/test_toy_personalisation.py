@@ -19,6 +19,8 @@ from scal_sdt.training.report import Reporter
 
 NAME = "toy-pink"
 STEPS, LR = 400, "0.02"  # about 25 s on two CPU cores
+#: the LoRA run of test_lora_with_pivotal_tuning_teaches_the_held_out_colour (README quality table)
+LORA_QUALITY = dict(network="lora", rank=8, alpha=8, lr="1e-3", steps=400, batch_size=4)
 
 
 def test_held_out_colour_captions_put_the_name_where_the_colour_goes(tmp_path):

@@ -32,6 +32,31 @@ def layer_limit(module: nn.Module) -> int:
     return min(w.shape[0], w[0].numel())
 
 
+def dora_class():
+    """LyCORIS' DoRA (LoRA with a learned magnitude), applied at a strength the way the WebUI applies it:
+    W + m · (decompose(W + ΔW) − W), so strength 0 is the plain model (LyCORIS' own multiplier rescales only the
+    magnitude and leaves ΔW in at 0). Its file holds the scale folded into ``lora_up`` (alpha = rank): the WebUI
+    multiplies by alpha / rank after the decomposition, LyCORIS before it, which agree only at scale 1."""
+    from lycoris.functional.general import weight_decompose
+    from lycoris.modules.locon import LoConModule
+
+    class Dora(LoConModule):
+        def apply_weight_decompose(self, weight, multiplier=1):
+            full = weight_decompose(weight, self.dora_scale, 1, self.wd_on_out)
+            if multiplier == 1:
+                return full
+            base = self._current_weight().to(full)
+            return base + multiplier * (full - base)
+
+        def custom_state_dict(self):
+            sd = super().custom_state_dict()
+            sd["lora_up.weight"] = sd["lora_up.weight"] * self.scale
+            sd["alpha"] = torch.tensor(float(self.lora_dim))
+            return sd
+
+    return Dora
+
+
 def make_adapter(kind: str, key: str, module: nn.Module, rank: int, alpha: float, *, rank_dropout: float = 0.0,
                  module_dropout: float = 0.0, init: str = "kaiming", factor: int = -1) -> nn.Module:
     """One LyCORIS module of ``kind`` for ``module`` (nn.Linear or nn.Conv2d), rank ``rank``, scale alpha / rank.
@@ -56,7 +81,7 @@ def make_adapter(kind: str, key: str, module: nn.Module, rank: int, alpha: float
     if kind in ("lora", "locon"):
         adapter = LoConModule(key, module, bypass_mode=True, **common)
     elif kind == "dora":  # the WebUI normalises per input column (its apply_weight_decompose): wd_on_out False
-        adapter = LoConModule(key, module, weight_decompose=True, wd_on_out=False, bypass_mode=False, **common)
+        adapter = dora_class()(key, module, weight_decompose=True, wd_on_out=False, bypass_mode=False, **common)
     elif kind == "loha":
         adapter = LohaModule(key, module, bypass_mode=False, **common)
     else:
@@ -163,8 +188,9 @@ def _locon_from(key: str, module: nn.Module, sd: dict[str, torch.Tensor], name: 
     if rank > layer_limit(module) and mid is None:
         raise ValueError(f"{name}: {key} has rank {rank}, more than its layer {tuple(module.weight.shape)} holds")
     wd_on_out = dora is not None and dora.shape[0] == module.weight.shape[0] and dora.shape[0] != 1
-    a = LoConModule(key, module, 1.0, rank, alpha or rank, use_tucker=mid is not None,
-                    weight_decompose=dora is not None, wd_on_out=wd_on_out, bypass_mode=dora is None)
+    cls = dora_class() if dora is not None else LoConModule
+    a = cls(key, module, 1.0, rank, alpha or rank, use_tucker=mid is not None, weight_decompose=dora is not None,
+            wd_on_out=wd_on_out, bypass_mode=dora is None)
     pairs = [(a.lora_down.weight, down), (a.lora_up.weight, up)]
     if mid is not None:
         pairs.append((a.lora_mid.weight, mid))

@@ -53,7 +53,7 @@ def lora_metadata(cfg, *, family: str, model_name: str, model_hash: str, steps: 
     meta = {
         "ss_network_module": NETWORK_MODULE[cfg.network],
         "ss_network_dim": str(cfg.rank),
-        "ss_network_alpha": f"{cfg.alpha:g}",
+        "ss_network_alpha": str(cfg.rank) if cfg.network == "dora" else f"{cfg.alpha:g}",  # DoRA: folded into up
         "ss_network_args": json.dumps(args),
         "ss_network_dropout": "None",
         "ss_base_model_version": BASE_MODEL_VERSION[family],
