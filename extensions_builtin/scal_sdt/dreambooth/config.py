@@ -28,7 +28,8 @@ class ConceptOptions(TrainingOptions):
                            "class_data_dir work too) instead of the single one above", group="concepts")
     class_steps: int = option(20, "sampling steps for generated class images", min=1, group="concepts")
     class_cfg: float = option(7.0, "CFG scale for generated class images", min=0.0, group="concepts")
-    train_text_encoder: bool = option(False, "also train the text encoder(s) (DreamBooth: their weights; LoRA: adapters on them)", group="concepts")
+    train_text_encoder: bool = option(False, "also train the text encoder(s) (DreamBooth: their weights; LoRA: "
+                                      "adapters on them)", group="concepts")
     text_encoder_lr: float = option(0.0, "the text encoders' learning rate (on lr's schedule); 0 = lr", min=0.0,
                                     group="concepts")
     stop_text_encoder: float = option(1.0, "freeze the text encoders after this fraction of the steps", min=0.0,

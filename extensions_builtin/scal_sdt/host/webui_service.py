@@ -109,7 +109,8 @@ def steer(word: str) -> None:
 
 
 def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) -> dict:
-    """Train an embedding, a hypernetwork, a LoRA or a DreamBooth checkpoint (by the config's type) on the loaded model —
+    """Train an embedding, a hypernetwork, a LoRA or a DreamBooth checkpoint (by the config's type) on the loaded
+    model —
     for DreamBooth on the checkpoint ``cfg.model`` names, loaded for the run (the WebUI's model loaded again
     afterwards); the result is in the WebUI's lists when this returns.
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from

@@ -16,7 +16,8 @@ def parse_list(text: str, what: str, cast=float) -> list:
     try:
         return [cast(v) for v in text.replace(" ", "").split(",")]
     except ValueError:
-        raise ValueError(f"{what} {text!r}: give comma-separated numbers, one per block (IN00…, MID, OUT00…)") from None
+        raise ValueError(f"{what} {text!r}: give comma-separated numbers, one per block (IN00…, MID, OUT00…)"
+                         ) from None
 
 
 @dataclass(kw_only=True)

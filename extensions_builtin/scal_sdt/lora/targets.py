@@ -47,7 +47,8 @@ def unet_targets(unet_modules: dict[str, nn.Module], convs: bool) -> dict[str, t
             conv_rank = isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
             out["lora_unet_" + path.replace(".", "_")] = (m, block, conv_rank)
         elif convs and path.endswith(CONVS):
-            out["lora_unet_" + path.replace(".", "_")] = (m, block, isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+            conv_rank = isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)
+            out["lora_unet_" + path.replace(".", "_")] = (m, block, conv_rank)
     return out
 
 

@@ -101,7 +101,8 @@ class StandaloneTrainer:
         text = "<br>".join(job.messages[-6:])
         if result is not None:
             state = "interrupted" if result.interrupted else "finished"
-            text = (f"<p>{self._what(cfg).capitalize().replace('Lora', 'LoRA')} <b>{cfg.name}</b> {state} at step {result.step}: "
+            what = self._what(cfg).capitalize().replace("Lora", "LoRA")
+            text = (f"<p>{what} <b>{cfg.name}</b> {state} at step {result.step}: "
                     f"{result.final_path}</p>" + text)
         plot = run_dir / "loss.png"
         return {"text": text, "progress": f"step {job.step}/{cfg.steps}" + loss_svg(losses[-2000:]),
