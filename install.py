@@ -19,6 +19,7 @@ REQUIREMENTS = [
     ("yaml", "pyyaml>=6"),
     ("cv2", "opencv-python-headless>=4.8,<5"),  # dataset cleaning; skipped when the WebUI's opencv-python is there
     ("pytorch_optimizer", "pytorch-optimizer>=3.5"),  # Prodigy, Lion, D-Adaptation, CAME, schedule-free AdamW
+    ("lycoris", "lycoris-lora>=4.0"),  # the LoRA trainer's adapters
 ]
 PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi",
              "protobuf")  # protobuf: the WebUI pins 3.20; a new onnxruntime would pull 7.x

@@ -15,7 +15,7 @@ try:
     from scal_sdt.webui import service as webui_service  # noqa: E402
     from scal_sdt.webui.adapter import checkpoint_choices  # noqa: E402
     from scal_sdt.ui.form import Offer  # noqa: E402
-    from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HOST_FIELDS, HYPERNETWORK, training_tab  # noqa: E402
+    from scal_sdt.ui.training_tab import DREAMBOOTH, EMBEDDING, HOST_FIELDS, HYPERNETWORK, LORA, training_tab  # noqa: E402
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
@@ -33,12 +33,13 @@ def on_ui_train_tabs(params):
     """Our sub-tabs of the WebUI's Train tab (in Forge, which has none, they are a tab of their own: on_ui_tabs)."""
     import gradio as gr
 
-    for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db")):
+    for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db"),
+                          ("LoRA", "scal_sdt_lora")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
             if _missing is not None:
                 _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
                 continue
-            kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH) if k.elem_prefix == prefix)
+            kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH, LORA) if k.elem_prefix == prefix)
             dreambooth = kind is DREAMBOOTH  # picks its source checkpoint from the WebUI's list
             training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
                          exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,

@@ -22,6 +22,7 @@ NOT_DECLARED = {
     "webui": "the WebUI's entry module",
     "bitsandbytes": "the optional [bnb] extra; --optimizer adamw8bit says how to install it",
     "selenium": "tests/webui/test_browser.py skips without it",
+    "peft": "the optional [bench] extra: bench/lora.py's diffusers + peft comparison",
 }
 
 

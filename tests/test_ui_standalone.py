@@ -322,3 +322,24 @@ def test_the_tagger_offers_the_demo_pictures_and_leads_into_the_editor(tmp_path,
     assert then_load and ids[getattr(then_load[0].outputs[1], "_id", then_load[0].outputs[1])] == "scal_sdt_edit_gallery"
     to_edit = _handler(app, "scal_sdt_tag_to_edit")(folder)
     assert to_edit[0] == folder
+
+
+def test_lora_tab_trains_a_lora_and_leaves_the_pages_model_untouched(tmp_path):
+    import torch
+
+    from scal_sdt.lora.config import LoraConfig
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+
+    app = build_app(UiConfig(model="tiny-sd1", loras=str(tmp_path / "Lora")))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_lora_start", "scal_sdt_lora_network", "scal_sdt_lora_rank", "scal_sdt_lora_block_dims"} <= ids
+    make_held_out_colour_set(tmp_path / "inst", 2, seed=3)
+    host = app.scal_sdt_trainer.host()
+    before = {k: v.clone() for k, v in host.components.unet.state_dict().items()}
+    cfg = LoraConfig(name="pagelora", instance_data=str(tmp_path / "inst"), network="loha", rank=2, steps=2, lr="1e-3",
+                     resolution=32, out=str(tmp_path / "Lora"), log_dir=str(tmp_path / "run"), preview_every=0)
+    last = list(app.scal_sdt_trainer.run(cfg))[-1]
+    assert "<b>pagelora</b> finished at step 2" in last["text"]
+    assert (tmp_path / "Lora" / "pagelora.safetensors").exists()
+    after = host.components.unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)

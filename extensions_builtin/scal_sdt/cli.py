@@ -65,6 +65,14 @@ def _train_hypernetwork(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _lora_tool(cfg, explicit: set[str]) -> int:
+    from .lora import tools
+
+    result = getattr(tools, cfg.action)(cfg, report=lambda text: print(text, file=sys.stderr))
+    print(result[0] if isinstance(result, tuple) else result)
+    return 0
+
+
 def _create_embedding(cfg, explicit: set[str]) -> int:
     from .host.standalone import load_host
     from .textual_inversion.create import create_embedding
@@ -199,6 +207,8 @@ def commands() -> list[Command]:
     from .tagging.clean import CleanConfig
     from .aesthetic.config import AestheticEmbeddingConfig
     from .dreambooth.config import DreamBoothConfig
+    from .lora.config import LoraConfig
+    from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
 
     return [
@@ -208,6 +218,11 @@ def commands() -> list[Command]:
                 _train_hypernetwork),
         Command("dreambooth", "fine-tune a checkpoint on a concept (DreamBooth, prior preservation): a new "
                 "single-file checkpoint", DreamBoothConfig, _train),
+        Command("train-lora", "train a LoRA / LoCon / LoHa / LoKr / DoRA of a concept or style (kohya-format "
+                ".safetensors, <lora:NAME:1>)", LoraConfig, _train),
+        Command("lora", "LoRA tools: merge (into a checkpoint, or several into one LoRA, with weights), resize (SVD to a "
+                "lower rank, kept energy reported), extract (the LoRA between two checkpoints of a family)",
+                LoraToolConfig, _lora_tool),
         Command("tag", "tag every image of a folder with ONNX taggers: a caption file beside each image", TagConfig,
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",

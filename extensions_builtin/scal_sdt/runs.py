@@ -21,6 +21,8 @@ from .dreambooth.trainer import train_dreambooth
 from .host.base import Host
 from .hypernetwork.config import HypernetworkConfig
 from .hypernetwork.trainer import train_hypernetwork
+from .lora.config import LoraConfig
+from .lora.trainer import train_lora
 from .textual_inversion.config import EmbeddingConfig, apply_apt_preset
 from .textual_inversion.trainer import train_embedding
 from .training import distributed
@@ -47,6 +49,7 @@ TRAINERS: dict[type, Trainer] = {
     EmbeddingConfig: Trainer(train_embedding, "embedding", preset=apply_apt_preset),
     HypernetworkConfig: Trainer(train_hypernetwork, "hypernetwork"),
     DreamBoothConfig: Trainer(train_dreambooth, "checkpoint", fine_tunes=lambda cfg: cfg.train_text_encoder),
+    LoraConfig: Trainer(train_lora, "LoRA"),  # adapters around the layers: the model's weights are never written
 }
 
 

@@ -17,6 +17,7 @@ class UiConfig:
     out: str = option("embeddings", "where trained embeddings go (and Generate finds them by name)")
     hypernetworks: str = option("hypernetworks", "where trained hypernetworks go (and Generate finds them by name)")
     checkpoints: str = option("models/Stable-diffusion", "where DreamBooth checkpoints go")
+    loras: str = option("models/Lora", "where trained LoRAs go (Generate's --lora takes a file from it)")
 
     def __post_init__(self):
         check_bounds(self)

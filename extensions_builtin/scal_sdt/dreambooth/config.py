@@ -9,7 +9,51 @@ from ..training.options import TrainingOptions
 
 
 @dataclass(kw_only=True)
-class DreamBoothConfig(TrainingOptions):
+class ConceptOptions(TrainingOptions):
+    """What DreamBooth and LoRA training share: the concepts (instance images and prompts, class images with prior
+    preservation, or a concepts JSON), the text encoders' rate and stop, pivotal tuning and the loss options."""
+
+    instance_data: str = option("", "folder of the concept's images (captions beside them are used by [filewords])",
+                                group="concepts", folder=True)
+    instance_prompt: str = option("", "the prompt of every instance image, e.g. 'a photo of sks dog'; [filewords] "
+                                  "puts the image's caption in; '' = the caption alone", group="concepts")
+    class_data: str = option("", "folder of class images; missing ones are generated into it with class_prompt (and "
+                             "reused next time); '' = no prior preservation", group="concepts",
+                             folder=True)
+    class_prompt: str = option("", "the prompt of the class images, e.g. 'a photo of a dog'", group="concepts")
+    num_class_images: int = option(50, "class images to have in class_data (the missing ones are generated)", min=0,
+                                   group="concepts")
+    prior_loss_weight: float = option(1.0, "weight of the class images' loss", min=0.0, group="concepts")
+    concepts: str = option("", "a JSON file with a list of concepts (instance_data, instance_prompt, class_data, "
+                           "class_prompt, num_class_images, weight: the concept's loss weight; the DreamBooth "
+                           "extension's names instance_data_dir / class_data_dir work too) instead of the single one "
+                           "above", group="concepts")
+    class_steps: int = option(20, "sampling steps for generated class images", min=1, group="concepts")
+    class_cfg: float = option(7.0, "CFG scale for generated class images", min=0.0, group="concepts")
+    train_text_encoder: bool = option(False, "also train the text encoder(s) (DreamBooth: their weights; LoRA: "
+                                      "adapters on them)", group="concepts")
+    text_encoder_lr: float = option(0.0, "the text encoders' learning rate (on lr's schedule); 0 = lr", min=0.0,
+                                    group="concepts")
+    stop_text_encoder: float = option(1.0, "freeze the text encoders after this fraction of the steps", min=0.0,
+                                      max=1.0, group="concepts")
+    pivotal_vectors: int = option(0, "pivotal tuning: also learn a new embedding NAME of this many vectors (write "
+                                  "[name] in the prompts); saved in embeddings_out and bundled in the LoRA file; "
+                                  "0 = off", min=0, max=75, group="concepts")
+    pivotal_init_text: str = option("*", "text whose token vectors start that embedding", group="concepts")
+    pivotal_lr: float = option(5e-3, "that embedding's learning rate (on lr's schedule)", min=0.0, group="concepts")
+    embeddings_out: str = option("embeddings", "folder for the pivotal embedding (in the WebUI: its embeddings folder)",
+                                 group="output", folder=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.concepts and not self.instance_data and not self.data:
+            raise ValueError("instance_data is required: the folder of the concept's images (or a concepts JSON)")
+        if self.class_data and not self.class_prompt and not self.concepts:
+            raise ValueError("class_data needs a class_prompt, e.g. 'a photo of a dog'")
+
+
+@dataclass(kw_only=True)
+class DreamBoothConfig(ConceptOptions):
     """DreamBooth: the whole UNet (and optionally the text encoders) learns a concept from a few images, while
     class images the model made itself keep what it knew of the class (prior preservation)."""
 
@@ -24,34 +68,6 @@ class DreamBoothConfig(TrainingOptions):
     save_every: int = option(0, "also write the checkpoint every N steps into the run folder (0 = only at the end)",
                              min=0, group="output")
     preview_every: int = option(200, "render preview images every N steps (0 = never)", min=0, group="output")
-    instance_data: str = option("", "folder of the concept's images (captions beside them are used by [filewords])",
-                                group="dreambooth", folder=True)
-    instance_prompt: str = option("", "the prompt of every instance image, e.g. 'a photo of sks dog'; [filewords] "
-                                  "puts the image's caption in; '' = the caption alone", group="dreambooth")
-    class_data: str = option("", "folder of class images; missing ones are generated into it with class_prompt (and "
-                             "reused next time); '' = no prior preservation", group="dreambooth", folder=True)
-    class_prompt: str = option("", "the prompt of the class images, e.g. 'a photo of a dog'", group="dreambooth")
-    num_class_images: int = option(50, "class images to have in class_data (the missing ones are generated)", min=0,
-                                   group="dreambooth")
-    prior_loss_weight: float = option(1.0, "weight of the class images' loss", min=0.0, group="dreambooth")
-    concepts: str = option("", "a JSON file with a list of concepts (instance_data, instance_prompt, class_data, "
-                           "class_prompt, num_class_images, weight: the concept's loss weight; the DreamBooth "
-                           "extension's names instance_data_dir / class_data_dir work too) instead of the single one "
-                           "above", group="dreambooth")
-    class_steps: int = option(20, "sampling steps for generated class images", min=1, group="dreambooth")
-    class_cfg: float = option(7.0, "CFG scale for generated class images", min=0.0, group="dreambooth")
-    train_text_encoder: bool = option(False, "also fine-tune the text encoder(s)", group="dreambooth")
-    text_encoder_lr: float = option(0.0, "the text encoders' learning rate (on lr's schedule); 0 = lr", min=0.0,
-                                    group="dreambooth")
-    stop_text_encoder: float = option(1.0, "freeze the text encoders after this fraction of the steps", min=0.0,
-                                      max=1.0, group="dreambooth")
-    pivotal_vectors: int = option(0, "pivotal tuning: also learn a new embedding NAME of this many vectors (write "
-                                  "[name] in the prompts); saved in embeddings_out and bundled in the extracted LoRA; "
-                                  "0 = off", min=0, max=75, group="dreambooth")
-    pivotal_init_text: str = option("*", "text whose token vectors start that embedding", group="dreambooth")
-    pivotal_lr: float = option(5e-3, "that embedding's learning rate (on lr's schedule)", min=0.0, group="dreambooth")
-    embeddings_out: str = option("embeddings", "folder for the pivotal embedding (in the WebUI: its embeddings folder)",
-                                 group="output", folder=True)
     master_weights: str = option("fp32", "the trained weights' dtype: fp32 (mixed precision, the usual) or bf16 "
                                  "(full bf16: weights, gradients and optimizer state in bf16, about half the memory)",
                                  choices=("fp32", "bf16"), group="memory")
@@ -75,7 +91,3 @@ class DreamBoothConfig(TrainingOptions):
     def __post_init__(self):
         check_name(self.name)
         super().__post_init__()
-        if not self.concepts and not self.instance_data and not self.data:
-            raise ValueError("instance_data is required: the folder of the concept's images (or a concepts JSON)")
-        if self.class_data and not self.class_prompt and not self.concepts:
-            raise ValueError("class_data needs a class_prompt, e.g. 'a photo of a dog'")

@@ -23,8 +23,9 @@ class GenerateConfig:
     hypernetwork: str = option("", "a hypernetwork .pt file to apply to every image (on the page: also a name from "
                                    "its hypernetworks folder)")
     hypernetwork_strength: float = option(1.0, "its strength (0 = off)", min=0.0)
-    lora: str = option("", "a kohya LoRA .safetensors to apply to every image: ours (NAME-unet from embedding "
-                           "training with unet_parts, NAME-lora from DreamBooth) or another's — UNet layers "
+    lora: str = option("", "a LoRA .safetensors to apply to every image (kohya / LyCORIS layout: LoRA, LoCon, LoHa, "
+                           "LoKr, DoRA): ours (train-lora, NAME-unet from embedding training with unet_parts, "
+                           "NAME-lora from DreamBooth) or another's — UNet layers "
                            "named the original or the diffusers way, text-encoder layers, LoCon convolutions")
     lora_strength: float = option(1.0, "its strength (0 = off)")
     aesthetic: str = option("", "an aesthetic embedding (a .pt/.safetensors file, or a name in "

@@ -62,9 +62,9 @@ def generate(cfg: GenerateConfig, host: Host, report=print) -> list[Path]:
             name = apply_hypernetwork(host, cfg.hypernetwork, cfg.hypernetwork_strength).name
             applied.callback(remove_hypernetwork, host, name)
         if cfg.lora:
-            from ..lora.network import load_kohya
+            from ..lora.adapters import load_lora
 
-            lora = load_kohya(cfg.lora, host.lora_targets()).to(host.device).attach(cfg.lora_strength)
+            lora = load_lora(cfg.lora, host.lora_targets(), host.family.name).to(host.device).attach(cfg.lora_strength)
             applied.callback(lora.detach)
         return _sample(cfg, host, used, width, height, out, report)
 

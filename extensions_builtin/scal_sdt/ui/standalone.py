@@ -20,8 +20,9 @@ from ..textual_inversion.config import EmbeddingConfig
 from .. import runs
 from ..training import control
 from ..training.run_setup import run_dir_for
-from .training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, training_tab
+from .training_tab import DREAMBOOTH, EMBEDDING, HYPERNETWORK, LORA, training_tab
 from ..dreambooth.config import DreamBoothConfig
+from ..lora.config import LoraConfig
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
@@ -132,7 +133,7 @@ class StandaloneTrainer:
     @staticmethod
     def _what(cfg) -> str:
         return ("hypernetwork" if isinstance(cfg, HypernetworkConfig) else "checkpoint"
-                if isinstance(cfg, DreamBoothConfig) else "embedding")
+                if isinstance(cfg, DreamBoothConfig) else "lora" if isinstance(cfg, LoraConfig) else "embedding")
 
     def _train(self, running: PageJob):
         cfg, reporter, job = running.cfg, running.reporter, running.job
@@ -162,7 +163,7 @@ class StandaloneTrainer:
         text = "<br>".join(html.escape(say(m)) for m in job.messages[-6:])
         if result is not None:
             state = "interrupted" if result.interrupted else "finished"
-            text = (f"<p>{running.what.capitalize()} <b>{html.escape(cfg.name)}</b> {state} at step {result.step}: "
+            text = (f"<p>{running.what.capitalize().replace('Lora', 'LoRA')} <b>{html.escape(cfg.name)}</b> {state} at step {result.step}: "
                     f"{html.escape(str(result.final_path))}</p>" + text)
         plot = run_dir / "loss.png"
         return {"text": text, "progress": f"step {job.step}/{cfg.steps}" + loss_svg(running.reporter.losses[-2000:]),
@@ -215,6 +216,9 @@ def build_app(ui: UiConfig) -> gr.Blocks:
         with gr.Tab("DreamBooth"):
             training_tab(DREAMBOOTH, defaults={"out": ui.checkpoints, "name": "my-dreambooth"},
                          **trainer.tab("checkpoint", app))
+        with gr.Tab("LoRA"):  # the held-out colour on the toy model, as the README's quality table measures it
+            training_tab(LORA, defaults={"out": ui.loras, "name": "my-lora", "data": "demo", "embeddings_out": ui.out},
+                         **trainer.tab("lora", app))
         with gr.Tab("Aesthetic embedding"):
             aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
                                                                                    device=ui.device)),

@@ -1,4 +1,4 @@
-"""A training tab (Embedding, Hypernetwork, DreamBooth): a form from the trainer's config, Start / Interrupt, loss plot,
+"""A training tab (Embedding, Hypernetwork, DreamBooth, LoRA): a form from the trainer's config, Start / Interrupt, loss plot,
 preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import gradio as gr
 
 from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
+from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
 from .form import build_form, error_html, js_kwarg, values_to_config
 
@@ -34,6 +35,8 @@ EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embe
 HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
 DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
                          ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"))
+LORA = TrainerKind(LoraConfig, "scal_sdt_lora", "Train LoRA", "lora",
+                   ("model", "name", "instance_data", "instance_prompt", "network", "rank", "steps", "lr", "preset"))
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],

@@ -18,9 +18,10 @@ from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
 from ..config import describe, from_dict, speak
 from ..files import check_confined
-from ..dreambooth.config import DreamBoothConfig
+from ..dreambooth.config import ConceptOptions, DreamBoothConfig
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
+from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
 from .. import runs
 from ..tagging.clean import CleanConfig, clean_folder
@@ -62,6 +63,8 @@ def webui_defaults(kind: type = EmbeddingConfig) -> dict:
     """Form defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live."""
     if kind is DreamBoothConfig:  # model: a checkpoint of the WebUI's list, by default the loaded one
         return {"out": checkpoints_dir(), "model": LOADED_CHECKPOINT}
+    if kind is LoraConfig:  # the WebUI's Lora folder: <lora:NAME:1> works when the run ends
+        return {"out": lora_dir(), "embeddings_out": embeddings_dir()}
     return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
 
 
@@ -76,7 +79,7 @@ def make_aesthetic(cfg: AestheticEmbeddingConfig, reporter=None) -> AestheticRes
 def effective_config(cfg):
     """The run's folders inside the WebUI's data folder unless the user chose others (relative paths too)."""
     what = ("hypernetworks" if isinstance(cfg, HypernetworkConfig) else "dreambooth" if isinstance(cfg, DreamBoothConfig)
-            else "textual_inversion")
+            else "lora" if isinstance(cfg, LoraConfig) else "textual_inversion")
     log_dir = cfg.log_dir or os.path.join(what, "scal-sdt", cfg.name)
     out = cfg.out or webui_defaults(type(cfg))["out"]
     cfg = dataclasses.replace(cfg, out=os.path.join(paths.data_path, out), log_dir=os.path.join(paths.data_path, log_dir))
@@ -85,6 +88,11 @@ def effective_config(cfg):
         cfg = dataclasses.replace(
             cfg, out=checkpoints_dir() if out == defaults["out"] else cfg.out,
             lora_out=cfg.lora_out or (lora_dir() if cfg.extract_lora else ""),
+            embeddings_out=embeddings_dir() if cfg.embeddings_out == defaults["embeddings_out"] else cfg.embeddings_out)
+    if isinstance(cfg, LoraConfig):  # the LoRA and its pivotal embedding where the WebUI lists them
+        defaults = {f: LoraConfig.__dataclass_fields__[f].default for f in ("out", "embeddings_out")}
+        cfg = dataclasses.replace(
+            cfg, out=lora_dir() if out == defaults["out"] else cfg.out,
             embeddings_out=embeddings_dir() if cfg.embeddings_out == defaults["embeddings_out"] else cfg.embeddings_out)
     if isinstance(cfg, EmbeddingConfig):  # the UNet-parts LoRA goes where the WebUI's Lora extension looks
         default = EmbeddingConfig.__dataclass_fields__["lora_out"].default
@@ -103,7 +111,8 @@ def steer(word: str) -> None:
 
 
 def run_training(cfg, extra_reporter=None, explicit: frozenset | None = None) -> dict:
-    """Train an embedding, a hypernetwork or a DreamBooth checkpoint (by the config's type) on the loaded model —
+    """Train an embedding, a hypernetwork, a LoRA or a DreamBooth checkpoint (by the config's type) on the loaded
+    model —
     for DreamBooth on the checkpoint ``cfg.model`` names, loaded for the run (the WebUI's model loaded again
     afterwards); the result is in the WebUI's lists when this returns.
     ``explicit``: the options the user gave (a preset never overrides them); by default those that differ from
@@ -146,19 +155,24 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     _active_run.append(cfg.log_dir)
     hypernetwork = isinstance(cfg, HypernetworkConfig)
     dreambooth = isinstance(cfg, DreamBoothConfig)
+    lora = isinstance(cfg, LoraConfig)
     loaded = list(getattr(shared, "loaded_hypernetworks", []))
     try:
-        if hypernetwork or dreambooth:  # the WebUI applies its loaded ones inside attention: none but ours
+        if hypernetwork or dreambooth or lora:  # the WebUI applies its loaded ones inside attention: none but ours
             shared.loaded_hypernetworks.clear()
         result = runs.train(run, reporter)  # a DreamBooth run puts the WebUI's model back as it was loaded
     finally:
         _active_run.remove(cfg.log_dir)
-        if hypernetwork or dreambooth:
+        if hypernetwork or dreambooth or lora:
             shared.loaded_hypernetworks[:] = loaded
         if dreambooth:
             reload_checkpoints()
             if cfg.extract_lora:
                 reload_loras()
+            if cfg.pivotal_vectors:
+                reload_embeddings()
+        elif lora:
+            reload_loras()
             if cfg.pivotal_vectors:
                 reload_embeddings()
         else:
@@ -170,6 +184,7 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     state = "interrupted" if result.interrupted else "finished"
     use = (f"Pick it in Settings or write <code>&lt;hypernet:{html.escape(cfg.name)}:1&gt;</code>" if hypernetwork
            else "Pick it in the checkpoint list" if dreambooth
+           else f"Write <code>&lt;lora:{html.escape(cfg.name)}:1&gt;</code> in a prompt" if lora
            else f"Write <code>{html.escape(cfg.name)}</code> in a prompt")
     what = run.trainer.what.capitalize()
     text = (f"<p>{what} <b>{html.escape(cfg.name)}</b> {state} at step "
@@ -182,7 +197,10 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
 
 def check_runnable(cfg) -> None:
     """A ValueError saying why this WebUI cannot run ``cfg``: a DreamBooth source not in its checkpoint list, or
-    bf16 weights on a CPU WebUI."""
+    bf16 weights on a CPU WebUI; a LoRA of the text encoders on the WebUI's own model."""
+    if isinstance(cfg, LoraConfig) and cfg.train_text_encoder and not is_forge():
+        raise ValueError("train_text_encoder: a LoRA of the text encoders is trained on the command line (scal-sdt "
+                         "train-lora) for now; inside the WebUI the LoRA learns the UNet")
     if not isinstance(cfg, DreamBoothConfig):
         return
     find_checkpoint(cfg.model)
@@ -268,9 +286,10 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                 check_confined(effective_config(cfg), webui_folders())
             except ValueError as e:
                 raise HTTPException(status_code=422, detail=str(e)) from None
-            folder = (cfg.instance_data or cfg.data) if kind is DreamBoothConfig else cfg.data
-            if not (kind is DreamBoothConfig and cfg.concepts) and not os.path.isdir(folder):
-                field = "instance_data" if kind is DreamBoothConfig else "data"
+            concepts = issubclass(kind, ConceptOptions)  # DreamBooth, LoRA
+            folder = (cfg.instance_data or cfg.data) if concepts else cfg.data
+            if not (concepts and cfg.concepts) and not os.path.isdir(folder):
+                field = "instance_data" if concepts else "data"
                 raise HTTPException(status_code=422, detail=f"{field}: dataset folder does not exist: {folder}")
             try:
                 check_runnable(cfg)
@@ -355,7 +374,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
         return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
                 "tag": describe(TagConfig), "clean": describe(CleanConfig),
                 "make-aesthetic-embedding": describe(AestheticEmbeddingConfig),
-                "dreambooth": describe(DreamBoothConfig)}
+                "dreambooth": describe(DreamBoothConfig), "train-lora": describe(LoraConfig)}
 
     app.add_api_route(f"{API_PREFIX}/train/embedding", starter(EmbeddingConfig, "train-embedding"), methods=["POST"],
                       dependencies=deps)
@@ -363,6 +382,8 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                       methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/train/dreambooth", starter(DreamBoothConfig, "train-dreambooth"),
                       methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/train/lora", starter(LoraConfig, "train-lora"), methods=["POST"],
+                      dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/clean", start_cleaning, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/aesthetic-embedding", start_aesthetic, methods=["POST"], dependencies=deps)
