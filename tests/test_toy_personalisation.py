@@ -3,8 +3,9 @@
 The toy model's base training never showed the held-out colour (pink). A Textual Inversion embedding trained on
 16 captioned pictures of pink shapes must make the model draw pink when its name stands where the colour goes;
 before training (the embedding at its init text) the judge almost never sees pink."""
-import pytest
 from __future__ import annotations
+
+import pytest
 
 from scal_sdt.host.standalone import load_host
 from scal_sdt.textual_inversion.config import EmbeddingConfig

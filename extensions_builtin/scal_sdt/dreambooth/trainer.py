@@ -81,7 +81,12 @@ class DreamBoothJob(FrozenModelJob):
 
     # -- what learns ------------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        groups = [{"params": [p for p in self.host.trainable_modules()[0].parameters() if p.requires_grad]}]
+        unet = [{"params": [p for p in self.host.trainable_modules()[0].parameters() if p.requires_grad]}]
+        return unet + self.text_and_pivotal_groups()
+
+    def text_and_pivotal_groups(self) -> list[dict]:
+        """The text encoders' and the pivotal embedding's groups, each at its own rate (LoRA's too)."""
+        groups = []
         if self.text_encoders:
             groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
                            "lr_scale": rate_scale(self.cfg.text_encoder_lr, self.cfg.lr, self.cfg.steps)})

@@ -14,7 +14,6 @@ from torch import nn
 from ..dreambooth.trainer import DreamBoothJob, prepare_concepts
 from ..host.base import Host
 from ..training.loop import LoopResult, run_on_host
-from ..training.lr import rate_scale
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import run_dir_for
 from .adapters import AdapterSet, make_adapter
@@ -37,13 +36,7 @@ class LoraJob(DreamBoothJob):
             if key.startswith("lora_unet_"):
                 weights.setdefault(self.block_lr.get(key, 1.0), []).extend(a.parameters())
         groups = [{"params": ps, "lr_scale": w} for w, ps in sorted(weights.items())]
-        if self.text_encoders:
-            groups.append({"params": [p for te in self.text_encoders for p in te.parameters()],
-                           "lr_scale": rate_scale(self.cfg.text_encoder_lr, self.cfg.lr, self.cfg.steps)})
-        if self.vectors:
-            groups.append({"params": list(self.vectors.values()),
-                           "lr_scale": rate_scale(self.cfg.pivotal_lr, self.cfg.lr, self.cfg.steps)})
-        return groups
+        return groups + self.text_and_pivotal_groups()
 
     def _eval(self, fn):
         """``fn()`` with dropout off (previews, validation); training mode again afterwards."""
