@@ -152,7 +152,7 @@ def test_unet_parts_learn_as_a_lora_that_leaves_the_unet_as_it_was(tmp_path, tin
     """--unet-parts: a LoRA on the chosen attention projections learns with its own rate (gradients reach it and
     both embeddings, never the UNet's weights); it starts as a no-op and detaching leaves the UNet bit for bit; the
     kohya file round-trips and another model's file is refused by name; APT writes NAME-unet.safetensors."""
-    from scal_sdt.lora.network import LoraNetwork, load_kohya, unet_targets
+    from scal_sdt.lora_layers.network import LoraNetwork, load_kohya, unet_targets
 
     host = tiny_hosts("tiny-sd1")
     modules = host.unet_modules()

@@ -177,7 +177,7 @@ def test_an_extracted_lora_carries_the_fine_tune(folders, tmp_path):
     output most of the way to the fine-tuned one's (the rest of the change is in norms and biases)."""
     from safetensors.torch import load_file
 
-    from scal_sdt.lora.network import PREFIX, load_kohya
+    from scal_sdt.lora_layers.network import PREFIX, load_kohya
 
     source = save_checkpoint(load_components("tiny-sd1"), tmp_path / "src.safetensors")
     cfg = config(folders, tmp_path, model=str(source), class_data="", class_prompt="", steps=4, lr="3e-3",

@@ -70,7 +70,7 @@ def test_generate_takes_kohya_loras_named_the_diffusers_way_with_text_encoder_la
     from safetensors.torch import save_file
 
     from scal_sdt.host.standalone import load_host
-    from scal_sdt.lora.network import load_kohya
+    from scal_sdt.lora_layers.network import load_kohya
 
     host = load_host("tiny-sd1", device="cpu")
     unet_key = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"

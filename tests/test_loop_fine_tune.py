@@ -178,7 +178,9 @@ def test_preflight_counts_fused_backward_and_the_ema():
     sdxl = ModelSize(unet=2_567_463_684, text=817_844_480, vae=83_653_863, family="sdxl")
     first = DreamBoothConfig(name="x", instance_data="d", gradient_checkpointing=True)
     _, advice = advise(first, sdxl, 1024, 10.0)
-    assert any(a.startswith("--fused-backward") for a in advice)
+    from scal_sdt.config import speak
+
+    assert any(speak(a, "cli").startswith("--fused-backward") for a in advice)  # the advice in the CLI's words
     least = DreamBoothConfig(**{**vars(first), "optimizer": "adafactor", "fused_backward": True,
                                 "master_weights": "bf16", "precision": "bf16"})
     assert estimate(least, sdxl, 1024).peak_mib < 10 * 1024

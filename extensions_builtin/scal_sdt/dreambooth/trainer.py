@@ -160,7 +160,7 @@ class DreamBoothJob(FrozenModelJob):
             bundle = {f"bundle_emb.{self.name}." + ("string_to_param.*" if k == "*" else k): v
                       for k, v in emb.vectors.items()}  # how the WebUI finds embeddings inside a LoRA file
         if final and self.before is not None:
-            from ..lora.extract import extract_lora
+            from ..lora_layers.extract import extract_lora
 
             lora = Path(self.cfg.lora_out or self.cfg.out) / f"{self.name}-lora.safetensors"
             lora.parent.mkdir(parents=True, exist_ok=True)
@@ -317,7 +317,7 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
         module.to(master).requires_grad_(True)
     before = None
     if cfg.extract_lora:
-        from ..lora.extract import layer_weights
+        from ..lora_layers.extract import layer_weights
 
         before = layer_weights(host.unet_modules())
     vectors = None

@@ -186,7 +186,7 @@ def extract(cfg: LoraToolConfig, report=print) -> Path:
     """The LoRA of ``tuned`` minus ``model`` (two checkpoints of one family): each changed Linear layer (and with
     ``conv_rank`` each convolution) at ``rank``, kohya format."""
     from ..host.standalone import load_host
-    from .extract import extract_lora, layer_weights
+    from ..lora_layers.extract import extract_lora, layer_weights
 
     out = _check_out(cfg)
     base, tuned = load_host(cfg.model, cfg.device, precision="fp32"), load_host(cfg.tuned, cfg.device, precision="fp32")

@@ -5,7 +5,7 @@ import re
 from dataclasses import dataclass
 
 from ..config import check_bounds, option
-from ..lora.network import UNET_PARTS
+from ..lora_layers.network import UNET_PARTS
 from ..host.toy import MODEL_HELP, TOY_NAME
 from ..training.options import TrainingOptions
 

@@ -9,7 +9,7 @@ import torch
 
 from ..config import to_dict, turn_on
 from ..host.base import Host
-from ..lora.network import LoraNetwork, unet_targets
+from ..lora_layers.network import LoraNetwork, unet_targets
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
 from ..training.loop import LoopResult, run_on_host
