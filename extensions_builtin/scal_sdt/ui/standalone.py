@@ -32,12 +32,12 @@ from .form import error_html, say
 from .loss_svg import loss_svg
 
 
-# the embedding tab's settings for the demo on the toy model (the held-out colour is learned in about 25 s on a CPU)
 # the Tagger's "demo pictures" button writes here (relative to where the page was started)
 TAGGER_DEMO_FOLDER = "scal-sdt-demo/pictures"
 # previews draw the concept large on white, where a newcomer sees the colour (the captions vary: small shapes on brown
 # backgrounds would preview as olive blobs)
 DEMO_PREVIEW_PROMPT = "a large [name] star on a white background"
+#: the embedding tab's settings for the demo on the toy model (about a minute on two idle CPU cores, README)
 TOY_DEMO = {"init_text": "red", "steps": 400, "lr": "0.02", "batch_size": 8, "preview_every": 100,
             "save_every": 200, "preview_prompt": DEMO_PREVIEW_PROMPT}
 
