@@ -153,6 +153,8 @@ def test_a_new_run_starts_with_an_empty_plot(page, server):
     old = br.wait_for(lambda: page.img("scal_sdt_ti_plot"), 30, "the last run's plot")
     page.js(WATCH_PLOT)
     page.click("scal_sdt_ti_start")  # the same name again: the last run's loss.png is still in its folder
+    # the progress still reads the last run's step until the new run's first update: wait for the new run first
+    br.wait_for(lambda: "running" in page.text("scal_sdt_ti_jobs"), 60, "the new run in the jobs table")
     wait_step(page, 12)
     br.wait_for(lambda: page.img("scal_sdt_ti_plot"), 60, "the new run's plot")
     seen = page.js("clearInterval(window.scalSdtWatch); return window.scalSdtPlot")
