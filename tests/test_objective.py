@@ -8,6 +8,7 @@ import torch
 from scal_sdt.host.schedule import NoiseSchedule, scaled_linear_alphas_cumprod
 from scal_sdt.training.objective import (NoisedBatch, Objective, debiased_weights, elementwise_loss, min_snr_weights,
                                          parse_timestep_range, zero_terminal_snr)
+from scal_sdt.training.options import TrainingOptions
 from scal_sdt.training.validation import heldout_loss
 
 EPS = NoiseSchedule(scaled_linear_alphas_cumprod(), "epsilon")
@@ -104,7 +105,7 @@ def test_logit_normal_timesteps_follow_their_histogram():
 
 @pytest.mark.parametrize("distribution", ["uniform", "logit-normal"])
 def test_timestep_range_bounds(distribution):
-    objective = Objective.of(SimpleNamespace(timestep_range="200,800", timestep_distribution=distribution), EPS)
+    objective = Objective.of(TrainingOptions(timestep_range="200,800", timestep_distribution=distribution), EPS)
     t = objective.timesteps(20000, torch.Generator().manual_seed(1))
     assert t.min() >= 200 and t.max() <= 799
     assert t.min() < 215 and t.max() > 785
@@ -159,7 +160,7 @@ def test_zero_terminal_snr_rescales_only_for_v_models():
     z = zero_terminal_snr(ac)
     assert z[-1].item() == 0.0 and z[0].item() == pytest.approx(ac[0].item(), rel=1e-6)
     assert (z[1:] <= z[:-1]).all()
-    opts = SimpleNamespace(zero_terminal_snr=True)
+    opts = TrainingOptions(zero_terminal_snr=True)
     assert Objective.of(opts, V).schedule.alphas_cumprod[-1].item() == 0.0
     with pytest.raises(ValueError, match="v-prediction"):
         Objective.of(opts, EPS)

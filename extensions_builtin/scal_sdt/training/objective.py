@@ -11,12 +11,15 @@ function here and is tested against its formula (``tests/test_objective.py``).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..host.schedule import NoiseSchedule
+
+if TYPE_CHECKING:  # options.py takes its choices from here
+    from .options import TrainingOptions
 
 LOSSES = ("mse", "huber", "smooth-l1")
 TIMESTEP_DISTRIBUTIONS = ("uniform", "logit-normal")
@@ -133,15 +136,16 @@ class Objective:
              "multires_noise_discount", "timestep_distribution", "input_perturbation")
 
     @classmethod
-    def of(cls, opts, schedule: NoiseSchedule) -> "Objective":
-        """The objective a run's options ask for, on the model's schedule (its prediction type: ε or v)."""
-        if getattr(opts, "zero_terminal_snr", False):
+    def of(cls, opts: "TrainingOptions", schedule: NoiseSchedule) -> "Objective":
+        """The objective a run's options (its group "objective") ask for, on the model's schedule (its prediction
+        type: ε or v)."""
+        if opts.zero_terminal_snr:
             if schedule.prediction_type != "v_prediction":
                 raise ValueError("zero_terminal_snr needs a v-prediction model (at SNR 0 an ε model has nothing to "
                                  "predict); this model predicts ε")
             schedule = replace(schedule, alphas_cumprod=zero_terminal_snr(schedule.alphas_cumprod))
-        knobs = {k: getattr(opts, k) for k in cls.KNOBS if hasattr(opts, k)}
-        rng = parse_timestep_range(getattr(opts, "timestep_range", ""), schedule.num_steps)
+        knobs = {k: getattr(opts, k) for k in cls.KNOBS}
+        rng = parse_timestep_range(opts.timestep_range, schedule.num_steps)
         return cls(schedule, timestep_range=None if rng == (0, schedule.num_steps) else rng, **knobs)
 
     # -- noising -----------------------------------------------------------------------------------------------
