@@ -94,7 +94,7 @@ def test_the_api_in_the_webui_and_the_command_line_train_the_same_embedding(serv
     than ours (other kernels, other summation orders). Compared after the first step: Adam's first step is lr times
     the gradient's sign, so a wrong gradient shows as a difference of lr (0.005) where float noise stays ~1e-8; by the
     third step a nudge of one ulp in the start already moves the vectors by ~1e-3 (bench/ti_step.py's float-noise
-    floor), which hides everything. Measured: loss equal to 7 digits, vectors within 1e-8."""
+    floor), which hides everything. Measured in A1111 1.8: losses 1.0970095 vs 1.0970094, vectors within 1.9e-9."""
     import csv
     import json
 
