@@ -196,6 +196,17 @@ def _make_toy_world(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _inspect(cfg, explicit: set[str]) -> int:
+    import json
+
+    from .library.identify import inspect_file, summary
+
+    for path in cfg.files:
+        info = inspect_file(path)
+        print(json.dumps(info, sort_keys=True) if cfg.json else summary(info))
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
@@ -210,6 +221,7 @@ def commands() -> list[Command]:
     from .lora.config import LoraConfig
     from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
+    from .library.config import InspectConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
@@ -236,6 +248,9 @@ def commands() -> list[Command]:
                 SaveCheckpointConfig, _save_checkpoint),
         Command("make-toy-world", "train the toy world's CLIP, VAE, UNet, judge and tagger from a seed (minutes on a CPU)",
                 ToyWorldConfig, _make_toy_world),
+        Command("inspect", "what each model file is (embedding, hypernetwork, LoRA/LyCORIS, checkpoint, aesthetic "
+                "embedding), for which family, whether the WebUI's safe.py loads it, its training metadata",
+                InspectConfig, _inspect),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
     ]
