@@ -207,6 +207,37 @@ def _inspect(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _library(cfg, explicit: set[str]) -> int:
+    import json
+
+    from .library.catalogue import scan, select
+    from .library.identify import summary
+
+    host = None
+    if cfg.model:
+        from .host.standalone import load_host
+
+        host = load_host(cfg.model, cfg.device)
+    items = select(scan(cfg.folders, host), cfg.search, cfg.kind, cfg.fits_only)
+    if cfg.previews:
+        from .library.previews import PREVIEWED, previews
+
+        settings = cfg.preview_settings()
+        for item in items:
+            if item.kind in PREVIEWED and item.fit is not False:
+                _, rendered = previews(item, host, settings, cfg.cache)
+                print(f"{item.name}: {'rendered' if rendered else 'from the cache'}", file=sys.stderr)
+    for item in items:
+        if cfg.json:
+            print(json.dumps(item.row(), sort_keys=True, default=str))
+            continue
+        fit = {True: "fits", False: f"MISMATCH: {item.why}", None: item.why}[item.fit]
+        print(f"{item.name} — {summary(item.info)}" + (f"\n    {fit}" if fit else "")
+              + "".join(f"\n    {label}: {path}" for label, path in item.previews.items()))
+    print(f"{len(items)} item(s)", file=sys.stderr)
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
@@ -221,7 +252,7 @@ def commands() -> list[Command]:
     from .lora.config import LoraConfig
     from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
-    from .library.config import InspectConfig
+    from .library.config import InspectConfig, LibraryConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
@@ -251,6 +282,8 @@ def commands() -> list[Command]:
         Command("inspect", "what each model file is (embedding, hypernetwork, LoRA/LyCORIS, checkpoint, aesthetic "
                 "embedding), for which family, whether the WebUI's safe.py loads it, its training metadata",
                 InspectConfig, _inspect),
+        Command("library", "every embedding, hypernetwork, LoRA/LyCORIS, aesthetic embedding and checkpoint in the "
+                "folders: kind, fit to --model with the reason, details, cached A/B previews", LibraryConfig, _library),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
     ]
