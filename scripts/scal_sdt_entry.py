@@ -1,5 +1,5 @@
 """WebUI entry point. Thin on purpose: it puts the extension's package on sys.path and registers the Train tab,
-the Tagger tab and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
+the Tagger and Library tabs and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
 The WebUI keeps the extension root on sys.path only while this file is imported, so everything is imported here."""
 import os
 import sys
@@ -19,6 +19,8 @@ try:
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
+    from scal_sdt.ui.library_tab import library_tab  # noqa: E402
+    from scal_sdt.webui.library import WebUILibrary, use_in_txt2img  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
@@ -68,6 +70,14 @@ def on_ui_tabs():
         else:
             tagger_tab(TaggingRunner(captioner=webui_service.BlipCaptioner()))
     tabs = [(tab, "SCAL-SDT Tagger", "scal_sdt_tagger")]
+    with gr.Blocks(analytics_enabled=False) as library:
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        else:  # "use" writes into txt2img's prompt (captured below) and switches to txt2img
+            prompt = _components.get("txt2img_prompt")
+            library_tab(WebUILibrary(), use=use_in_txt2img if prompt is not None else None,
+                        use_targets=[prompt], use_js="switch_to_txt2img")
+    tabs.append((library, "SCAL-SDT Library", "scal_sdt_library"))
     if not _has_train_tab():  # Forge removed the Train tab and never calls on_ui_train_tabs
         with gr.Blocks(analytics_enabled=False) as train:
             with gr.Tabs():
@@ -82,6 +92,15 @@ def _has_train_tab() -> bool:
     return importlib.util.find_spec("modules_forge") is None
 
 
+_components = {}
+
+
+def on_after_component(component, **kwargs):
+    """Keep txt2img's prompt box: the Library's "use" writes into it (the WebUI builds txt2img before our tabs)."""
+    if kwargs.get("elem_id") == "txt2img_prompt":
+        _components["txt2img_prompt"] = component
+
+
 def on_app_started(demo, app):
     if _missing is None:
         webui_service.add_api_routes(app)
@@ -90,3 +109,4 @@ def on_app_started(demo, app):
 script_callbacks.on_ui_train_tabs(on_ui_train_tabs)
 script_callbacks.on_ui_tabs(on_ui_tabs)
 script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_after_component(on_after_component)

@@ -16,6 +16,12 @@ SETTINGS = PreviewSettings(prompt="a picture", seed=3, steps=2, size=32)
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One preview cache for the module: what one test renders, the next reads back."""
+    return tmp_path_factory.mktemp("previews")
+
+
+@pytest.fixture(scope="module")
 def shelf(tmp_path_factory, tiny_hosts):
     """A WebUI-like models tree: a trained embedding, one for SD2's width, a hypernetwork, a LoRA, a checkpoint
     stand-in and a plain picture."""
@@ -76,10 +82,9 @@ def test_every_kind_with_its_fit_and_reason(shelf):
     assert [i.name for i in select(listed, search="hypernetwork relu")] == ["look"]
 
 
-def test_ab_previews_differ_and_come_from_the_cache(shelf, tmp_path, monkeypatch):
+def test_ab_previews_differ_and_come_from_the_cache(shelf, cache, monkeypatch):
     root, host = shelf
     items = {i.name: i for i in scan([root / "embeddings", root / "hypernetworks", root / "Lora"], host)}
-    cache = tmp_path / "cache"
     got, rendered = previews(items["zq"], host, SETTINGS, cache)
     assert set(got) == {"without", "with"} and rendered == 2
     a, b = (np.asarray(Image.open(got[k]), dtype=float) for k in ("without", "with"))
@@ -101,17 +106,51 @@ def test_ab_previews_differ_and_come_from_the_cache(shelf, tmp_path, monkeypatch
         previews(items["wide"], host, SETTINGS, cache)
 
 
-def test_cli_lists_filters_and_renders(shelf, tmp_path, capsys):
+def test_cli_lists_filters_and_reads_the_cache(shelf, cache, capsys):
     root, _ = shelf
     assert main(["library", str(root / "embeddings"), str(root / "Lora"), "--json"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert {r["name"]: r["fit"] for r in rows} == {"zq": None, "wide": None, "ink": None}  # no model: no fit
     args = ["library", str(root / "embeddings"), "--model", "tiny-sd1", "--device", "cpu", "--kind", "embedding",
-            "--fits-only", "--previews", "--steps", "2", "--size", "32", "--cache", str(tmp_path / "c")]
-    assert main(args) == 0
+            "--fits-only", "--previews", "--steps", "2", "--size", "32", "--seed", "3", "--cache", str(cache)]
+    previews(next(i for i in scan([root / "embeddings"], shelf[1]) if i.name == "zq"), shelf[1], SETTINGS, cache)
+    assert main(args) == 0  # the same settings and model: the images already rendered
     out = capsys.readouterr()
-    assert "zq — " in out.out and "wide" not in out.out and "with: " in out.out and "zq: rendered" in out.err
-    assert main(args) == 0
-    assert "zq: from the cache" in capsys.readouterr().err
+    assert "zq — " in out.out and "wide" not in out.out and "with: " in out.out and "zq: from the cache" in out.err
     assert main(["library", str(root / "nope")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_the_tabs_view_lists_renders_and_uses(shelf, cache):
+    from scal_sdt.library.config import LibraryConfig
+    from scal_sdt.ui.library_tab import LibraryView, add_to_prompt, prompt_token, use_on_page
+
+    root, host = shelf
+    view = LibraryView(lambda: [str(root / "embeddings"), str(root / "Lora")], lambda: host)
+    cfg = LibraryConfig(folders=view.folders(), search="zq", steps=2, size=32, seed=3, cache=str(cache))
+    rows = view.refresh(cfg)
+    assert [r[:4] for r in rows] == [["zq", "embedding", "unknown", "fits"]]  # a tiny model's width: no family
+    file = rows[0][5]
+    assert "fits the loaded model" in view.details_html(file)
+    view.render(file, cfg)  # from the cache when the test above ran
+    images, note = view.render(file, cfg)
+    assert [label for _, label in images] == ["without", "with"] and "all from the cache" in note
+    assert use_on_page(view.item(file), "a cat", "", "")[0] == "a cat, zq"
+    view.refresh(LibraryConfig(folders=view.folders(), kind="lora"))
+    ink = next(iter(view.items.values()))
+    assert use_on_page(ink, "a cat", "", "")[2] == str(root / "Lora" / "ink.safetensors")
+    assert prompt_token(ink) == "<lora:ink:1>" and add_to_prompt("a cat, <lora:ink:1>", "<lora:ink:1>") == \
+        "a cat, <lora:ink:1>"
+    with pytest.raises(ValueError, match="pick an item"):
+        view.render("elsewhere.pt", cfg)
+
+
+def test_the_page_has_a_library_tab():
+    pytest.importorskip("gradio")
+    from scal_sdt.ui.standalone import build_app
+    from scal_sdt.ui_config import UiConfig
+
+    app = build_app(UiConfig(model="tiny-sd1"))
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_lib_folders", "scal_sdt_lib_table", "scal_sdt_lib_render", "scal_sdt_lib_use",
+            "scal_sdt_lib_search", "scal_sdt_lib_kind", "scal_sdt_lib_gallery"} <= ids

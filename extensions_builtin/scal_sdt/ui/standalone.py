@@ -26,6 +26,7 @@ from ..lora.config import LoraConfig
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
+from .library_tab import LibraryView, library_tab, use_on_page
 from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
 from .form import error_html, say
@@ -66,6 +67,7 @@ class StandaloneTrainer:
         self._run_dir: Path | None = None
         self._lock = threading.Lock()
         self.jobs: list[PageJob] = []
+        self.library = LibraryView(self.library_folders, self.library_host)
 
     def host(self):
         if self._host is None:
@@ -185,6 +187,16 @@ class StandaloneTrainer:
         finally:
             self._lock.release()
 
+    def library_folders(self) -> list[str]:
+        """The page's own folders that exist: its embeddings, hypernetworks, LoRAs and checkpoints."""
+        return [f for f in (self.ui.out, self.ui.hypernetworks, self.ui.loras, self.ui.checkpoints) if Path(f).is_dir()]
+
+    def library_host(self):
+        """The page's model for the Library's fit and previews; refused while a training uses it."""
+        if self._lock.locked():
+            raise RuntimeError("a training is running on this model; the library's fit and previews wait for it")
+        return self.host()
+
     def steer(self, word: str):
         if self._run_dir is not None and self._lock.locked():
             control.request(self._run_dir, word)
@@ -225,9 +237,12 @@ def build_app(ui: UiConfig) -> gr.Blocks:
                           exclude=("model", "device"),
                           defaults={"clip": "toy" if ui.model == "toy" else "", "name": "my-look"})
         with gr.Tab("Generate"):
-            generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
-                                                         "hypernetwork": "",
-                                                         "prompt": "a large red star on a white background"})
+            generate = generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
+                                                                    "hypernetwork": "",
+                                                                    "prompt": "a large red star on a white background"})
+        with gr.Tab("Library"):
+            library_tab(trainer.library, use=use_on_page,
+                        use_targets=[generate["prompt"], generate["hypernetwork"], generate["lora"]])
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
             tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"},
