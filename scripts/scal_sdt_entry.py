@@ -20,7 +20,8 @@ try:
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
     from scal_sdt.ui.library_tab import library_tab  # noqa: E402
-    from scal_sdt.webui.library import WebUILibrary, use_in_txt2img  # noqa: E402
+    from scal_sdt.ui.chooser_tab import chooser_tab  # noqa: E402
+    from scal_sdt.webui.library import WebUILibrary, use_in_txt2img, webui_family  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
@@ -35,6 +36,7 @@ def on_ui_train_tabs(params):
     """Our sub-tabs of the WebUI's Train tab (in Forge, which has none, they are a tab of their own: on_ui_tabs)."""
     import gradio as gr
 
+    forms = {}
     for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db"),
                           ("LoRA", "scal_sdt_lora")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
@@ -43,7 +45,7 @@ def on_ui_train_tabs(params):
                 continue
             kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH, LORA) if k.elem_prefix == prefix)
             dreambooth = kind is DREAMBOOTH  # picks its source checkpoint from the WebUI's list
-            training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
+            forms[prefix] = training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
                          exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,
                          offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)}
                          if dreambooth else None,
@@ -55,6 +57,11 @@ def on_ui_train_tabs(params):
             _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
         else:  # the loaded model's family picks the image encoders; the file goes to models/aesthetic_embeddings
             aesthetic_tab(lambda cfg: webui_service.make_aesthetic(cfg), exclude=("model", "device"))
+    with gr.Tab(label="SCAL-SDT Choose a method", id="scal_sdt_choose", elem_id="scal_sdt_choose_tab"):
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        else:  # fills the chosen tab's form; the family is the loaded model's
+            chooser_tab(forms, family=webui_family)
 
 
 def on_ui_tabs():

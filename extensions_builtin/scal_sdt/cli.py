@@ -238,6 +238,16 @@ def _library(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _choose(cfg, explicit: set[str]) -> int:
+    import json
+
+    from .library.chooser import choose
+
+    choice = choose(cfg.goal, cfg.images, cfg.vram_gb, cfg.family)
+    print(json.dumps(choice.as_dict(), sort_keys=True) if cfg.json else choice.text())
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
@@ -252,7 +262,7 @@ def commands() -> list[Command]:
     from .lora.config import LoraConfig
     from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
-    from .library.config import InspectConfig, LibraryConfig
+    from .library.config import ChooseConfig, InspectConfig, LibraryConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
@@ -284,6 +294,8 @@ def commands() -> list[Command]:
                 InspectConfig, _inspect),
         Command("library", "every embedding, hypernetwork, LoRA/LyCORIS, aesthetic embedding and checkpoint in the "
                 "folders: kind, fit to --model with the reason, details, cached A/B previews", LibraryConfig, _library),
+        Command("choose", "which method to train (the guide's \"how to choose\"): method, presets, expected memory and "
+                "time, and why, from your goal, number of images, card memory and model family", ChooseConfig, _choose),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
     ]

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..config import check_bounds, option
 from ..host.toy import MODEL_HELP
+from .chooser import FAMILIES as CHOICE_FAMILIES, GOAL_HELP, GOALS
 from .identify import KINDS
 
 
@@ -52,3 +53,15 @@ class LibraryConfig:
         from .previews import PreviewSettings
 
         return PreviewSettings(self.prompt, self.negative, self.seed, self.steps, self.cfg_scale, self.size)
+
+
+@dataclass(kw_only=True)
+class ChooseConfig:
+    goal: str = option(help=GOAL_HELP, choices=GOALS)
+    images: int = option(10, "how many pictures you have", min=1)
+    vram_gb: float = option(8.0, "the card's memory in GB", min=0.5)
+    family: str = option("sd1", "the model family: sd1, sd2 or sdxl", choices=CHOICE_FAMILIES)
+    json: bool = option(False, "print the answer as JSON")
+
+    def __post_init__(self):
+        check_bounds(self)

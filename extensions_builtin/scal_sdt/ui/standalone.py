@@ -27,6 +27,7 @@ from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
 from .library_tab import LibraryView, library_tab, use_on_page
+from .chooser_tab import chooser_tab, family_hint
 from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
 from .form import error_html, say
@@ -220,22 +221,29 @@ def build_app(ui: UiConfig) -> gr.Blocks:
     with gr.Blocks(title="SCAL-SDT", **style) as app:
         gr.Markdown(f"## SCAL-SDT — model `{ui.model}`")
         with gr.Tab("Embedding"):
-            training_tab(EMBEDDING, defaults={"out": ui.out, "data": "demo", "name": "my-embedding",
-                                              "template": "filewords", **TOY_DEMO}, **trainer.tab("embedding", app))
+            forms = {}
+            forms[EMBEDDING.elem_prefix] = training_tab(
+                EMBEDDING, defaults={"out": ui.out, "data": "demo", "name": "my-embedding", "template": "filewords",
+                                     **TOY_DEMO}, **trainer.tab("embedding", app))
         with gr.Tab("Hypernetwork"):
-            training_tab(HYPERNETWORK, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"},
-                         **trainer.tab("hypernetwork", app))
+            forms[HYPERNETWORK.elem_prefix] = training_tab(
+                HYPERNETWORK, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"},
+                **trainer.tab("hypernetwork", app))
         with gr.Tab("DreamBooth"):
-            training_tab(DREAMBOOTH, defaults={"out": ui.checkpoints, "name": "my-dreambooth"},
-                         **trainer.tab("checkpoint", app))
+            forms[DREAMBOOTH.elem_prefix] = training_tab(
+                DREAMBOOTH, defaults={"out": ui.checkpoints, "name": "my-dreambooth"},
+                **trainer.tab("checkpoint", app))
         with gr.Tab("LoRA"):  # the held-out colour on the toy model, as the README's quality table measures it
-            training_tab(LORA, defaults={"out": ui.loras, "name": "my-lora", "data": "demo", "embeddings_out": ui.out},
-                         **trainer.tab("lora", app))
+            forms[LORA.elem_prefix] = training_tab(
+                LORA, defaults={"out": ui.loras, "name": "my-lora", "data": "demo", "embeddings_out": ui.out},
+                **trainer.tab("lora", app))
         with gr.Tab("Aesthetic embedding"):
             aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
                                                                                    device=ui.device)),
                           exclude=("model", "device"),
                           defaults={"clip": "toy" if ui.model == "toy" else "", "name": "my-look"})
+        with gr.Tab("Choose a method"):
+            chooser_tab(forms, family=lambda: family_hint(ui.model))
         with gr.Tab("Generate"):
             generate = generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
                                                                     "hypernetwork": "",

@@ -50,3 +50,13 @@ def use_in_txt2img(item: Item, prompt: str) -> tuple[str, str]:
         raise ValueError(f"{item.name} is a whole model: pick it in the checkpoint list at the top left")
     raise ValueError(f"{item.name}: pick it in txt2img's aesthetic-gradients accordion" if item.kind ==
                      "aesthetic-embedding" else f"{item.name}: {item.why or 'not a file the WebUI uses'}")
+
+
+def webui_family() -> str:
+    """The loaded model's family, without loading one (the UI is built while the WebUI may still be loading it)."""
+    from modules import sd_models
+
+    from .aesthetic import family_name
+
+    model = getattr(getattr(sd_models, "model_data", None), "sd_model", None)
+    return family_name(model) if model is not None else "sd1"
