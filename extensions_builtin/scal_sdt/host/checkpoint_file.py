@@ -11,11 +11,12 @@ from .convert import UNET_PREFIX, VAE_PREFIX
 from .families import SD1, SD2, SDXL, Family
 
 
-def load_weights_only(path: Path):
+def load_weights_only(path: Path, mmap: bool = False):
     """``torch.load(weights_only=True)``; original SD1 ``.ckpt`` files also pickle PyTorch Lightning's ModelCheckpoint
-    state and numpy scalars beside the weights, which are allowed as inert stand-ins on a second try."""
+    state and numpy scalars beside the weights, which are allowed as inert stand-ins on a second try. ``mmap``: the
+    tensors stay in the file until read (zip-format files only), so looking at a big checkpoint costs no memory."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         import codecs
 
@@ -25,7 +26,7 @@ def load_weights_only(path: Path):
         allowed = [stub, codecs.encode, np.dtype, (scalar, "numpy.core.multiarray.scalar"),
                    (scalar, "numpy._core.multiarray.scalar"), *{type(np.dtype(t)) for t in "f4 f8 i4 i8 u1 ?".split()}]
         with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def detect_family(sd: dict) -> Family:

@@ -70,8 +70,10 @@ def _flatten(obj: Any) -> dict[str, torch.Tensor]:
 def _weights_only(path: Path) -> Any:
     """torch.load(weights_only=True); the old ``ParameterDict`` embedding layout and Lightning's checkpoint records
     are the only extras allowed (as the WebUI's safe.py allows them)."""
+    import zipfile
+
     try:
-        return load_weights_only(path)
+        return load_weights_only(path, mmap=zipfile.is_zipfile(path))  # a big .ckpt is not read into memory
     except pickle.UnpicklingError as e:
         if "ParameterDict" not in str(e):
             raise

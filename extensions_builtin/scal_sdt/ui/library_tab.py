@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Callable
 
 import gradio as gr
+from PIL import Image
 
 from ..library.catalogue import Item, scan, select
 from ..library.config import LibraryConfig
@@ -91,7 +92,11 @@ class LibraryView:
             raise ValueError(f"{item.name}: a {item.kind} has no A/B preview")
         got, rendered = previews(item, host, cfg.preview_settings(), cfg.cache)
         note = f"rendered {rendered} image(s)" if rendered else "all from the cache"
-        return [(str(p), label) for label, p in got.items()], f"{item.name}: {note} ({Path(cfg.cache).expanduser()})"
+        images = []
+        for label, path in got.items():  # as pictures: a cache folder the page does not serve still shows
+            with Image.open(path) as im:
+                images.append((im.convert("RGB"), label))
+        return images, f"{item.name}: {note} ({Path(cfg.cache).expanduser()})"
 
 
 def library_tab(view: LibraryView, elem_prefix: str = "scal_sdt_lib", defaults: dict | None = None,

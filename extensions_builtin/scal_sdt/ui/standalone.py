@@ -242,19 +242,20 @@ def build_app(ui: UiConfig) -> gr.Blocks:
                                                                                    device=ui.device)),
                           exclude=("model", "device"),
                           defaults={"clip": "toy" if ui.model == "toy" else "", "name": "my-look"})
-        with gr.Tab("Choose a method"):
-            chooser_tab(forms, family=lambda: family_hint(ui.model))
         with gr.Tab("Generate"):
             generate = generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
                                                                     "hypernetwork": "",
                                                                     "prompt": "a large red star on a white background"})
-        with gr.Tab("Library"):
-            library_tab(trainer.library, use=use_on_page,
-                        use_targets=[generate["prompt"], generate["hypernetwork"], generate["lora"]])
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
             tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"},
                        demo_folder=TAGGER_DEMO_FOLDER)
+        # last: they fill the other tabs' forms
+        with gr.Tab("Choose a method"):
+            chooser_tab(forms, family=lambda: family_hint(ui.model))
+        with gr.Tab("Library"):
+            library_tab(trainer.library, use=use_on_page,
+                        use_targets=[generate["prompt"], generate["hypernetwork"], generate["lora"]])
     app.scal_sdt_trainer = trainer
     app.scal_sdt_tagger = tagger
     return app
