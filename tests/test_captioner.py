@@ -41,6 +41,25 @@ def build_tiny_blip(folder):
     return folder
 
 
+def build_tiny_git(folder):
+    import torch
+    from transformers import BertTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    torch.manual_seed(0)
+    config = GitConfig(vision_config=dict(hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                          num_hidden_layers=2, image_size=32, patch_size=8),
+                       vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=37, max_position_embeddings=64, bos_token_id=2, eos_token_id=3,
+                       pad_token_id=0)
+    GitForCausalLM(config).eval().save_pretrained(folder)
+    GitProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+                 tokenizer=BertTokenizer(str(folder / "vocab.txt"))).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def blip(tmp_path_factory):
     return build_tiny_blip(tmp_path_factory.mktemp("tiny-blip"))
@@ -62,6 +81,13 @@ def test_a_tiny_blip_captions_in_batches(blip, tmp_path):
     assert len(batch) == 3 and all(batch)
     assert all(set(s.split()) <= set(WORDS) for s in batch)  # the tiny vocabulary's words
     assert batch == [captioner.caption([im])[0] for im in images]  # batching changes nothing
+
+
+def test_a_tiny_git_captions_too(tmp_path):
+    captioner = Captioner.load(str(build_tiny_git(tmp_path / "git")), "cpu", max_new_tokens=6)
+    images = [Image.open(p) for p in sorted(pictures(tmp_path / "p", 2).glob("*.png"))]
+    got = captioner.caption(images)
+    assert captioner.kind == "git" and len(got) == 2 and all(got) and all(set(s.split()) <= set(WORDS) for s in got)
 
 
 def test_read_from_the_hub_cache_never_downloaded(blip, tmp_path, monkeypatch):
