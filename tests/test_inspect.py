@@ -151,6 +151,17 @@ def test_kohya_loras_lycoris_and_families(tmp_path):
     assert (renamed["kind"], renamed["family"], renamed["webui_safe"]["loads"]) == ("lora", "sd1", True)
 
 
+def test_a_diffusers_peft_lora(tmp_path):
+    key = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k"
+    save_file({f"{key}.lora_A.weight": torch.randn(8, 1024), f"{key}.lora_B.weight": torch.zeros(320, 8),
+               "unet.down_blocks.0.resnets.0.conv1.lora_A.weight": torch.randn(8, 320, 3, 3),
+               "unet.down_blocks.0.resnets.0.conv1.lora_B.weight": torch.zeros(320, 8, 1, 1)},
+              str(tmp_path / "peft.safetensors"))
+    info = inspect_file(tmp_path / "peft.safetensors")
+    assert (info["kind"], info["family"], info["details"]["type"]) == ("lora", "sd2", "locon")
+    assert info["details"]["modules"] == 2 and info["details"]["targets"] == {"unet attention": 1, "unet conv": 1}
+
+
 def test_our_lora_writer(tmp_path):
     from scal_sdt.lora.metadata import BASE_MODEL_VERSION, NETWORK_MODULE
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,9 +166,14 @@ def _prediction_type(view: FileView, family: str) -> tuple[str, str]:
     return "unknown", "unknown family"
 
 
+def module_of(key: str) -> str:
+    """The layer a LoRA key belongs to: kohya's ``lora_unet_…`` name, or a dotted diffusers / PEFT path."""
+    return re.split(r"\.(?=lora_|hada_|lokr_|alpha$|dora_scale$|on_input$|diff$)", key, maxsplit=1)[0]
+
+
 def lora_type(keys: list[str], tensors: dict[str, Tensor]) -> str:
     """lora | locon | loha | lokr | dora | ia3 | full, from the adapter keys' suffixes."""
-    suffixes = {k.split(".", 1)[1] for k in keys if "." in k}
+    suffixes = {k[len(module_of(k)) + 1:] for k in keys}
     if any(s.startswith("hada_") for s in suffixes):
         return "loha"
     if any(s.startswith("lokr_") for s in suffixes):
@@ -207,7 +213,7 @@ def read_lora(view: FileView) -> dict:
     if not keys:
         raise NotThisKind("no LoRA keys (lora_unet_*, lora_te*_, *.lora_down.*)")
     kind = lora_type(keys, view.tensors)
-    modules = sorted({k.split(".", 1)[0] for k in keys})
+    modules = sorted({module_of(k) for k in keys})
     ranks = Counter()
     for k, t in view.tensors.items():
         if k.endswith(("lora_down.weight", "lora_A.weight", "hada_w1_b", "lokr_w1_b")) and t.shape:
@@ -226,8 +232,9 @@ def read_lora(view: FileView) -> dict:
     targets = Counter()
     for m in modules:
         part = "text encoder" if m.startswith("lora_te") or m.startswith("text_encoder") else "unet"
-        kind_of = "conv" if view.tensors.get(m + ".lora_down.weight", Tensor((0,), "")).shape[2:] not in ((), (1, 1)) \
-            else ("attention" if "attn" in m else "other")
+        down = view.tensors.get(m + ".lora_down.weight") or view.tensors.get(m + ".lora_A.weight")
+        kind_of = "conv" if down is not None and down.shape[2:] not in ((), (1, 1)) else (
+            "attention" if "attn" in m else "other")
         targets[f"{part} {kind_of}"] += 1
     module = view.metadata.get("ss_network_module", "")
     lycoris = kind in ("loha", "lokr", "dora", "ia3", "full") or module.startswith("lycoris")
