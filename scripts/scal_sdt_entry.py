@@ -1,5 +1,5 @@
 """WebUI entry point. Thin on purpose: it puts the extension's package on sys.path and registers the Train tab,
-the Tagger tab and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
+the Tagger and Library tabs and the /scal-sdt/v1 API; the features live in ``extensions_builtin/scal_sdt`` (importable as ``scal_sdt``).
 The WebUI keeps the extension root on sys.path only while this file is imported, so everything is imported here."""
 import os
 import sys
@@ -19,6 +19,9 @@ try:
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
+    from scal_sdt.ui.library_tab import library_tab  # noqa: E402
+    from scal_sdt.ui.chooser_tab import chooser_tab  # noqa: E402
+    from scal_sdt.webui.library import WebUILibrary, use_in_txt2img, webui_family  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
@@ -33,6 +36,7 @@ def on_ui_train_tabs(params):
     """Our sub-tabs of the WebUI's Train tab (in Forge, which has none, they are a tab of their own: on_ui_tabs)."""
     import gradio as gr
 
+    forms = {}
     for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db"),
                           ("LoRA", "scal_sdt_lora")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
@@ -41,7 +45,7 @@ def on_ui_train_tabs(params):
                 continue
             kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH, LORA) if k.elem_prefix == prefix)
             dreambooth = kind is DREAMBOOTH  # picks its source checkpoint from the WebUI's list
-            training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
+            forms[prefix] = training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
                          exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,
                          offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)}
                          if dreambooth else None,
@@ -53,6 +57,11 @@ def on_ui_train_tabs(params):
             _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
         else:  # the loaded model's family picks the image encoders; the file goes to models/aesthetic_embeddings
             aesthetic_tab(lambda cfg: webui_service.make_aesthetic(cfg), exclude=("model", "device"))
+    with gr.Tab(label="SCAL-SDT Choose a method", id="scal_sdt_choose", elem_id="scal_sdt_choose_tab"):
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        else:  # fills the chosen tab's form; the family is the loaded model's
+            chooser_tab(forms, family=webui_family)
 
 
 def on_ui_tabs():
@@ -68,6 +77,14 @@ def on_ui_tabs():
         else:
             tagger_tab(TaggingRunner(captioner=webui_service.BlipCaptioner()))
     tabs = [(tab, "SCAL-SDT Tagger", "scal_sdt_tagger")]
+    with gr.Blocks(analytics_enabled=False) as library:
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        else:  # "use" writes into txt2img's prompt (captured below) and switches to txt2img
+            prompt = _components.get("txt2img_prompt")
+            library_tab(WebUILibrary(), use=use_in_txt2img if prompt is not None else None,
+                        use_targets=[prompt], use_js="switch_to_txt2img")
+    tabs.append((library, "SCAL-SDT Library", "scal_sdt_library"))
     if not _has_train_tab():  # Forge removed the Train tab and never calls on_ui_train_tabs
         with gr.Blocks(analytics_enabled=False) as train:
             with gr.Tabs():
@@ -82,6 +99,15 @@ def _has_train_tab() -> bool:
     return importlib.util.find_spec("modules_forge") is None
 
 
+_components = {}
+
+
+def on_after_component(component, **kwargs):
+    """Keep txt2img's prompt box: the Library's "use" writes into it (the WebUI builds txt2img before our tabs)."""
+    if kwargs.get("elem_id") == "txt2img_prompt":
+        _components["txt2img_prompt"] = component
+
+
 def on_app_started(demo, app):
     if _missing is None:
         webui_service.add_api_routes(app)
@@ -90,3 +116,4 @@ def on_app_started(demo, app):
 script_callbacks.on_ui_train_tabs(on_ui_train_tabs)
 script_callbacks.on_ui_tabs(on_ui_tabs)
 script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_after_component(on_after_component)

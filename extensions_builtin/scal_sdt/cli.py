@@ -196,6 +196,58 @@ def _make_toy_world(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _inspect(cfg, explicit: set[str]) -> int:
+    import json
+
+    from .library.identify import inspect_file, summary
+
+    for path in cfg.files:
+        info = inspect_file(path)
+        print(json.dumps(info, sort_keys=True) if cfg.json else summary(info))
+    return 0
+
+
+def _library(cfg, explicit: set[str]) -> int:
+    import json
+
+    from .library.catalogue import scan, select
+    from .library.identify import summary
+
+    host = None
+    if cfg.model:
+        from .host.standalone import load_host
+
+        host = load_host(cfg.model, cfg.device)
+    items = select(scan(cfg.folders, host), cfg.search, cfg.kind, cfg.fits_only)
+    if cfg.previews:
+        from .library.previews import PREVIEWED, previews
+
+        settings = cfg.preview_settings()
+        for item in items:
+            if item.kind in PREVIEWED and item.fit is not False:
+                _, rendered = previews(item, host, settings, cfg.cache)
+                print(f"{item.name}: {'rendered' if rendered else 'from the cache'}", file=sys.stderr)
+    for item in items:
+        if cfg.json:
+            print(json.dumps(item.row(), sort_keys=True, default=str))
+            continue
+        fit = {True: "fits", False: f"MISMATCH: {item.why}", None: item.why}[item.fit]
+        print(f"{item.name} — {summary(item.info)}" + (f"\n    {fit}" if fit else "")
+              + "".join(f"\n    {label}: {path}" for label, path in item.previews.items()))
+    print(f"{len(items)} item(s)", file=sys.stderr)
+    return 0
+
+
+def _choose(cfg, explicit: set[str]) -> int:
+    import json
+
+    from .library.chooser import choose
+
+    choice = choose(cfg.goal, cfg.images, cfg.vram_gb, cfg.family)
+    print(json.dumps(choice.as_dict(), sort_keys=True) if cfg.json else choice.text())
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
@@ -210,6 +262,7 @@ def commands() -> list[Command]:
     from .lora.config import LoraConfig
     from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
+    from .library.config import ChooseConfig, InspectConfig, LibraryConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
@@ -236,6 +289,13 @@ def commands() -> list[Command]:
                 SaveCheckpointConfig, _save_checkpoint),
         Command("make-toy-world", "train the toy world's CLIP, VAE, UNet, judge and tagger from a seed (minutes on a CPU)",
                 ToyWorldConfig, _make_toy_world),
+        Command("inspect", "what each model file is (embedding, hypernetwork, LoRA/LyCORIS, checkpoint, aesthetic "
+                "embedding), for which family, whether the WebUI's safe.py loads it, its training metadata",
+                InspectConfig, _inspect),
+        Command("library", "every embedding, hypernetwork, LoRA/LyCORIS, aesthetic embedding and checkpoint in the "
+                "folders: kind, fit to --model with the reason, details, cached A/B previews", LibraryConfig, _library),
+        Command("choose", "which method to train (the guide's \"how to choose\"): method, presets, expected memory and "
+                "time, and why, from your goal, number of images, card memory and model family", ChooseConfig, _choose),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
     ]

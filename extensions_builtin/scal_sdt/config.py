@@ -119,13 +119,16 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if tp is bool:
             target.add_argument(flag_name(f), action=argparse.BooleanOptionalAction, default=default, **kwargs)
             continue
+        many = typing.get_origin(tp) is list  # list[str]: several values (FILE...)
         kwargs["type"] = tp if tp in (int, float, str) else str
+        if many:
+            kwargs["nargs"] = "+" if required else "*"
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
         if meta.get("positional"):
             kwargs.pop("dest")
-            target.add_argument(f.name, metavar=f.name.upper(), nargs=None if required else "?",
-                                default=default, **kwargs)
+            kwargs.setdefault("nargs", None if required else "?")
+            target.add_argument(f.name, metavar=f.name.upper(), default=default, **kwargs)
         else:
             target.add_argument(flag_name(f), required=required, default=default,
                                 metavar=f.name.upper(), **kwargs)

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from ..config import check_bounds, option
 from .model import KNOWN, TOY_TAGGER
+from .captioner import FLORENCE_TASK, MODES
 from .tags import EXISTING, SORTS, TagRules, parse_replace, split_list
 
 DEFAULT_GENERAL, DEFAULT_CHARACTER = 0.35, 0.85
@@ -56,6 +57,18 @@ class TagConfig:
     blip: bool = option(False, "start each caption with a sentence from the WebUI's BLIP interrogator (inside the "
                         "WebUI; it loads BLIP as its Interrogate button does)", group="captions")
     clip_top: int = option(3, "how many of the best terms each caption gets", min=1, max=100, group="captions")
+    captioner: str = option("", "a sentence for each image from a BLIP, BLIP-2, GIT or Florence-2 model run with "
+                            "transformers: a folder, or a repo id in your hub cache (e.g. "
+                            "Salesforce/blip-image-captioning-base; never downloaded, no remote code); '' = off",
+                            group="captions")
+    caption_mode: str = option("prefix", "where the sentence goes: before the tags (prefix), after them (suffix), "
+                               "or instead of them (replace)", choices=MODES, group="captions")
+    caption_prompt: str = option("", "BLIP / BLIP-2: text the sentence continues (e.g. 'a picture of'); Florence-2: "
+                                 f"its task ('' = {FLORENCE_TASK})", group="captions")
+    caption_tokens: int = option(40, "the longest sentence, in tokens", min=1, max=512, group="captions")
+    sentence_extension: str = option(".caption", "the sentence alone is also written beside the image with this "
+                                     "extension (kohya's natural-caption file; the dataset editor shows it beside "
+                                     "the tags); '' = not", group="captions")
 
     provider: str = option("auto", "onnxruntime execution provider: auto (CUDA, ROCm, DirectML, CoreML, CPU, the "
                            "first this onnxruntime has), cuda, rocm, directml, coreml or cpu", group="speed")
@@ -74,6 +87,12 @@ class TagConfig:
             raise ValueError("model is required")
         if not self.caption_extension.startswith("."):
             raise ValueError(f"caption_extension must start with a dot, not {self.caption_extension!r}")
+        if self.blip and self.captioner:
+            raise ValueError("blip and captioner both write a sentence: choose one")
+        if self.sentence_extension and (not self.sentence_extension.startswith(".")
+                                        or self.sentence_extension == self.caption_extension):
+            raise ValueError(f"sentence_extension must start with a dot and differ from caption_extension, not "
+                             f"{self.sentence_extension!r}")
         if self.clip_model and not self.clip_terms:
             raise ValueError("clip_terms is needed with clip_model: the terms CLIP ranks against each image")
         self.rules(DEFAULT_GENERAL)  # refuses a bad regex or replacement now, not after loading the model

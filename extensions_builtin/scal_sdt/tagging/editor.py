@@ -28,11 +28,15 @@ def clip_token_count(text: str) -> int:
     return len(_tokenizer.encode(text))
 
 
+SENTENCE_EXTENSION = ".caption"  # where the tagger's captioner keeps each image's sentence (TagConfig's default)
+
+
 @dataclass
 class Item:
     image: Path
     tags: list[str]
     tokens: int = -1  # computed when a filter asks for it
+    sentence: str = ""  # the captioner's sentence (NAME.caption beside the image), shown beside the tags
 
     def caption(self) -> str:
         return ", ".join(self.tags)
@@ -52,7 +56,10 @@ class Dataset:
         for path in image_files(self.folder, recursive):
             caption = path.with_suffix(caption_extension)
             text = caption.read_text(encoding="utf-8").strip() if caption.is_file() else ""
-            self.items.append(Item(path, split_list(text)))
+            sentence = path.with_suffix(SENTENCE_EXTENSION)
+            said = sentence.read_text(encoding="utf-8").strip() if (
+                caption_extension != SENTENCE_EXTENSION and sentence.is_file()) else ""
+            self.items.append(Item(path, split_list(text), sentence=said))
         self.undo_stack: list[Change] = []
         self.redo_stack: list[Change] = []
 

@@ -23,6 +23,7 @@ from .config import DEFAULT_GENERAL, TagConfig
 from .model import POOL, Tagger, TaggerPool, known_for
 from .clip_terms import ClipTerms, read_terms
 from .preprocess import Loaded, load, on_white, prepare
+from .captioner import as_entry, with_sentence
 from .tags import caption_tags, combine, merge_caption, select
 
 
@@ -78,14 +79,24 @@ def tag_folder(cfg: TagConfig, reporter: Reporter | None = None, pool: TaggerPoo
                captioner: Callable[[Image.Image], str] | None = None) -> TagReport:
     """``captioner``: the host's image captioner (the WebUI's BLIP), used when ``cfg.blip``; its ``release()``, if
     it has one, is called at the end."""
+    if cfg.captioner:
+        from .captioner import Captioner
+
+        captioner = Captioner.load(cfg.captioner, _caption_device(), cfg.caption_tokens, cfg.caption_prompt)
     if cfg.blip and captioner is None:
         raise ValueError("blip: BLIP captions come from the WebUI's interrogator; use the WebUI's Tagger tab or API "
                          "(or clip_model here)")
     try:
         return _tag_folder(cfg, reporter or Reporter(), pool, captioner)
     finally:
-        if cfg.blip and hasattr(captioner, "release"):
+        if (cfg.blip or cfg.captioner) and hasattr(captioner, "release"):
             captioner.release()
+
+
+def _caption_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _tag_folder(cfg: TagConfig, reporter: Reporter, pool: TaggerPool, captioner) -> TagReport:
@@ -113,15 +124,19 @@ def _tag_folder(cfg: TagConfig, reporter: Reporter, pool: TaggerPool, captioner)
         clip = ClipTerms(cfg.clip_model, read_terms(cfg.clip_terms), cfg.clip_top)
         specs.append((clip.prepare, lambda digest: False))
         reporter.message(f"CLIP {cfg.clip_model}: the best {cfg.clip_top} of {len(clip.terms)} terms per image")
-    if cfg.blip:
+    if cfg.blip or cfg.captioner:
         specs.append((lambda im: on_white(im).copy(), lambda digest: False))  # the file closes after reading
+    if cfg.captioner:
+        reporter.message(f"captioner {cfg.captioner} ({captioner.kind}): a sentence per image, {cfg.caption_mode}")
     done = 0
 
     def finish(item: Loaded, scores: list[np.ndarray], terms: dict[str, float] | None = None,
                sentence: str = "") -> None:
         nonlocal done
         chosen = combine([select(s, t.labels, r) for s, t, r in zip(scores, taggers, rules)], cfg.ensemble)
-        tags = ([sentence] if sentence else []) + caption_tags(chosen, rules[0], extra=list(terms or ()))
+        tags = with_sentence(caption_tags(chosen, rules[0], extra=list(terms or ())), sentence, cfg.caption_mode)
+        if sentence and cfg.sentence_extension:
+            atomic_write_text(caption_path(item.path, cfg.sentence_extension), as_entry(sentence))
         target = caption_path(item.path, cfg.caption_extension)
         old = _existing_caption(target)
         text = merge_caption(old, tags, cfg.existing)
@@ -144,7 +159,12 @@ def _tag_folder(cfg: TagConfig, reporter: Reporter, pool: TaggerPool, captioner)
         report.inferred += ran
         report.from_cache += len(batch) - ran
         terms = clip.best(np.stack([item.rows[n] for item in batch])) if clip else [None] * len(batch)
-        sentences = [captioner(item.rows[-1]).strip() for item in batch] if cfg.blip else [""] * len(batch)
+        if cfg.captioner:  # one batched call
+            sentences = captioner.caption([item.rows[-1] for item in batch])
+        elif cfg.blip:
+            sentences = [captioner(item.rows[-1]).strip() for item in batch]
+        else:
+            sentences = [""] * len(batch)
         for item, found, sentence in zip(batch, terms, sentences):
             finish(item, [cache.get(item.digest) for cache in caches], found, sentence)
         progress()

@@ -75,6 +75,8 @@ def view(s: EditorSession | None, note: str = ""):
     freq = [[t, n] for t, n in s.dataset.frequency(s.shown).most_common()]
     current = s.dataset.items[s.current] if s.current is not None else None
     label = (f"{s.current + 1}/{len(s.dataset)}: {current.image.relative_to(s.dataset.folder)}" if current else "")
+    if current is not None and current.sentence:  # the captioner's sentence, beside the tags below
+        label += f"<br><i>sentence: {html.escape(current.sentence)}</i>"
     status = (f"{len(s.shown)} of {len(s.dataset)} images match; {len(s.selection)} selected; "
               f"{len(s.dataset.undo_stack)} edit(s) to undo. {note}")
     return gallery, freq, current.caption() if current else "", label, status, f"page {s.page + 1}/{pages}"

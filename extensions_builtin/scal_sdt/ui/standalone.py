@@ -26,6 +26,8 @@ from ..lora.config import LoraConfig
 from .generate_tab import generate_tab
 from .tagger_tab import tagger_tab
 from .aesthetic_tab import aesthetic_tab
+from .library_tab import LibraryView, library_tab, use_on_page
+from .chooser_tab import chooser_tab, family_hint
 from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
 from .form import error_html, say
@@ -66,6 +68,7 @@ class StandaloneTrainer:
         self._run_dir: Path | None = None
         self._lock = threading.Lock()
         self.jobs: list[PageJob] = []
+        self.library = LibraryView(self.library_folders, self.library_host)
 
     def host(self):
         if self._host is None:
@@ -185,6 +188,16 @@ class StandaloneTrainer:
         finally:
             self._lock.release()
 
+    def library_folders(self) -> list[str]:
+        """The page's own folders that exist: its embeddings, hypernetworks, LoRAs and checkpoints."""
+        return [f for f in (self.ui.out, self.ui.hypernetworks, self.ui.loras, self.ui.checkpoints) if Path(f).is_dir()]
+
+    def library_host(self):
+        """The page's model for the Library's fit and previews; refused while a training uses it."""
+        if self._lock.locked():
+            raise RuntimeError("a training is running on this model; the library's fit and previews wait for it")
+        return self.host()
+
     def steer(self, word: str):
         if self._run_dir is not None and self._lock.locked():
             control.request(self._run_dir, word)
@@ -208,30 +221,41 @@ def build_app(ui: UiConfig) -> gr.Blocks:
     with gr.Blocks(title="SCAL-SDT", **style) as app:
         gr.Markdown(f"## SCAL-SDT — model `{ui.model}`")
         with gr.Tab("Embedding"):
-            training_tab(EMBEDDING, defaults={"out": ui.out, "data": "demo", "name": "my-embedding",
-                                              "template": "filewords", **TOY_DEMO}, **trainer.tab("embedding", app))
+            forms = {}
+            forms[EMBEDDING.elem_prefix] = training_tab(
+                EMBEDDING, defaults={"out": ui.out, "data": "demo", "name": "my-embedding", "template": "filewords",
+                                     **TOY_DEMO}, **trainer.tab("embedding", app))
         with gr.Tab("Hypernetwork"):
-            training_tab(HYPERNETWORK, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"},
-                         **trainer.tab("hypernetwork", app))
+            forms[HYPERNETWORK.elem_prefix] = training_tab(
+                HYPERNETWORK, defaults={"out": ui.hypernetworks, "name": "my-hypernetwork"},
+                **trainer.tab("hypernetwork", app))
         with gr.Tab("DreamBooth"):
-            training_tab(DREAMBOOTH, defaults={"out": ui.checkpoints, "name": "my-dreambooth"},
-                         **trainer.tab("checkpoint", app))
+            forms[DREAMBOOTH.elem_prefix] = training_tab(
+                DREAMBOOTH, defaults={"out": ui.checkpoints, "name": "my-dreambooth"},
+                **trainer.tab("checkpoint", app))
         with gr.Tab("LoRA"):  # the held-out colour on the toy model, as the README's quality table measures it
-            training_tab(LORA, defaults={"out": ui.loras, "name": "my-lora", "data": "demo", "embeddings_out": ui.out},
-                         **trainer.tab("lora", app))
+            forms[LORA.elem_prefix] = training_tab(
+                LORA, defaults={"out": ui.loras, "name": "my-lora", "data": "demo", "embeddings_out": ui.out},
+                **trainer.tab("lora", app))
         with gr.Tab("Aesthetic embedding"):
             aesthetic_tab(lambda cfg: make_aesthetic_embedding(dataclasses.replace(cfg, model=ui.model,
                                                                                    device=ui.device)),
                           exclude=("model", "device"),
                           defaults={"clip": "toy" if ui.model == "toy" else "", "name": "my-look"})
         with gr.Tab("Generate"):
-            generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
-                                                         "hypernetwork": "",
-                                                         "prompt": "a large red star on a white background"})
+            generate = generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
+                                                                    "hypernetwork": "",
+                                                                    "prompt": "a large red star on a white background"})
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
             tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"},
                        demo_folder=TAGGER_DEMO_FOLDER)
+        # last: they fill the other tabs' forms
+        with gr.Tab("Choose a method"):
+            chooser_tab(forms, family=lambda: family_hint(ui.model))
+        with gr.Tab("Library"):
+            library_tab(trainer.library, use=use_on_page,
+                        use_targets=[generate["prompt"], generate["hypernetwork"], generate["lora"]])
     app.scal_sdt_trainer = trainer
     app.scal_sdt_tagger = tagger
     return app
