@@ -227,9 +227,10 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
         if processes.main:
             with averaged():
                 path = job.save(at_step, final=False)
+        if processes.main:  # the log first: a checkpoint never stands without the loss rows up to its step
+            write_log()
         checkpoint(at_step)
         if processes.main:
-            write_log()
             reporter.message(f"step {at_step}: saved {path}")
 
     losses: list[float] = []
