@@ -11,6 +11,7 @@ from .lr import PiecewiseLR, SCHEDULES
 from .optimizers import OPTIMIZERS, WHOLE_GROUP
 from .objective import LOSSES, TIMESTEP_DISTRIBUTIONS, parse_timestep_range
 from .presets import preset_names
+from .task_presets import TASKS
 from .templates import list_templates
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -149,6 +150,10 @@ class TrainingOptions:
     zero_terminal_snr: bool = option(False, "rescale the schedule so its last timestep is pure noise (v-prediction "
                                             "models only; lets them learn very dark and bright images)",
                                      group="objective")
+    task_preset: str = option("", "what the run learns: character, object, style or concept — sets the rate, steps, "
+                                  "vectors or rank, template, flips and loss weighting for the trainer and the "
+                                  "model's family (combines with " + mention("preset") + "); options you give "
+                                  "yourself win", choices=("",) + TASKS, group="optimisation")
     # memory and speed
     preset: str = option("", "memory preset by card size: 6gb | 8gb | 12gb | 24gb (batch, precision, checkpointing, "
                              "memory mode for the model family); options you give yourself win",

@@ -29,14 +29,15 @@ class TrainerKind:
     basic: tuple[str, ...]  # the few options people change first, above the closed groups
 
 
-BASIC = ("name", "data", "steps", "lr", "preset")
+BASIC = ("name", "data", "task_preset", "steps", "lr", "preset")
 EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding",
-                        ("name", "data", "init_text", "steps", "lr", "preset"))
+                        ("name", "data", "init_text", "task_preset", "steps", "lr", "preset"))
 HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
 DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
-                         ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"))
+                         ("model", "name", "instance_data", "instance_prompt", "task_preset", "steps", "lr", "preset"))
 LORA = TrainerKind(LoraConfig, "scal_sdt_lora", "Train LoRA", "lora",
-                   ("model", "name", "instance_data", "instance_prompt", "network", "rank", "steps", "lr", "preset"))
+                   ("model", "name", "instance_data", "instance_prompt", "task_preset", "network", "rank", "steps", "lr",
+                    "preset"))
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
