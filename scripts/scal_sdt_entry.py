@@ -19,6 +19,7 @@ try:
     from scal_sdt.ui.tagger_tab import tagger_tab  # noqa: E402
     from scal_sdt.tagging.runner import TaggingRunner  # noqa: E402
     from scal_sdt.ui.aesthetic_tab import aesthetic_tab  # noqa: E402
+    from scal_sdt.ui.queue_tab import queue_tab  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
@@ -46,6 +47,7 @@ def on_ui_train_tabs(params):
                          offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)}
                          if dreambooth else None,
                          steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
+                         enqueue=webui_service.enqueue,
                          txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
                          wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
     with gr.Tab(label="SCAL-SDT Aesthetic embedding", id="scal_sdt_ae", elem_id="scal_sdt_ae_tab"):
@@ -53,6 +55,11 @@ def on_ui_train_tabs(params):
             _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
         else:  # the loaded model's family picks the image encoders; the file goes to models/aesthetic_embeddings
             aesthetic_tab(lambda cfg: webui_service.make_aesthetic(cfg), exclude=("model", "device"))
+    with gr.Tab(label="SCAL-SDT Queue", id="scal_sdt_queue", elem_id="scal_sdt_queue_tab"):
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        else:  # the jobs run one after another on the loaded model, each under the WebUI's GPU lock
+            queue_tab(webui_service.queue_runner())
 
 
 def on_ui_tabs():

@@ -204,25 +204,7 @@ def _queue(cfg, explicit: set[str]) -> int:
 
     queue = QueueFolder(cfg.queue)
     if cfg.action == "add":
-        from . import runs
-        from .config_files import COMMAND_KEY, options_for, read_file
-
-        source = read_file(cfg.job)
-        command = source.values.get(COMMAND_KEY)
-        if not command:
-            raise ValueError(f"{source.path}: name the trainer with command = \"train-embedding\" (or "
-                             f"train-hypernetwork, dreambooth, train-lora)")
-        try:
-            kind = runs.config_for_command(command)
-        except ValueError as e:
-            raise source.error(COMMAND_KEY, str(e)) from None
-        options = options_for(kind, source, command)
-        try:
-            job = queue.add(command, options)
-        except ValueError as e:
-            from .config_files import locate
-
-            raise locate(e, source, set(options)) from None
+        job = queue.add_file(cfg.job)
         place = sum(1 for j in queue.jobs() if j.state in runner.WAITING)
         print(f"queued {job.id}: {command} {job.name} (place {place} in {queue.root})")
     elif cfg.action == "list":

@@ -118,6 +118,36 @@ class QueueFolder:
                         position=max((j.position for j in jobs), default=0.0) + 1)
         return self.save(job)
 
+    def add_config(self, cfg, given=None) -> QueuedJob:
+        """Queue ``cfg`` (a training config from a form): the options in ``given`` (default: those that differ from
+        their defaults, as a form counts them) and its name."""
+        from .. import runs
+        from ..config import changed_options
+
+        names = (changed_options(cfg) if given is None else set(given)) | {"name"}
+        return self.add(runs.trainer_for(cfg).command, {k: getattr(cfg, k) for k in sorted(names)})
+
+    def add_file(self, path) -> QueuedJob:
+        """Queue the config file ``path`` (.toml / .json with its ``command``, as --save-config writes); a bad key or
+        value is named with the file and line."""
+        from .. import runs
+        from ..config_files import COMMAND_KEY, locate, options_for, read_file
+
+        source = read_file(path)
+        command = source.values.get(COMMAND_KEY)
+        if not command:
+            raise ValueError(f"{source.path}: name the trainer with command = \"train-embedding\" (or "
+                             f"train-hypernetwork, dreambooth, train-lora)")
+        try:
+            kind = runs.config_for_command(command)
+        except ValueError as e:
+            raise source.error(COMMAND_KEY, str(e)) from None
+        options = options_for(kind, source, command)
+        try:
+            return self.add(command, options)
+        except ValueError as e:
+            raise locate(e, source, set(options)) from None
+
     def update(self, job_id: str, **changes) -> QueuedJob:
         job = self.get(job_id)
         return self.save(dataclasses.replace(job, **changes))

@@ -2,6 +2,7 @@
 preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -45,7 +46,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                  txt2img_preview_params: list | None = None, progress_js: bool = False,
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
                  steer: Callable[[str], None] | None = None, offers: dict | None = None,
-                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None) -> dict:
+                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None,
+                 enqueue: Callable[[object], str] | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -56,7 +58,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     running training to "sample", "save" or "backup" after its current step. ``offers``: field → :class:`Offer`
     (what the host lists for a field). ``attach()`` (with ``page``, the Blocks, and ``streaming``) yields what a
     page opened or reloaded shows: the running training followed live (plot, previews, progress), and the page
-    session's trainings (a "jobs" table). Returns field name → component.
+    session's trainings (a "jobs" table). ``enqueue(cfg)`` (an "Add to queue" button) puts the form's run in the
+    training queue and says where. Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
@@ -69,6 +72,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
             with gr.Row():
                 start = gr.Button(kind.button, variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
+                add = gr.Button("Add to queue", elem_id=f"{elem_prefix}_enqueue", visible=enqueue is not None)
             with gr.Row(visible=steer is not None):
                 steer_buttons = {word: gr.Button(f"{word.capitalize()} now", size="sm", elem_id=f"{elem_prefix}_{word}")
                                  for word in ("sample", "save", "backup")}
@@ -135,6 +139,14 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
 
         page.load(on_open, inputs=[], outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    if enqueue is not None:
+        def on_enqueue(*values):
+            try:
+                return f"<p>{html.escape(enqueue(config_from(values)))}</p>"
+            except (ValueError, OSError, RuntimeError) as e:
+                return error_html(e)
+
+        add.click(on_enqueue, inputs=([dummy] if progress_js else []) + inputs, outputs=[result])
     if steer is not None:
         for word, button in steer_buttons.items():
             button.click(lambda w=word: steer(w), inputs=[], outputs=[])
