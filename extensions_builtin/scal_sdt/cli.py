@@ -206,7 +206,7 @@ def _queue(cfg, explicit: set[str]) -> int:
     if cfg.action == "add":
         job = queue.add_file(cfg.job)
         place = sum(1 for j in queue.jobs() if j.state in runner.WAITING)
-        print(f"queued {job.id}: {command} {job.name} (place {place} in {queue.root})")
+        print(f"queued {job.id}: {job.command} {job.name} (place {place} in {queue.root})")
     elif cfg.action == "list":
         print("\n".join(job_lines(queue)) or f"no jobs in {queue.root}")
         if queue.paused:
@@ -238,6 +238,18 @@ def _queue(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _import_config(cfg, explicit: set[str]) -> int:
+    from .importers.convert import import_file
+
+    imported, out = import_file(cfg)
+    print("\n".join(imported.report.lines()))
+    print(f"wrote {out}: run it with scal-sdt {imported.command} --config {out}, or queue it with scal-sdt queue add "
+          f"{out}")
+    if imported.missing:
+        print(f"before it runs, add to {out}: {imported.missing}")
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
@@ -253,6 +265,7 @@ def commands() -> list[Command]:
     from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
     from .run_queue.config import QueueConfig
+    from .importers.convert import ImportConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
@@ -284,6 +297,9 @@ def commands() -> list[Command]:
         Command("queue", "a training queue in a folder, run one job after another (a job cut off by a crash "
                 "continues from its last checkpoint): add, list, run, cancel, move, remove, pause, resume",
                 QueueConfig, _queue),
+        Command("import-config", "read a kohya_ss GUI .json, an sd-scripts .toml (with its dataset .toml) or a "
+                "OneTrainer .json and write our config file, with a report of each option: mapped, approximated "
+                "(how) or not supported", ImportConfig, _import_config),
     ]
 
 
