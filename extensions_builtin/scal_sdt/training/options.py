@@ -197,6 +197,9 @@ class TrainingOptions:
     validation_images: int = option(0, "hold out this many images of the data set for a validation loss", min=0,
                                     group="output")
     validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output", folder=True)
+    tensorboard: bool = option(True, "also write TensorBoard event files (loss, learning rate, validation loss, "
+                                     "previews) beside loss.csv, when the tensorboard package is installed (pip "
+                                     "install 'scal-sdt[tensorboard]')", group="output")
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 
