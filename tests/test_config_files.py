@@ -1,5 +1,6 @@
 """Runs as files: --config FILE (TOML or JSON, flags win), --save-config, every run's config.toml, and bad keys and
 values named with the file and line."""
+import dataclasses
 import json
 import tomllib
 
@@ -98,3 +99,21 @@ def test_a_saved_run_config_reproduces_the_run_bit_for_bit(tmp_path):
     again = tomllib.loads((tmp_path / "run-b" / "config.toml").read_text())
     assert {k: v for k, v in again.items() if k not in ("out", "log_dir")} == \
         {k: v for k, v in options.items() if k not in ("out", "log_dir")}
+
+
+def test_a_form_is_refilled_from_a_run_folder_a_result_file_or_a_settings_file(tmp_path):
+    from scal_sdt.config_files import past_options, write_config
+    from scal_sdt.files import save_safetensors
+
+    cfg = EmbeddingConfig(name="past", data="demo", steps=77, lr="0.02", flip=True)
+    write_config(tmp_path / "run" / "config.toml", cfg, "train-embedding")
+    options, notes = past_options(tmp_path / "run", EmbeddingConfig, "train-embedding")
+    assert options["steps"] == 77 and options["lr"] == "0.02" and options["flip"] is True and notes == []
+    meta = {**dataclasses.asdict(cfg), "an_old_option": 1}
+    save_safetensors({"emb": torch.zeros(1, 4)}, tmp_path / "past.safetensors", {"scal_sdt": json.dumps(meta)})
+    options, notes = past_options(tmp_path / "past.safetensors", EmbeddingConfig, "train-embedding")
+    assert options["steps"] == 77 and notes == ["an_old_option (not an option of train-embedding here)"]
+    with pytest.raises(ConfigFileError, match="for scal-sdt train-embedding, not train-lora"):
+        past_options(tmp_path / "run" / "config.toml", EmbeddingConfig, "train-lora")
+    with pytest.raises(ConfigFileError, match="no config.toml"):
+        past_options(tmp_path, EmbeddingConfig)

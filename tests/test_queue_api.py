@@ -101,7 +101,8 @@ def test_the_page_has_a_queue_tab_and_its_forms_add_to_it(tmp_path):
 
     app = build_app(UiConfig(model="tiny-sd1", queue=str(tmp_path / "q")))
     assert "scal_sdt_queue_table" in {getattr(b, "elem_id", None) for b in app.blocks.values()}
-    assert "scal_sdt_ti_enqueue" in {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_ti_enqueue", "scal_sdt_lora_load_settings", "scal_sdt_db_save_settings"} <= ids
     message = app.scal_sdt_trainer.enqueue(EmbeddingConfig(name="paged", data="demo", steps=5))
     job, = QueueFolder(tmp_path / "q").jobs()
     assert job.id in message and job.options == {"name": "paged", "data": "demo", "steps": 5}

@@ -182,3 +182,48 @@ def write_config(path: str | Path, cfg, command: str | None = None) -> Path:
         raise ValueError(f"save_config {path}: give a .toml or .json file name")
     atomic_write_text(path, config_text(cfg, command, path.suffix))
     return path
+
+
+def past_options(path: str | Path, cls: type, command: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """The options of a past run, to fill a form again: from a config file, a run folder (its ``config.toml``), a
+    result ``.safetensors`` (the options in its metadata) or DreamBooth's ``NAME.json`` beside its checkpoint.
+    Returns the options and notes (options of an older version that this one does not know, skipped)."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.toml").is_file():
+            raise ConfigFileError(f"{path}: no config.toml in this folder (a run folder has one since runs write it)")
+        path = path / "config.toml"
+    if not path.exists():
+        raise ConfigFileError(f"{path}: no such file or folder")
+    saved: dict | None = None
+    if path.suffix.lower() == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        except Exception as e:  # noqa: BLE001 - any unreadable file is named, never half-read
+            raise ConfigFileError(f"{path}: cannot be read ({e})") from None
+        if "scal_sdt" not in meta:
+            raise ConfigFileError(f"{path}: its metadata holds no scal-sdt options (made by another trainer?)")
+        saved = json.loads(meta["scal_sdt"])
+    elif path.suffix.lower() == ".json":
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and isinstance(data.get("config"), dict):  # DreamBooth's NAME.json
+            saved = data["config"]
+    if saved is None:
+        return options_for(cls, read_file(path), command), []
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    out, notes = {}, []
+    for key, value in saved.items():
+        if key not in fields:
+            notes.append(f"{key} (not an option of {command or cls.__name__} here)")
+            continue
+        try:
+            value = coerce(key, field_type(cls, fields[key]), value)
+            check_value(fields[key], value)
+        except ValueError as e:
+            notes.append(f"{key}: {e}")
+            continue
+        out[key] = value
+    return out, notes

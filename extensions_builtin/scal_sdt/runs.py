@@ -65,10 +65,11 @@ def config_for_command(command: str) -> type:
 
 
 def trainer_for(cfg) -> Trainer:
-    for kind in type(cfg).__mro__:
+    """The trainer of a config (or of a config type)."""
+    for kind in (cfg if isinstance(cfg, type) else type(cfg)).__mro__:
         if kind in TRAINERS:
             return TRAINERS[kind]
-    raise ValueError(f"no trainer for {type(cfg).__name__}; trainers exist for "
+    raise ValueError(f"no trainer for {getattr(cfg, '__name__', type(cfg).__name__)}; trainers exist for "
                      f"{', '.join(k.__name__ for k in TRAINERS)}")
 
 

@@ -12,6 +12,8 @@ from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
+from ..config_files import past_options, write_config
+from ..runs import trainer_for
 from .form import build_form, error_html, js_kwarg, values_to_config
 
 # what the host decides, not the form: the WebUI's loaded model and its device flags
@@ -68,6 +70,13 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                               first=(kind.first_group,), offers=offers)
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
+            with gr.Accordion("settings file", open=False, elem_id=f"{elem_prefix}_settings"):
+                settings_path = gr.Textbox(label="settings file or past run", elem_id=f"{elem_prefix}_settings_path",
+                                           info="Save: a .toml or .json file. Load: such a file, a run folder (its "
+                                                "config.toml) or a result .safetensors (the options in its metadata)")
+                with gr.Row():
+                    load_settings = gr.Button("Load settings", elem_id=f"{elem_prefix}_load_settings")
+                    save_settings = gr.Button("Save settings", elem_id=f"{elem_prefix}_save_settings")
         with gr.Column(scale=2):
             with gr.Row():
                 start = gr.Button(kind.button, variant="primary", elem_id=f"{elem_prefix}_start")
@@ -139,6 +148,28 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
 
         page.load(on_open, inputs=[], outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    command = trainer_for(kind.config).command
+
+    def on_save(path, *values):
+        try:
+            cfg = config_from(values)
+            return f"<p>saved {html.escape(str(write_config(str(path).strip(), cfg, command)))}</p>"
+        except (ValueError, OSError, RuntimeError) as e:
+            return error_html(e)
+
+    def on_load(path):
+        """The form refilled from the file or past run; the fields the host decides keep theirs."""
+        try:
+            options, notes = past_options(str(path).strip(), kind.config, command)
+        except (ValueError, OSError) as e:
+            return [gr.update() for _ in names] + [error_html(e)]
+        filled = [name for name in names if name in options]
+        note = f"<p>loaded {len(filled)} option(s) from {html.escape(str(path))}</p>" + (
+            f"<p>skipped: {html.escape('; '.join(notes))}</p>" if notes else "")
+        return [gr.update(value=options[n]) if n in options else gr.update() for n in names] + [note]
+
+    save_settings.click(on_save, inputs=[settings_path] + ([dummy] if progress_js else []) + inputs, outputs=[result])
+    load_settings.click(on_load, inputs=[settings_path], outputs=[form[n] for n in names] + [result])
     if enqueue is not None:
         def on_enqueue(*values):
             try:
