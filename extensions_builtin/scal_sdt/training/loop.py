@@ -294,8 +294,8 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
         interrupted = killed = True
         reporter.message(f"interrupted at step {step}; saving the last state")
     except TrainingDiverged:
-        checkpoint(step)
         write_log()
+        checkpoint(step)
         reporter.end()
         raise
     except CheckpointError as e:
@@ -308,6 +308,7 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
         if step > 0 and processes.main:
             with averaged():
                 final_path = job.save(step, final=True)
+        write_log()  # before the checkpoint: a resume from it finds every row up to its step
         if not (killed and processes.distributed):  # Ctrl+C reaches the processes apart: the last checkpoint stands
             checkpoint(step)
     except CheckpointError as e:
