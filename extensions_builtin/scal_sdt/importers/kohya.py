@@ -21,6 +21,8 @@ else:  # the WebUI's Python 3.10
 
 from ..training.images import scan_folder
 from .report import APPROXIMATED, MAPPED, UNSUPPORTED, ImportReport
+from .sd_scripts_dataset import read_dataset_toml
+from .values import as_float, as_int, key_values
 
 OPTIMIZERS = {"adamw": "adamw", "adamw8bit": "adamw8bit", "pagedadamw8bit": "adamw8bit", "adafactor": "adafactor",
               "prodigy": "prodigy", "lion": "lion", "lion8bit": "lion", "dadaptadam": "dadapt-adam",
@@ -31,29 +33,6 @@ GUI_NETWORKS = {"standard": "lora", "kohya locon": "locon", "lycoris/locon": "lo
                 "lycoris/loha": "loha", "lycoris/lokr": "lokr"}
 LYCORIS_ALGOS = {"lora": "lora", "locon": "locon", "loha": "loha", "lokr": "lokr", "dora": "dora"}
 LOSSES = {"l2": "mse", "huber": "huber", "smooth_l1": "smooth-l1"}
-
-
-def _number(value: Any) -> float | None:
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _int(value: Any) -> int | None:
-    x = _number(value)
-    return int(x) if x is not None and x.is_integer() else None
-
-
-def _args(value: Any) -> dict[str, str]:
-    """``network_args`` / ``optimizer_args``: a list of "k=v" or one string of them separated by spaces."""
-    items = value if isinstance(value, list) else str(value or "").split()
-    out = {}
-    for item in items:
-        k, _, v = str(item).partition("=")
-        if k.strip():
-            out[k.strip()] = v.strip().strip("'\"")
-    return out
 
 
 def read_sd_scripts_toml(path: Path) -> dict:
@@ -84,7 +63,7 @@ class KohyaImport:
         self.src, self.report, self.command, self.base = dict(options), report, command, base
         self.ours: dict[str, Any] = {}
         self.images = 0  # images x repeats of the data folder(s), for epochs -> steps
-        self.batch = max(1, _int(options.get("train_batch_size")) or 1)
+        self.batch = max(1, as_int(options.get("train_batch_size")) or 1)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def set(self, key: str, value: Any, status: str = MAPPED, how: str = "", **ours) -> None:
@@ -222,7 +201,7 @@ class KohyaImport:
                 converted = kind(value) if kind is not bool else (value if isinstance(value, bool)
                                                                   else str(value).lower() in ("true", "1", "yes"))
                 if kind is int:
-                    converted = _int(value)
+                    converted = as_int(value)
                     if converted is None:
                         raise ValueError
             except (TypeError, ValueError):
@@ -257,21 +236,21 @@ class KohyaImport:
                  "events with the [tensorboard] extra)", log_dir=str(value))
 
     def learning_rate(self, key, value):
-        if _number(value) is None:
+        if as_float(value) is None:
             return self.skip(key, value, "not a number")
-        if self.command == "train-lora" and _number(self.src.get("unet_lr")):
+        if self.command == "train-lora" and as_float(self.src.get("unet_lr")):
             return self.set(key, value, APPROXIMATED, "unet_lr is given and wins, as in kohya's scripts")
         self.set(key, value, lr=repr(float(value)))
 
     def unet_lr(self, key, value):
-        if not _number(value):
+        if not as_float(value):
             return self.skip(key, value, "unset: learning_rate applies")
         self.set(key, value, lr=repr(float(value)))
 
     def text_encoder_lr(self, key, value):
         if self.command == "train-embedding":
             return self.skip(key, value, "an embedding trains no text encoder weights")
-        rate = _number(value)
+        rate = as_float(value)
         if rate is None:
             return self.skip(key, value, "not a number")
         train = rate > 0 and not self.src.get("network_train_unet_only")
@@ -291,13 +270,13 @@ class KohyaImport:
         self.set(key, value)
 
     def max_train_steps(self, key, value):
-        steps = _int(value)
+        steps = as_int(value)
         if not steps:
             return self.skip(key, value, "unset: the epochs decide")
         self.set(key, value, steps=steps)
 
     def epochs(self, key, value):
-        epochs = _int(value)
+        epochs = as_int(value)
         if not epochs:
             return self.skip(key, value, "unset")
         if "steps" in self.ours:
@@ -321,11 +300,11 @@ class KohyaImport:
         self.set(key, value, optimizer=ours)
 
     def optimizer_args(self, key, value):
-        args = _args(value)
+        args = key_values(value)
         if not args:
             return self.skip(key, value, "empty")
         used = {}
-        if "weight_decay" in args and _number(args["weight_decay"]) is not None:
+        if "weight_decay" in args and as_float(args["weight_decay"]) is not None:
             used["weight_decay"] = float(args["weight_decay"])
         rest = sorted(set(args) - {"weight_decay"})
         if not used:
@@ -345,7 +324,7 @@ class KohyaImport:
         self.skip(key, value, "no such schedule here")
 
     def warmup_percent(self, key, value):
-        pct = _number(value)
+        pct = as_float(value)
         if not pct:
             return self.skip(key, value, "unset")
         steps = self.ours.get("steps")
@@ -354,7 +333,7 @@ class KohyaImport:
         self.set(key, value, APPROXIMATED, f"{pct:g}% of {steps} steps", warmup_steps=round(steps * pct / 100))
 
     def save_every_epochs(self, key, value):
-        epochs = _int(value)
+        epochs = as_int(value)
         if not epochs or not self.images:
             return self.skip(key, value, "unset" if not epochs else "the data folder is not here to count epochs")
         self.set(key, value, APPROXIMATED, "in steps", save_every=epochs * math.ceil(self.images / self.batch))
@@ -368,7 +347,7 @@ class KohyaImport:
     def timesteps(self, key, value):
         if "timestep_range" in self.ours:
             return self.set(key, value, how="with the other end")
-        lo, hi = _int(self.src.get("min_timestep", 0)) or 0, _int(self.src.get("max_timestep", 1000)) or 1000
+        lo, hi = as_int(self.src.get("min_timestep", 0)) or 0, as_int(self.src.get("max_timestep", 1000)) or 1000
         if (lo, hi) == (0, 1000):
             return self.set(key, value, how="all timesteps, as here by default")
         self.set(key, value, timestep_range=f"{lo},{hi}")
@@ -390,7 +369,7 @@ class KohyaImport:
                  "the images)", resolution=side)
 
     def max_grad_norm(self, key, value):
-        norm = _number(value)
+        norm = as_float(value)
         if not norm:
             return self.set(key, value, clip_grad="none")
         self.set(key, value, clip_grad="norm", clip_value=norm)
@@ -415,20 +394,20 @@ class KohyaImport:
                  "not used (previews use the preview_* options)", preview_prompt=" | ".join(prompts[:4]))
 
     def stop_te_pct(self, key, value):
-        pct = _number(value)
+        pct = as_float(value)
         if not pct:
             return self.skip(key, value, "unset")
         self.set(key, value, stop_text_encoder=min(1.0, pct / 100))
 
     def stop_te_steps(self, key, value):
-        stop, steps = _int(value), self.ours.get("steps")
+        stop, steps = as_int(value), self.ours.get("steps")
         if not stop or not steps:
             return self.skip(key, value, "unset" if not stop else "a step count of an unknown length")
         self.set(key, value, APPROXIMATED, f"as a fraction of {steps} steps", stop_text_encoder=min(1.0, stop / steps))
 
     def conv(self, ours: str, kind: type):
         def handle(key, value):
-            number = _number(value)
+            number = as_float(value)
             if not number or self.ours.get("network", "lora") == "lora":
                 return self.skip(key, value, "unset" if not number else "a plain LoRA has no convolution adapters")
             self.set(key, value, **{ours: kind(number)})
@@ -443,30 +422,30 @@ class KohyaImport:
     def network_module(self, key, value):
         module = str(value)
         if module == "networks.lora":
-            algo = "locon" if _number(_args(self.src.get("network_args")).get("conv_dim")) else "lora"
+            algo = "locon" if as_float(key_values(self.src.get("network_args")).get("conv_dim")) else "lora"
             return self.set(key, value, network=algo)
         if module == "lycoris.kohya":
-            algo = _args(self.src.get("network_args")).get("algo", "lora").lower()
+            algo = key_values(self.src.get("network_args")).get("algo", "lora").lower()
             if algo in LYCORIS_ALGOS:
                 return self.set(key, value, network=LYCORIS_ALGOS[algo])
             return self.skip(key, value, f"LyCORIS {algo} is not trained here: a plain LoRA is")
         self.skip(key, value, "no such network module here: a plain LoRA is trained")
 
     def network_args(self, key, value):
-        args = _args(value)
+        args = key_values(value)
         if not args:
             return self.skip(key, value, "empty")
         used, rest = {}, []
         for k, v in args.items():
-            if k == "conv_dim" and _int(v):
-                used["conv_rank"] = _int(v)
-            elif k == "conv_alpha" and _number(v) is not None:
+            if k == "conv_dim" and as_int(v):
+                used["conv_rank"] = as_int(v)
+            elif k == "conv_alpha" and as_float(v) is not None:
                 used["conv_alpha"] = float(v)
             elif k == "algo" and v.lower() in LYCORIS_ALGOS:
                 pass  # taken with network_module
-            elif k == "factor" and _int(v) is not None:
-                used["lokr_factor"] = _int(v)
-            elif k in ("rank_dropout", "module_dropout") and _number(v) is not None:
+            elif k == "factor" and as_int(v) is not None:
+                used["lokr_factor"] = as_int(v)
+            elif k in ("rank_dropout", "module_dropout") and as_float(v) is not None:
                 used[k] = float(v)
             elif k == "dora_wd" and v.lower() == "true":
                 used["network"] = "dora"
@@ -513,65 +492,6 @@ class KohyaImport:
             return self.skip(key, value, f"the dataset file {path} is not here: pass it with --dataset-config")
         self.report.add(key, value, MAPPED, {}, f"read {path}")
         read_dataset_toml(path, self)
-
-
-def read_dataset_toml(path: Path, imp: KohyaImport) -> None:
-    """sd-scripts' dataset TOML: the first dataset's first training subset is the data, its regularisation subset
-    the class images; each other key is reported like the main file's (``datasets[0].subsets[1].image_dir``)."""
-    data = tomllib.loads(path.read_text(encoding="utf-8"))
-    general = data.get("general", {})
-    datasets = data.get("datasets", [])
-    flat: list[tuple[str, Any]] = [(f"general.{k}", v) for k, v in general.items()]
-    for i, ds in enumerate(datasets):
-        for k, v in ds.items():
-            if k != "subsets":
-                flat.append((f"datasets[{i}].{k}", v))
-        for j, sub in enumerate(ds.get("subsets", [])):
-            flat += [(f"datasets[{i}].subsets[{j}].{k}", v) for k, v in sub.items()]
-    train = [(i, j) for i, ds in enumerate(datasets) for j, sub in enumerate(ds.get("subsets", []))
-             if not sub.get("is_reg")]
-    first = train[0] if train else None
-    reg = next(((i, j) for i, ds in enumerate(datasets) for j, sub in enumerate(ds.get("subsets", []))
-                if sub.get("is_reg")), None)
-    handlers = imp.handlers()
-    shared = {"batch_size": "train_batch_size"}
-    for name, value in flat:
-        where, _, key = name.rpartition(".")
-        m = re.match(r"datasets\[(\d+)\](?:\.subsets\[(\d+)\])?", where)
-        ds, sub = (int(m.group(1)), None if m.group(2) is None else int(m.group(2))) if m else (None, None)
-        if ds not in (None, first[0] if first else 0) or (sub is not None and (ds, sub) not in (first, reg)):
-            imp.skip(name, value, "only the first dataset's first subset (and a regularisation subset) are "
-                                  "trained: queue one run per other subset")
-            continue
-        if (ds, sub) == reg and reg is not None:
-            if key == "image_dir":
-                imp.set(name, value, APPROXIMATED, "the class images folder", class_data=str(value))
-            elif key == "class_tokens":
-                imp.set(name, value, class_prompt=str(value))
-            elif key == "is_reg":
-                imp.set(name, value)
-            else:
-                imp.skip(name, value, "per-subset settings of the class images are not used")
-            continue
-        if key == "image_dir":
-            imp.set(name, value, **{imp.data_key: str(value)})
-            repeats = _int(datasets[ds]["subsets"][sub].get("num_repeats", 1)) or 1
-            imp.images = imp.count_images(str(value)) * repeats
-        elif key == "num_repeats":
-            imp.set(name, value, APPROXIMATED, "repeats of a single folder only change what an epoch is; used to "
-                    "turn epochs into steps")
-        elif key == "class_tokens" and imp.command != "train-embedding":
-            imp.set(name, value, APPROXIMATED, "kohya uses the class tokens where an image has no caption; here "
-                    "they start every prompt, before the caption", instance_prompt=f"{value}, [filewords]")
-        elif key in ("is_reg",):
-            imp.set(name, value)
-        elif key in shared:
-            handlers[shared[key]](name, value)
-            imp.batch = max(1, _int(value) or 1)
-        elif key in handlers:
-            handlers[key](name, value)
-        else:
-            imp.skip(name, value)
 
 
 def import_kohya(path: Path, report: ImportReport, dataset: Path | None = None) -> tuple[str, dict]:
