@@ -20,7 +20,8 @@ REQUIREMENTS = [
     ("cv2", "opencv-python-headless>=4.8,<5"),  # dataset cleaning; skipped when the WebUI's opencv-python is there
     ("pytorch_optimizer", "pytorch-optimizer>=3.5"),  # Prodigy, Lion, D-Adaptation, CAME, schedule-free AdamW
     ("lycoris", "lycoris-lora>=4.0"),  # the LoRA trainer's adapters
-]
+    ("tomli_w", "tomli-w>=1.0"),  # config files: --save-config, each run's config.toml, the queue's jobs
+] + ([("tomli", "tomli>=2.0")] if sys.version_info < (3, 11) else [])  # reading them on Python 3.10
 PROTECTED = ("torch", "torchvision", "gradio", "transformers", "numpy", "huggingface_hub", "pydantic", "fastapi",
              "protobuf")  # protobuf: the WebUI pins 3.20; a new onnxruntime would pull 7.x
 

@@ -22,6 +22,7 @@ try:
     from scal_sdt.ui.library_tab import library_tab  # noqa: E402
     from scal_sdt.ui.chooser_tab import chooser_tab  # noqa: E402
     from scal_sdt.webui.library import WebUILibrary, use_in_txt2img, webui_family  # noqa: E402
+    from scal_sdt.ui.queue_tab import queue_tab  # noqa: E402
     _missing = None
 except ImportError as e:  # an optional dependency failed to install: say so in the tab, keep the WebUI running
     _missing = e
@@ -50,6 +51,7 @@ def on_ui_train_tabs(params):
                          offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)}
                          if dreambooth else None,
                          steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
+                         enqueue=webui_service.enqueue,
                          txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
                          wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
     with gr.Tab(label="SCAL-SDT Aesthetic embedding", id="scal_sdt_ae", elem_id="scal_sdt_ae_tab"):
@@ -62,6 +64,11 @@ def on_ui_train_tabs(params):
             _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
         else:  # fills the chosen tab's form; the family is the loaded model's
             chooser_tab(forms, family=webui_family)
+    with gr.Tab(label="SCAL-SDT Queue", id="scal_sdt_queue", elem_id="scal_sdt_queue_tab"):
+        if _missing is not None:
+            _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
+        else:  # the jobs run one after another on the loaded model, each under the WebUI's GPU lock
+            queue_tab(webui_service.queue_runner())
 
 
 def on_ui_tabs():

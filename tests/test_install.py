@@ -27,7 +27,7 @@ def fake_launch(installed, fail=False):
 
 def test_installs_only_missing_and_pins_the_webuis_packages(monkeypatch):
     mod = load_install()
-    present = {"safetensors", "matplotlib", "tqdm", "yaml", "cv2", "pytorch_optimizer", "lycoris"}
+    present = {"safetensors", "matplotlib", "tqdm", "yaml", "cv2", "pytorch_optimizer", "lycoris", "tomli_w", "tomli"}
     monkeypatch.setitem(mod["install"].__globals__, "_is_installed", lambda launch, m: m in present)
     captured = {}
 

@@ -268,8 +268,8 @@ def test_the_training_form_puts_the_basics_first_and_the_rest_in_closed_groups()
     basic = _component(app, "scal_sdt_ti_basic")
     shown = [b.elem_id for b in _descendants(basic) if (b.elem_id or "").startswith("scal_sdt_ti_")
              and not b.elem_id.endswith(("_browse", "_folders"))]
-    assert shown == ["scal_sdt_ti_name", "scal_sdt_ti_data", "scal_sdt_ti_init_text", "scal_sdt_ti_steps",
-                     "scal_sdt_ti_lr", "scal_sdt_ti_preset"]
+    assert shown == ["scal_sdt_ti_name", "scal_sdt_ti_data", "scal_sdt_ti_init_text", "scal_sdt_ti_task_preset",
+                     "scal_sdt_ti_steps", "scal_sdt_ti_lr", "scal_sdt_ti_preset"]
     groups = [b for b in app.blocks.values() if (b.elem_id or "").startswith("scal_sdt_ti_group_")]
     assert {g.label for g in groups} >= {"embedding", "model and data", "optimisation", "memory", "output"}
     assert not any(g.open for g in groups)  # advanced options: one closed accordion per option group

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .config import add_arguments, flag_name, from_namespace, speak
+from .config import add_arguments, flag_name, speak
 
 
 @dataclass
@@ -248,6 +249,59 @@ def _choose(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _queue(cfg, explicit: set[str]) -> int:
+    from .run_queue import runner
+    from .run_queue.store import QueueFolder
+    from .run_queue.view import job_lines
+
+    queue = QueueFolder(cfg.queue)
+    if cfg.action == "add":
+        job = queue.add_file(cfg.job)
+        place = sum(1 for j in queue.jobs() if j.state in runner.WAITING)
+        print(f"queued {job.id}: {job.command} {job.name} (place {place} in {queue.root})")
+    elif cfg.action == "list":
+        print("\n".join(job_lines(queue)) or f"no jobs in {queue.root}")
+        if queue.paused:
+            print("(paused: scal-sdt queue resume)")
+    elif cfg.action == "cancel":
+        job = queue.cancel(cfg.job)
+        print(f"cancelled {job.id}" + (" (it stops after its current step)" if "running" in job.message else ""))
+    elif cfg.action == "move":
+        job = queue.move(cfg.job, cfg.to)
+        print(f"moved {job.id} to place {cfg.to}")
+    elif cfg.action == "remove":
+        queue.remove(cfg.job)
+        print(f"removed {cfg.job}")
+    elif cfg.action == "pause":
+        queue.pause()
+        print(f"paused {queue.root}: a running job finishes, no next one starts")
+    elif cfg.action == "resume":
+        queue.resume()
+        print(f"resumed {queue.root}")
+    else:  # run
+        from .training.control import install_signal_handlers
+
+        install_signal_handlers()
+        ended = runner.run_queue(queue, runner.train_here, lambda job: _reporter(), say=print, watch=cfg.watch)
+        failed = [j for j in ended if j.state == "failed"]
+        print(f"ran {len(ended)} job(s)" + (f", {len(failed)} failed: {', '.join(j.id for j in failed)}"
+                                            if failed else ""))
+        return 1 if failed else 0
+    return 0
+
+
+def _import_config(cfg, explicit: set[str]) -> int:
+    from .importers.convert import import_file
+
+    imported, out = import_file(cfg)
+    print("\n".join(imported.report.lines()))
+    print(f"wrote {out}: run it with scal-sdt {imported.command} --config {out}, or queue it with scal-sdt queue add "
+          f"{out}")
+    if imported.missing:
+        print(f"before it runs, add to {out}: {imported.missing}")
+    return 0
+
+
 def commands() -> list[Command]:
     from .textual_inversion.config import CreateEmbeddingConfig, EmbeddingConfig
     from .generate.config import GenerateConfig
@@ -263,6 +317,8 @@ def commands() -> list[Command]:
     from .lora.tools import LoraToolConfig
     from .ui_config import UiConfig
     from .library.config import ChooseConfig, InspectConfig, LibraryConfig
+    from .run_queue.config import QueueConfig
+    from .importers.convert import ImportConfig
 
     return [
         Command("ui", "serve the training page on 127.0.0.1 without the WebUI", UiConfig, _ui),
@@ -298,19 +354,75 @@ def commands() -> list[Command]:
                 "time, and why, from your goal, number of images, card memory and model family", ChooseConfig, _choose),
         Command("control", "steer a running training: sample, save, backup or stop after the current step",
                 ControlConfig, _control),
+        Command("queue", "a training queue in a folder, run one job after another (a job cut off by a crash "
+                "continues from its last checkpoint): add, list, run, cancel, move, remove, pause, resume",
+                QueueConfig, _queue),
+        Command("import-config", "read a kohya_ss GUI .json, an sd-scripts .toml (with its dataset .toml) or a "
+                "OneTrainer .json and write our config file, with a report of each option: mapped, approximated "
+                "(how) or not supported", ImportConfig, _import_config),
     ]
 
 
-def given_options(cls: type, argv: list[str]) -> set[str]:
-    """The fields the user set on the command line (argparse fills in the rest): a preset never overrides them."""
-    import dataclasses
-
+def given_options(cls: type, argv: list[str], args: argparse.Namespace | None = None) -> set[str]:
+    """The fields the user set on the command line (argparse fills in the rest): a preset never overrides them.
+    With ``args`` (the parsed line), positional fields given there count too."""
     given = set()
     for f in dataclasses.fields(cls):
         flag = flag_name(f)
         if any(a == flag or a.startswith(flag + "=") or a == "--no-" + flag[2:] for a in argv):
             given.add(f.name)
+        elif f.metadata.get("positional") and args is not None and getattr(args, f.name, None) is not None:
+            default = f.default if f.default is not dataclasses.MISSING else None
+            if getattr(args, f.name) != default:
+                given.add(f.name)
     return given
+
+
+def options_from(cmd: Command, args: argparse.Namespace, argv: list[str]):
+    """The command's config from its flags and ``--config FILE`` (the flags given win), and the options the user
+    set (in either: no preset overrides them)."""
+    cls = cmd.config
+    given = given_options(cls, argv, args)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.name in given}
+    from_file: dict = {}
+    source = None
+    if args.config:
+        from .config_files import options_for, read_file
+
+        source = read_file(args.config)
+        from_file = {k: v for k, v in options_for(cls, source, cmd.name).items() if k not in given}
+    values.update(from_file)
+    for f in dataclasses.fields(cls):
+        if f.name in values:
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            where = f" or in {args.config}" if args.config else " (or in a --config file)"
+            raise ValueError(f"{f.name.upper() if f.metadata.get('positional') else flag_name(f)} is required"
+                             f"{where}")
+        values[f.name] = getattr(args, f.name)
+    try:
+        cfg = cls(**values)
+    except ValueError as e:
+        from .config_files import locate
+
+        raise locate(e, source, set(from_file)) from None
+    return cfg, given | set(from_file)
+
+
+def _save_config(cmd: Command, cfg, explicit: set[str], path: str) -> int:
+    """``--save-config``: the options resolved (a training's presets applied for its model's family) and written."""
+    from .config_files import write_config
+
+    try:
+        from . import runs
+
+        runs.trainer_for(cfg)
+    except (ImportError, ValueError):
+        resolved = cfg
+    else:
+        resolved = runs.resolve_offline(cfg, explicit, say=lambda text: print(text, file=sys.stderr))
+    print(f"wrote {write_config(path, resolved, cmd.name)}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -321,7 +433,12 @@ def build_parser() -> argparse.ArgumentParser:
     for cmd in commands():
         p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help,
                            formatter_class=argparse.HelpFormatter)
-        add_arguments(p, cmd.config)
+        add_arguments(p, cmd.config, defer_required=True)
+        files = p.add_argument_group("config files")
+        files.add_argument("--config", metavar="FILE", help="read the options from a .toml or .json file (keys as "
+                           "the options' names: lr, batch_size); options given on the command line win")
+        files.add_argument("--save-config", metavar="FILE", help="write the resolved options (presets applied) "
+                           "to a .toml or .json file and stop")
         p.set_defaults(_command=cmd)
     return parser
 
@@ -331,8 +448,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cmd: Command = args._command
     try:
-        cfg = from_namespace(cmd.config, args)
-        return cmd.run(cfg, given_options(cmd.config, sys.argv[1:] if argv is None else argv))
+        cfg, explicit = options_from(cmd, args, sys.argv[1:] if argv is None else argv)
+        if args.save_config:
+            return _save_config(cmd, cfg, explicit, args.save_config)
+        return cmd.run(cfg, explicit)
     except (ValueError, OSError, RuntimeError) as e:  # bad input: one clear line, nothing lost
         print(f"scal-sdt {cmd.name}: error: {speak(str(e), 'cli', cmd.config)}", file=sys.stderr)
         return 2

@@ -101,8 +101,9 @@ def speak(text: str, face: str, *classes: type) -> str:
     return _MENTION.sub(word, str(text))
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add one flag per field of ``cls``, with its default, choices and help text."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, defer_required: bool = False) -> None:
+    """Add one flag per field of ``cls``, with its default, choices and help text. ``defer_required``: a required
+    option may be missing here (it can come from a config file; the caller checks it afterwards)."""
     groups: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         meta = f.metadata
@@ -110,10 +111,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         if meta.get("group"):
             target = groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
         tp = field_type(cls, f)
-        required = f.default is MISSING and f.default_factory is MISSING
-        default = None if required else (f.default if f.default is not MISSING else f.default_factory())
+        needed = f.default is MISSING and f.default_factory is MISSING
+        default = None if needed else (f.default if f.default is not MISSING else f.default_factory())
+        required = needed and not defer_required
         help_text = speak(meta.get("help", ""), "cli", cls).replace("%", "%%")
-        if not required:
+        if not needed:
             help_text += f" (default: {default!r})"
         kwargs: dict[str, Any] = dict(help=help_text, dest=f.name)
         if tp is bool:

@@ -28,6 +28,7 @@ from .textual_inversion.trainer import train_embedding
 from .training import distributed
 from .training.loop import LoopResult
 from .training.presets import apply_preset
+from .training.task_presets import apply_task_preset
 from .training.report import ConsoleReporter, Reporter
 
 
@@ -36,6 +37,7 @@ class Trainer:
     """How one config type trains."""
 
     train: Callable  # (cfg, host, reporter) -> LoopResult
+    command: str  # its scal-sdt sub-command (and a config file's "command")
     what: str  # what it makes, for messages: "embedding", "hypernetwork", "checkpoint"
     #: None: the model's weights stay frozen. A trainer of the model's own weights says here whether ``cfg`` trains
     #: the text encoders too: on a host that outlives the run, those weights are kept and put back afterwards
@@ -46,18 +48,28 @@ class Trainer:
 
 #: config type -> its trainer (a subclass of a config finds its base's); a new trainer is one line here
 TRAINERS: dict[type, Trainer] = {
-    EmbeddingConfig: Trainer(train_embedding, "embedding", preset=apply_apt_preset),
-    HypernetworkConfig: Trainer(train_hypernetwork, "hypernetwork"),
-    DreamBoothConfig: Trainer(train_dreambooth, "checkpoint", fine_tunes=lambda cfg: cfg.train_text_encoder),
-    LoraConfig: Trainer(train_lora, "LoRA"),  # adapters around the layers: the model's weights are never written
+    EmbeddingConfig: Trainer(train_embedding, "train-embedding", "embedding", preset=apply_apt_preset),
+    HypernetworkConfig: Trainer(train_hypernetwork, "train-hypernetwork", "hypernetwork"),
+    DreamBoothConfig: Trainer(train_dreambooth, "dreambooth", "checkpoint", fine_tunes=lambda cfg: cfg.train_text_encoder),
+    # adapters around the layers: the model's weights are never written
+    LoraConfig: Trainer(train_lora, "train-lora", "LoRA"),
 }
 
 
+def config_for_command(command: str) -> type:
+    """The config type of a training sub-command ("train-embedding", ...)."""
+    for kind, trainer in TRAINERS.items():
+        if trainer.command == command:
+            return kind
+    raise ValueError(f"command must be one of {', '.join(t.command for t in TRAINERS.values())}, not {command!r}")
+
+
 def trainer_for(cfg) -> Trainer:
-    for kind in type(cfg).__mro__:
+    """The trainer of a config (or of a config type)."""
+    for kind in (cfg if isinstance(cfg, type) else type(cfg)).__mro__:
         if kind in TRAINERS:
             return TRAINERS[kind]
-    raise ValueError(f"no trainer for {type(cfg).__name__}; trainers exist for "
+    raise ValueError(f"no trainer for {getattr(cfg, '__name__', type(cfg).__name__)}; trainers exist for "
                      f"{', '.join(k.__name__ for k in TRAINERS)}")
 
 
@@ -82,8 +94,6 @@ def prepare(cfg, host: Host | None = None, explicit=None, say: Callable[[str], N
     processes = distributed.current()
     if processes.distributed:  # accelerate / torchrun: each process its own GPU and its own draws
         cfg = dataclasses.replace(cfg, device=processes.device(cfg.device), seed=cfg.seed + processes.rank)
-    if trainer.preset is not None:
-        cfg = trainer.preset(cfg, given)
     components = None
     if host is None:
         from .host.placement import resolve_device
@@ -95,12 +105,7 @@ def prepare(cfg, host: Host | None = None, explicit=None, say: Callable[[str], N
         cfg = dataclasses.replace(cfg, model=host.source or host.model_name)
         family, device = host.family.name, host.device
         given |= {"device", "memory_mode"}
-    if cfg.preset:
-        if device.type == "cpu":
-            given |= {"precision"}  # reduced precision only slows a CPU down
-        cfg = apply_preset(cfg, family, given)
-        say(f"preset {cfg.preset} for {family}: batch {cfg.batch_size} x {cfg.grad_accum}, {cfg.precision}, "
-            f"memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
+    cfg = resolve(cfg, family, device.type, given, say)
     outlives = host is not None if host_outlives_run is None else host_outlives_run
     if host is None:
         from .host.standalone import load_host
@@ -112,11 +117,50 @@ def prepare(cfg, host: Host | None = None, explicit=None, say: Callable[[str], N
     return Run(cfg, host, trainer, outlives)
 
 
+def resolve(cfg, family: str, device_type: str, given=frozenset(), say: Callable[[str], None] = print):
+    """``cfg`` with its presets applied for a ``family`` model on a ``device_type`` device: the task preset, the
+    method's own preset (APT's), then the memory preset; options in ``given`` keep their value."""
+    trainer = trainer_for(cfg)
+    given = set(given)
+    if cfg.task_preset:
+        cfg = apply_task_preset(cfg, trainer.command, family, given)
+        say(f"task preset {cfg.task_preset} for {family}: lr {cfg.lr}, {cfg.steps} steps")
+    if trainer.preset is not None:
+        cfg = trainer.preset(cfg, given)
+    if cfg.preset:
+        if device_type == "cpu":
+            given |= {"precision"}  # reduced precision only slows a CPU down
+        cfg = apply_preset(cfg, family, given)
+        say(f"preset {cfg.preset} for {family}: batch {cfg.batch_size} x {cfg.grad_accum}, {cfg.precision}, "
+            f"memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
+    return cfg
+
+
+def resolve_offline(cfg, explicit=None, say: Callable[[str], None] = print):
+    """:func:`resolve` for ``cfg.model`` without loading it (its family read from the file's keys where it can be):
+    what ``--save-config`` writes."""
+    from .aesthetic.make import family_of
+    from .host.placement import resolve_device
+
+    given = set(changed_options(cfg) if explicit is None else explicit)
+    return resolve(cfg, family_of(cfg.model).name, resolve_device(cfg.device).type, given, say)
+
+
+#: the resolved options of every run, in its log folder
+CONFIG_FILE = "config.toml"
+
+
 def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
     """Train ``run``; whatever happens, the host is put back as it was (hooks and switches off, and on a host that
-    outlives the run, a fine-tune's weights)."""
+    outlives the run, a fine-tune's weights). The run's resolved options are written to its log folder first
+    (``config.toml``: ``scal-sdt COMMAND --config`` runs it again)."""
     reporter = reporter or ConsoleReporter()
     host, cfg = run.host, run.cfg
+    if distributed.current().main:
+        from .config_files import write_config
+        from .training.run_setup import run_dir_for
+
+        write_config(run_dir_for(cfg) / CONFIG_FILE, dataclasses.replace(cfg, resume=False), run.trainer.command)
     fine_tunes = run.trainer.fine_tunes
     kept = (host.weights_kept(fine_tunes(cfg)) if fine_tunes is not None and run.host_outlives_run
             else contextlib.nullcontext())

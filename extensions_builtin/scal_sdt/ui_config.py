@@ -18,6 +18,7 @@ class UiConfig:
     hypernetworks: str = option("hypernetworks", "where trained hypernetworks go (and Generate finds them by name)")
     checkpoints: str = option("models/Stable-diffusion", "where DreamBooth checkpoints go")
     loras: str = option("models/Lora", "where trained LoRAs go (Generate's --lora takes a file from it)")
+    queue: str = option("scal-sdt-queue", "the training queue's folder (the Queue tab; scal-sdt queue --queue)")
 
     def __post_init__(self):
         check_bounds(self)

@@ -24,6 +24,7 @@ from .optimizers import effective_lr, evaluating, make_optimizer
 from .options import TrainingOptions
 from .report import Reporter
 from .run_log import RunLog
+from .tensorboard import TensorBoardLog
 from .state import rng_state, set_rng_state
 
 
@@ -191,7 +192,14 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
     if opts.resume:
         step, lr_scale = _resume(store, job, params, optimizer, scaler, ema, processes, reporter)
     log = RunLog(run_dir, resume_from=step if opts.resume else None, report=reporter.message)
-    write_log = log.write if processes.main else (lambda: None)
+    board = TensorBoardLog(run_dir, opts.tensorboard and processes.main, step if opts.resume else None,
+                           reporter.message)
+    on_exit.append(board.close)
+
+    def write_log() -> None:
+        if processes.main:
+            log.write()
+            board.flush()
     guard = NanGuard(params, optimizer, opts.max_bad_steps, lr_scale)
 
     def checkpoint(at_step: int, keep: bool = False) -> Path | None:
@@ -213,6 +221,7 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
             value = job.validation_loss() if hasattr(job, "validation_loss") else None
         if value is not None:
             log.set_validation(at_step, value)
+            board.scalars(at_step, val_loss=value)
             reporter.message(f"step {at_step}: validation loss {value:.5f}")
 
     def preview(at_step: int) -> None:
@@ -220,6 +229,7 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
             return
         with averaged():
             images, paths = job.preview(at_step)
+        board.previews(at_step, images)
         reporter.preview(at_step, images, paths)
 
     def save(at_step: int) -> None:
@@ -227,9 +237,10 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
         if processes.main:
             with averaged():
                 path = job.save(at_step, final=False)
+        if processes.main:  # the log first: a checkpoint never stands without the loss rows up to its step
+            write_log()
         checkpoint(at_step)
         if processes.main:
-            write_log()
             reporter.message(f"step {at_step}: saved {path}")
 
     losses: list[float] = []
@@ -262,6 +273,7 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
             guard.accept()
             losses.append(total)
             log.append(step, total, lr, time.monotonic() - started)
+            board.scalars(step, loss=total, lr=lr)
             reporter.step({"step": step, "loss": total, "lr": lr})
             requests = processes.agree(control.poll() if processes.main else set(), device)
             for unknown in sorted(r for r in requests if r.startswith("unknown:")):
@@ -282,8 +294,8 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
         interrupted = killed = True
         reporter.message(f"interrupted at step {step}; saving the last state")
     except TrainingDiverged:
-        checkpoint(step)
         write_log()
+        checkpoint(step)
         reporter.end()
         raise
     except CheckpointError as e:
@@ -296,6 +308,7 @@ def _run_loop(opts: TrainingOptions, job, run_dir, reporter, device, autocast, o
         if step > 0 and processes.main:
             with averaged():
                 final_path = job.save(step, final=True)
+        write_log()  # before the checkpoint: a resume from it finds every row up to its step
         if not (killed and processes.distributed):  # Ctrl+C reaches the processes apart: the last checkpoint stands
             checkpoint(step)
     except CheckpointError as e:

@@ -11,6 +11,7 @@ from .lr import PiecewiseLR, SCHEDULES
 from .optimizers import OPTIMIZERS, WHOLE_GROUP
 from .objective import LOSSES, TIMESTEP_DISTRIBUTIONS, parse_timestep_range
 from .presets import preset_names
+from .task_presets import TASKS
 from .templates import list_templates
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -149,6 +150,10 @@ class TrainingOptions:
     zero_terminal_snr: bool = option(False, "rescale the schedule so its last timestep is pure noise (v-prediction "
                                             "models only; lets them learn very dark and bright images)",
                                      group="objective")
+    task_preset: str = option("", "what the run learns: character, object, style or concept — sets the rate, steps, "
+                                  "vectors or rank, template, flips and loss weighting for the trainer and the "
+                                  "model's family (combines with " + mention("preset") + "); options you give "
+                                  "yourself win", choices=("",) + TASKS, group="optimisation")
     # memory and speed
     preset: str = option("", "memory preset by card size: 6gb | 8gb | 12gb | 24gb (batch, precision, checkpointing, "
                              "memory mode for the model family); options you give yourself win",
@@ -192,6 +197,9 @@ class TrainingOptions:
     validation_images: int = option(0, "hold out this many images of the data set for a validation loss", min=0,
                                     group="output")
     validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output", folder=True)
+    tensorboard: bool = option(True, "also write TensorBoard event files (loss, learning rate, validation loss, "
+                                     "previews) beside loss.csv, when the tensorboard package is installed (pip "
+                                     "install 'scal-sdt[tensorboard]')", group="output")
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 

@@ -32,6 +32,9 @@ from ..aesthetic.make import make_aesthetic_embedding
 from ..tagging.runner import TaggingRunner
 from .form import error_html, say
 from .loss_svg import loss_svg
+from .queue_tab import queue_tab
+from ..run_queue.background import BackgroundRunner
+from ..run_queue.store import QueueFolder
 
 
 # the Tagger's "demo pictures" button writes here (relative to where the page was started)
@@ -69,6 +72,21 @@ class StandaloneTrainer:
         self._lock = threading.Lock()
         self.jobs: list[PageJob] = []
         self.library = LibraryView(self.library_folders, self.library_host)
+        self.queue = BackgroundRunner(QueueFolder(ui.queue), self.train_queued)
+
+    def train_queued(self, cfg, explicit: set, reporter):
+        """One job of the queue, on the page's model, once no training of the page's own runs (and none starts
+        while it trains)."""
+        with self._lock:
+            cfg = dataclasses.replace(cfg, model=self.ui.model, device=self.ui.device, memory_mode=self.ui.memory_mode)
+            self._run_dir = run_dir_for(cfg)  # "Sample now" and the others steer it too
+            run = runs.prepare(cfg, self.host(), explicit=set(explicit) | {"model", "device", "memory_mode"},
+                               say=reporter.message)
+            return runs.train(run, reporter)
+
+    def enqueue(self, cfg) -> str:
+        job = self.queue.queue.add_config(cfg)
+        return f"queued {job.id} ({job.command} {job.name}) in {self.queue.queue.root}: run it from the Queue tab"
 
     def host(self):
         if self._host is None:
@@ -120,7 +138,7 @@ class StandaloneTrainer:
     def tab(self, what: str, page: gr.Blocks) -> dict:
         """training_tab's arguments for the ``what`` tab of ``page``: streamed runs, steering, reconnection."""
         return dict(run=self.run, interrupt=self.interrupt, streaming=True, steer=self.steer,
-                    attach=lambda: self.attach(what), page=page)
+                    attach=lambda: self.attach(what), page=page, enqueue=self.enqueue)
 
     def jobs_html(self) -> str:
         """This page session's trainings, newest first, with their state."""
@@ -246,6 +264,8 @@ def build_app(ui: UiConfig) -> gr.Blocks:
             generate = generate_tab(run=trainer.generate, defaults={"embeddings": ui.out, "out": "outputs", "n": 4,
                                                                     "hypernetwork": "",
                                                                     "prompt": "a large red star on a white background"})
+        with gr.Tab("Queue"):
+            queue_tab(trainer.queue)
         with gr.Tab("Tagger"):
             tagger = TaggingRunner()
             tagger_tab(tagger, defaults={"dir": "", "model": "toy" if ui.model == "toy" else "wd-vit-tagger-v3"},

@@ -2,6 +2,7 @@
 preview. The same blocks in the WebUI's Train tab and on the standalone page."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -11,6 +12,8 @@ from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
+from ..config_files import past_options, write_config
+from ..runs import trainer_for
 from .form import build_form, error_html, js_kwarg, values_to_config
 
 # what the host decides, not the form: the WebUI's loaded model and its device flags
@@ -29,14 +32,15 @@ class TrainerKind:
     basic: tuple[str, ...]  # the few options people change first, above the closed groups
 
 
-BASIC = ("name", "data", "steps", "lr", "preset")
+BASIC = ("name", "data", "task_preset", "steps", "lr", "preset")
 EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding",
-                        ("name", "data", "init_text", "steps", "lr", "preset"))
+                        ("name", "data", "init_text", "task_preset", "steps", "lr", "preset"))
 HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
 DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
-                         ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"))
+                         ("model", "name", "instance_data", "instance_prompt", "task_preset", "steps", "lr", "preset"))
 LORA = TrainerKind(LoraConfig, "scal_sdt_lora", "Train LoRA", "lora",
-                   ("model", "name", "instance_data", "instance_prompt", "network", "rank", "steps", "lr", "preset"))
+                   ("model", "name", "instance_data", "instance_prompt", "task_preset", "network", "rank", "steps", "lr",
+                    "preset"))
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
@@ -44,7 +48,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                  txt2img_preview_params: list | None = None, progress_js: bool = False,
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
                  steer: Callable[[str], None] | None = None, offers: dict | None = None,
-                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None) -> dict:
+                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None,
+                 enqueue: Callable[[object], str] | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -55,7 +60,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     running training to "sample", "save" or "backup" after its current step. ``offers``: field → :class:`Offer`
     (what the host lists for a field). ``attach()`` (with ``page``, the Blocks, and ``streaming``) yields what a
     page opened or reloaded shows: the running training followed live (plot, previews, progress), and the page
-    session's trainings (a "jobs" table). Returns field name → component.
+    session's trainings (a "jobs" table). ``enqueue(cfg)`` (an "Add to queue" button) puts the form's run in the
+    training queue and says where. Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
@@ -64,10 +70,18 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                               first=(kind.first_group,), offers=offers)
             use_txt2img = gr.Checkbox(label="previews use the txt2img tab's prompt and settings", value=False,
                                       visible=txt2img_preview_params is not None, elem_id=f"{elem_prefix}_use_txt2img")
+            with gr.Accordion("settings file", open=False, elem_id=f"{elem_prefix}_settings"):
+                settings_path = gr.Textbox(label="settings file or past run", elem_id=f"{elem_prefix}_settings_path",
+                                           info="Save: a .toml or .json file. Load: such a file, a run folder (its "
+                                                "config.toml) or a result .safetensors (the options in its metadata)")
+                with gr.Row():
+                    load_settings = gr.Button("Load settings", elem_id=f"{elem_prefix}_load_settings")
+                    save_settings = gr.Button("Save settings", elem_id=f"{elem_prefix}_save_settings")
         with gr.Column(scale=2):
             with gr.Row():
                 start = gr.Button(kind.button, variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
+                add = gr.Button("Add to queue", elem_id=f"{elem_prefix}_enqueue", visible=enqueue is not None)
             with gr.Row(visible=steer is not None):
                 steer_buttons = {word: gr.Button(f"{word.capitalize()} now", size="sm", elem_id=f"{elem_prefix}_{word}")
                                  for word in ("sample", "save", "backup")}
@@ -134,6 +148,36 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
 
         page.load(on_open, inputs=[], outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    command = trainer_for(kind.config).command
+
+    def on_save(path, *values):
+        try:
+            cfg = config_from(values)
+            return f"<p>saved {html.escape(str(write_config(str(path).strip(), cfg, command)))}</p>"
+        except (ValueError, OSError, RuntimeError) as e:
+            return error_html(e)
+
+    def on_load(path):
+        """The form refilled from the file or past run; the fields the host decides keep theirs."""
+        try:
+            options, notes = past_options(str(path).strip(), kind.config, command)
+        except (ValueError, OSError) as e:
+            return [gr.update() for _ in names] + [error_html(e)]
+        filled = [name for name in names if name in options]
+        note = f"<p>loaded {len(filled)} option(s) from {html.escape(str(path))}</p>" + (
+            f"<p>skipped: {html.escape('; '.join(notes))}</p>" if notes else "")
+        return [gr.update(value=options[n]) if n in options else gr.update() for n in names] + [note]
+
+    save_settings.click(on_save, inputs=[settings_path] + ([dummy] if progress_js else []) + inputs, outputs=[result])
+    load_settings.click(on_load, inputs=[settings_path], outputs=[form[n] for n in names] + [result])
+    if enqueue is not None:
+        def on_enqueue(*values):
+            try:
+                return f"<p>{html.escape(enqueue(config_from(values)))}</p>"
+            except (ValueError, OSError, RuntimeError) as e:
+                return error_html(e)
+
+        add.click(on_enqueue, inputs=([dummy] if progress_js else []) + inputs, outputs=[result])
     if steer is not None:
         for word, button in steer_buttons.items():
             button.click(lambda w=word: steer(w), inputs=[], outputs=[])

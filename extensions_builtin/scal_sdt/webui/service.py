@@ -32,6 +32,9 @@ from ..training import control
 from ..ui.loss_svg import loss_svg
 from ..host.families import family
 from .aesthetic import family_name
+from .queue_api import add_queue_routes
+from ..run_queue.background import BackgroundRunner
+from ..run_queue.store import QueueFolder
 from .adapter import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
                       lora_dir, reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
 
@@ -255,6 +258,43 @@ def interrupt() -> None:
     shared.state.interrupt()
 
 
+def train_queued(cfg, explicit: set, reporter):
+    """One job of the queue: trained as the Train tab trains, on the loaded model, under the WebUI's GPU lock (taken
+    per job, so generations go on between the jobs of a night)."""
+    from types import SimpleNamespace
+
+    with call_queue.queue_lock:
+        shared.state.begin(job="scal-sdt-queue")
+        try:
+            out = run_training(cfg, reporter, explicit=frozenset(explicit))
+        finally:
+            shared.state.end()
+    return SimpleNamespace(interrupted=out["interrupted"], step=out["step"], final_path=out["path"])
+
+
+_queue_runner: list[BackgroundRunner] = []
+
+
+def queue_runner() -> BackgroundRunner:
+    """The WebUI's training queue (its data folder's scal-sdt-queue/), shared by the Queue tab and the API."""
+    if not _queue_runner:
+        _queue_runner.append(BackgroundRunner(QueueFolder(os.path.join(paths.data_path, "scal-sdt-queue")),
+                                              train_queued))
+    return _queue_runner[0]
+
+
+def enqueue(cfg) -> str:
+    """The Train tabs' "Add to queue": the form's run (the options changed in it) queued for the loaded model."""
+    check_runnable(cfg)
+    job = queue_runner().queue.add_config(cfg)
+    return f"queued {job.id} ({job.command} {job.name}): run it from the SCAL-SDT Queue tab"
+
+
+def check_queueable(cfg) -> None:
+    """What the API refuses to queue: folders outside the WebUI's."""
+    check_confined(effective_config(cfg), webui_folders())
+
+
 # -- HTTP API ---------------------------------------------------------------------------------------------------
 def _auth_dependency():
     """The WebUI's --api-auth, as its own API applies it (routes added by extensions don't get it for free)."""
@@ -394,4 +434,5 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
     app.add_api_route(f"{API_PREFIX}/jobs/{{job_id}}/interrupt", interrupt_job, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/embeddings", list_embeddings, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/options", options, methods=["GET"], dependencies=deps)
+    add_queue_routes(app, API_PREFIX, queue_runner(), deps, check=check_queueable)
     return registry
