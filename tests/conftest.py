@@ -24,3 +24,26 @@ def tiny_hosts():
         return cache[name]
 
     return get
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _patient_gradio_launch():
+    """Gradio's launch asks its own page once with a 3 s timeout (networking.url_ok) and refuses to start when that
+    is slow; on two busy cores (CI, xdist workers) rendering the page can take longer. Ask as patiently as a user."""
+    try:
+        import httpx
+        from gradio import networking
+    except ImportError:
+        yield
+        return
+    original = networking.url_ok
+
+    def url_ok(url: str) -> bool:
+        try:
+            return httpx.head(url, timeout=60, verify=False).status_code in (200, 401, 301, 302, 303, 307, 308)
+        except (httpx.ConnectError, httpx.TimeoutException):
+            return original(url)
+
+    networking.url_ok = url_ok
+    yield
+    networking.url_ok = original
