@@ -207,3 +207,25 @@ def test_the_generations_unet_gets_the_hypernetworks_and_the_shared_one_is_untou
     assert torch.all(unet.patches["attn2"][0](context, context, context, {})[2] == 2.0)
     assert patched_unet(base, []) is None and patched_unet(base, [None]) is None
     assert patched_unet(object(), [FakeHypernetwork(768, 1.0, 1.0)]) is None  # a backend without attention patches
+
+
+def test_aesthetic_tuning_works_inside_inference_mode_and_puts_the_weights_back():
+    """reForge computes a generation's conditioning under ``torch.inference_mode`` (A1111 under ``no_grad``): the
+    accordion's tuning must still get gradients there, and leave the text tower exactly as it was."""
+    from scal_sdt.aesthetic.gradient import AestheticSettings, Tower, tuned
+
+    torch.manual_seed(0)
+    tower_module = torch.nn.Linear(4, 3)
+    table = torch.randn(8, 4)
+    tower = Tower("clip_l", tower_module, lambda texts: tower_module(table[[len(t) % 8 for t in texts]]))
+    before = {k: v.clone() for k, v in tower_module.state_dict().items()}
+    with torch.inference_mode():
+        with tuned([tower], ["a red star"], {"clip_l": torch.randn(1, 3)}, AestheticSettings(steps=5, lr=0.1)) as (
+                first, last):
+            tuned_out = tower.project(["a red star"])
+        plain_out = tower.project(["a red star"])
+    assert last > first  # the tuning moved the projection towards the row
+    assert not torch.equal(tuned_out, plain_out)
+    for k, v in tower_module.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(p.requires_grad is False for p in tower_module.parameters())  # its own flags (True) kept
