@@ -196,8 +196,8 @@ def test_dreambooth_on_the_loaded_model_writes_a_checkpoint_reforge_lists(reforg
     from safetensors import safe_open
 
     if available_gib() < DREAMBOOTH_GIB:
-        pytest.skip(f"DreamBooth on a full-size SD1 inside reForge needs about {DREAMBOOTH_GIB} GiB of free memory "
-                    f"more (this box has {available_gib():.1f}; it was killed for memory at 13.5 GiB)")
+        pytest.skip(f"DreamBooth on a full-size SD1 inside reForge needs about {DREAMBOOTH_GIB} GiB free besides "
+                    f"reForge (this box has {available_gib():.1f} GiB free; reForge was killed for memory at 13.5 GiB)")
 
     plain, _ = pixels(reforge)
     job = train(reforge, "dreambooth", name="rfdb", instance_data=str(images(tmp_path / "inst", 2)),
