@@ -33,11 +33,17 @@ def _say_missing(gr, package):
             f"{package}</code>, then restart the WebUI.</p>")
 
 
+_train_tab_built: list[bool] = []  # the WebUI called on_ui_train_tabs (its Train tab is built before on_ui_tabs)
+
+
 def on_ui_train_tabs(params):
     """Our sub-tabs of the WebUI's Train tab (in Forge, which has none, they are a tab of their own: on_ui_tabs)."""
     import gradio as gr
 
     forms = {}
+    if params is not None:
+        _train_tab_built.append(True)
+
     for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db"),
                           ("LoRA", "scal_sdt_lora")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
@@ -92,18 +98,12 @@ def on_ui_tabs():
             library_tab(WebUILibrary(), use=use_in_txt2img if prompt is not None else None,
                         use_targets=[prompt], use_js="switch_to_txt2img")
     tabs.append((library, "SCAL-SDT Library", "scal_sdt_library"))
-    if not _has_train_tab():  # Forge removed the Train tab and never calls on_ui_train_tabs
+    if not _train_tab_built:  # Forge removed the Train tab and never calls on_ui_train_tabs (A1111, reForge do)
         with gr.Blocks(analytics_enabled=False) as train:
             with gr.Tabs():
                 on_ui_train_tabs(None)
         tabs.append((train, "SCAL-SDT Train", "scal_sdt_train"))
     return tabs
-
-
-def _has_train_tab() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("modules_forge") is None
 
 
 _components = {}

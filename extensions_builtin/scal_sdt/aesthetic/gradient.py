@@ -162,12 +162,13 @@ def mean_cosine(towers: list[Tower], prompts: list[str], targets: list[torch.Ten
 def tuned(towers: list[Tower], prompts: list[str], rows: dict[str, torch.Tensor], s: AestheticSettings,
           autocast=contextlib.nullcontext) -> Iterator[tuple[float, float]]:
     """Inside, the towers' weights are tuned towards ``rows`` (one per tower key) for ``prompts``; on leaving, put
-    back bit for bit. Yields (mean cosine before, after) — the tuned towers' distance to the target."""
+    back bit for bit. Yields (mean cosine before, after) — the tuned towers' distance to the target. Works inside
+    ``torch.inference_mode`` too (reForge computes conditioning there): the tuning leaves it for its own steps."""
     params = [p for t in towers for p in t.module.parameters()]
     saved = [p.detach().to("cpu", copy=True) for p in params]
     flags = [p.requires_grad for p in params]
     try:
-        with torch.enable_grad(), autocast():
+        with torch.inference_mode(False), torch.enable_grad(), autocast():
             targets = [target_of(t, prompts, rows[t.key], s) for t in towers]
             for p in params:
                 p.requires_grad_(True)
@@ -184,7 +185,7 @@ def tuned(towers: list[Tower], prompts: list[str], rows: dict[str, torch.Tensor]
                 last = float(mean_cosine(towers, prompts, targets))
         yield first, last
     finally:
-        with torch.no_grad():
+        with torch.inference_mode(False), torch.no_grad():
             for p, v, f in zip(params, saved, flags):
                 p.copy_(v.to(p.device, p.dtype))
                 p.requires_grad_(f)

@@ -33,9 +33,15 @@ class WebUIHost(Host):
             raise RuntimeError("this WebUI (Forge) cannot give gradients through its own model; train on the "
                                "checkpoint file with the standalone adapter instead")
         m = self.sd_model
+        if getattr(m, "is_sd3", False):  # A1111 1.10 (and reForge) load SD3, whose text side is not CLIP-shaped
+            raise RuntimeError("the loaded model is Stable Diffusion 3: SCAL-SDT trains SD1, SD2 and SDXL models; "
+                               "choose one of those in the checkpoint list")
         self.family = SDXL if getattr(m, "is_sdxl", False) else SD2 if getattr(m, "is_sd2", False) else SD1
         prediction = "v_prediction" if getattr(m, "parameterization", "eps") == "v" else "epsilon"
-        self.schedule = NoiseSchedule(m.alphas_cumprod.detach().float().cpu(), prediction)
+        self.schedule = NoiseSchedule(model_alphas_cumprod(m), prediction)
+        # reForge: an ldm model whose UNet and VAE are its Forge-style backend's (``forge_objects``); its
+        # encode/decode_first_stage run under inference_mode, so the VAE is called here directly
+        self._backend = getattr(m, "forge_objects", None)
         self.device = devices.device
         self.dtype = devices.dtype_unet
         info = getattr(m, "sd_checkpoint_info", None)
@@ -115,12 +121,16 @@ class WebUIHost(Host):
 
     # -- unet / vae -------------------------------------------------------------------------------------------
     def predict(self, x_t, t, cond: Conditioning) -> torch.Tensor:
+        if self._backend is not None:
+            self._backend_load("unet")
         if self.family is SDXL:
             return self.sd_model.apply_model(x_t, t, {"crossattn": cond.context, "vector": cond.pooled})
         return self.sd_model.apply_model(x_t, t, cond.context)
 
     def encode_moments(self, pixels):
         m = self.sd_model
+        if self._backend is not None:
+            return self._backend_moments(pixels)
         pixels = pixels.to(devices.device, devices.dtype_vae)
         if self.family is SDXL:
             if lowvram.is_enabled(m):  # only the WebUI's wrapped encode moves the VAE; it returns a sample
@@ -132,12 +142,41 @@ class WebUIHost(Host):
         scale = float(m.scale_factor)
         return (posterior.mean * scale).float(), (posterior.std * scale).float()
 
+    def _backend_moments(self, pixels):
+        """reForge's VAE (ldm_patched's, the ldm layout): mean and std of its diagonal Gaussian, as ldm's posterior
+        gives them, from its encoder and quant_conv; its own encode only returns a sample, under inference_mode."""
+        vae = self.sd_model.first_stage_model
+        self._backend_load("vae")
+        weight = next(vae.parameters())
+        with torch.no_grad():
+            moments = vae.encoder(pixels.to(weight.device, weight.dtype))
+            if getattr(vae, "quant_conv", None) is not None:
+                moments = vae.quant_conv(moments)
+        mean, logvar = moments.float().chunk(2, dim=1)
+        scale = float(self.sd_model.scale_factor)
+        return mean * scale, torch.exp(0.5 * logvar.clamp(-30.0, 20.0)) * scale
+
+    def _backend_load(self, part: str) -> None:
+        """reForge keeps its UNet and VAE where its memory manager put them: ask it for the part (a GPU run)."""
+        patcher = getattr(self._backend, "unet", None) if part == "unet" else getattr(
+            getattr(self._backend, "vae", None), "patcher", None)
+        if patcher is None or devices.device.type == "cpu":
+            return
+        from ldm_patched.modules import model_management  # noqa: the WebUI (reForge's backend)
+
+        model_management.load_model_gpu(patcher)
+
     def decode(self, latents):
-        return self.sd_model.decode_first_stage(latents.to(devices.device, devices.dtype_vae)).float()
+        # clone: reForge decodes under inference_mode, and its tensors cannot enter autograd afterwards
+        return self.sd_model.decode_first_stage(latents.to(devices.device, devices.dtype_vae)).float().clone()
 
     def decode_differentiable(self, latents):
         """The WebUI's decode_first_stage runs under no_grad; its VAE's own decode keeps the graph."""
         vae = self.sd_model.first_stage_model
+        if self._backend is not None:
+            self._backend_load("vae")
+            weight = next(vae.parameters())
+            return vae.decode(latents.to(weight.device, weight.dtype) / self.sd_model.scale_factor).float()
         return vae.decode(latents.to(devices.device, devices.dtype_vae) / self.sd_model.scale_factor).float()
 
     def on_device(self, *parts):
@@ -269,13 +308,28 @@ class WebUIHost(Host):
                     cfg_scale=cfg_scale, seed=seed, width=width, height=height, batch_size=len(prompts),
                     do_not_save_grid=True, do_not_save_samples=True, do_not_reload_embeddings=True)
                 p.disable_extra_networks = True
-                p.cached_c, p.cached_uc = [None, None], [None, None]  # the vectors change, the prompt text does not
+                p.cached_c, p.cached_uc = empty_cond_cache(), empty_cond_cache()  # the vectors change, the text not
                 with contextlib.closing(p):
                     processed = processing.process_images(p)
             return processed.images[:len(prompts)]
         finally:
             torch.set_rng_state(rng[0])
             random.setstate(rng[1])
+
+
+def model_alphas_cumprod(sd_model) -> torch.Tensor:
+    """The schedule the model was trained with: since v1.8 the WebUI swaps ``alphas_cumprod`` per generation (a
+    downcast copy, or the zero-terminal-SNR rescale of 1.9/1.10's ``apply_alpha_schedule_override``) and keeps the
+    model's own in ``alphas_cumprod_original``."""
+    original = getattr(sd_model, "alphas_cumprod_original", None)
+    schedule = original if original is not None else sd_model.alphas_cumprod
+    return schedule.detach().float().cpu()
+
+
+def empty_cond_cache() -> list:
+    """A fresh conditioning cache in the WebUI's shape: [key, conds] up to v1.8, [key, conds, infotext params] from
+    1.9 (whose ``get_conds_with_caching`` writes the third item)."""
+    return [None] * len(getattr(processing.StableDiffusionProcessing, "cached_c", None) or [None, None])
 
 
 class WebUIReporter(Reporter):

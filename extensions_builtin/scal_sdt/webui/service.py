@@ -229,14 +229,17 @@ def release_memory() -> None:
 
 
 def is_forge() -> bool:
-    """Forge (its ``modules_forge`` package): its model keeps the parts in ``forge_objects``, has no
-    ``cond_stage_model`` and gives no gradients; before its first generation ``shared.sd_model`` is a placeholder
-    (``FakeInitialModel``) with no checkpoint at all."""
+    """Forge (its ``modules_forge`` package) with a model that gives no gradients: its model keeps the parts in
+    ``forge_objects`` and has no ``cond_stage_model``; before its first generation ``shared.sd_model`` is a
+    placeholder (``FakeInitialModel``) with no checkpoint at all. reForge has ``modules_forge`` too, but its model is
+    an ldm one with the WebUI's own text encoders (``cond_stage_model``) around its backend's UNet and VAE: that one
+    is trained in place, as in A1111."""
     import importlib.util
 
     model = shared.sd_model
-    return (importlib.util.find_spec("modules_forge") is not None
-            or (getattr(model, "cond_stage_model", None) is None and hasattr(model, "forge_objects")))
+    if getattr(model, "cond_stage_model", None) is not None:
+        return False
+    return importlib.util.find_spec("modules_forge") is not None or hasattr(model, "forge_objects")
 
 
 def training_host(source: str = ""):
