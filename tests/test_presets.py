@@ -110,7 +110,8 @@ def test_the_smallest_card_preset_trains(tmp_path):
 def test_every_preset_builds_a_valid_lora_config(preset, family):
     from scal_sdt.lora.config import LoraConfig
 
-    cfg = apply_preset(LoraConfig(name="zq", rank=8, lr="1e-3"), family, explicit={"rank", "lr"}, preset=preset)
+    cfg = apply_preset(LoraConfig(name="zq", instance_data="data", rank=8, lr="1e-3"), family, explicit={"rank", "lr"},
+                       preset=preset)
     assert isinstance(cfg, LoraConfig) and (cfg.name, cfg.rank, cfg.lr) == ("zq", 8, "1e-3")
     assert {k: getattr(cfg, k) for k in PRESETS[preset][family]} == PRESETS[preset][family]
 
@@ -131,7 +132,7 @@ def test_a_lora_run_prepared_with_a_preset_gets_it_and_the_smallest_card_trains(
                                       "steps", "resolution", "preset", "out", "log_dir", "save_every",
                                       "preview_every", "device"}, say=said.append)
     assert (run.cfg.memory_mode, run.cfg.gradient_checkpointing, run.cfg.batch_size, run.cfg.grad_accum,
-            run.cfg.precision) == ("lowvram", True, 1, 4, "fp32")  # fp32: reduced precision only slows a CPU
+            run.cfg.precision) == ("lowvram", True, 1, 4, "auto")  # not the preset's fp16: it only slows a CPU
     assert said and "preset 6gb for sdxl" in said[0]
     host = run.host
     unet = host.trainable_modules()[0]
