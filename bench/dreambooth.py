@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from harness import Measure, child, images_folder, plain_steps, report  # noqa: E402
 
 PRESETS = {
     "fp16+adamw": dict(precision="fp16", optimizer="adamw"),
@@ -53,54 +52,7 @@ PRESETS = {
 }
 
 
-def images_folder(resolution: int, n: int = 4) -> Path:
-    from PIL import Image
-
-    folder = Path(tempfile.mkdtemp(prefix="db-bench-"))
-    g = torch.Generator().manual_seed(0)
-    for i in range(n):
-        pixels = (torch.rand(resolution, resolution, 3, generator=g) * 255).to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(folder / f"{i}.png")
-        (folder / f"{i}.txt").write_text("a photo of sks dog")
-    return folder
-
-
-class Measure:
-    """A reporter that times each step and reads the peak once the warm-up steps are done."""
-
-    def __init__(self, device, warmup: int, start_mb: float):
-        from scal_sdt.training.report import Reporter
-
-        class R(Reporter):
-            def step(inner, info):
-                self.on_step(info)
-        self.reporter, self.device, self.warmup, self.start_mb = R(), device, warmup, start_mb
-        self.times, self.peak, self.n = [], 0.0, 0
-
-    def sync(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-
-    def on_step(self, info):
-        self.sync()
-        self.n += 1
-        now = time.perf_counter()
-        if self.n == self.warmup:
-            if self.device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            else:  # the peak mark restarts at what is held now (weights, optimizer state), as CUDA's does
-                from presets import reset_peak_rss
-
-                reset_peak_rss()
-        elif self.n > self.warmup:
-            self.times.append(now - self.last)
-            if self.device.type == "cuda":
-                self.peak = torch.cuda.max_memory_allocated() / 2**20
-            else:
-                from presets import peak_rss_mb
-
-                self.peak = peak_rss_mb() - self.start_mb
-        self.last = now
+OPTIONS = ("model", "device", "resolution", "steps", "warmup")  # what a child run is given
 
 
 def run_preset(a, name: str) -> dict:
@@ -137,63 +89,24 @@ def run_preset(a, name: str) -> dict:
 
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(cfg.instance_data, ignore_errors=True)
-    return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
+    return m.result()
 
 
 def run_reference(a) -> dict:
     from apt_memory import build
-
-    from scal_sdt.host.schedule import NoiseSchedule, scaled_linear_alphas_cumprod
-    from scal_sdt.host.tokenizer import clip_token_ids
 
     from presets import rss_mb
 
     start_mb = rss_mb()
     dev = torch.device(a.device)
     comps = build(a.model)
-    unet, te, vae = comps.unet.to(dev).float(), comps.text_encoders[0].to(dev).float(), comps.vae.to(dev).float()
-    te2 = comps.text_encoders[1].to(dev).float().requires_grad_(False) if comps.family.size_conditioning else None
-    te.requires_grad_(False)
-    vae.requires_grad_(False)
+    unet, vae = comps.unet.to(dev).float(), comps.vae.to(dev).float().requires_grad_(False)
+    text_encoders = [te.to(dev).float().requires_grad_(False) for te in comps.text_encoders]
     unet.requires_grad_(True)
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-6)
-    schedule = NoiseSchedule(scaled_linear_alphas_cumprod(), comps.family.prediction_type)
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand((4, 3, a.resolution, a.resolution), generator=g) * 2 - 1
-    ids = clip_token_ids(["a photo of sks dog"]).to(dev)
     m = Measure(dev, a.warmup, start_mb)
-    for i in range(a.warmup + a.steps):
-        with torch.no_grad():
-            x0 = vae.encode(images[i % 4:i % 4 + 1].to(dev)).latent_dist.sample() * vae.config.scaling_factor
-            if te2 is None:
-                context, added = te(input_ids=ids).last_hidden_state, None
-            else:  # SDXL: both towers' penultimate layers side by side, the second's pooled output and the sizes
-                second = te2(input_ids=ids, output_hidden_states=True)
-                context = torch.cat([te(input_ids=ids, output_hidden_states=True).hidden_states[-2],
-                                     second.hidden_states[-2]], dim=-1)
-                r = a.resolution
-                added = {"text_embeds": second.text_embeds,
-                         "time_ids": torch.tensor([[r, r, 0, 0, r, r]], dtype=torch.float32, device=dev)}
-        noise = torch.randn(x0.shape, generator=g).to(dev)
-        t = torch.randint(0, 1000, (1,), generator=g).to(dev)
-        pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=context, added_cond_kwargs=added).sample
-        loss = torch.nn.functional.mse_loss(pred, schedule.target(x0, noise, t))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        m.on_step({})
-    return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
-
-
-def child(a, name: str) -> dict:
-    cmd = [sys.executable, __file__, "--run", name, "--model", a.model, "--device", a.device, "--resolution",
-           str(a.resolution), "--steps", str(a.steps), "--warmup", str(a.warmup)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        tail = [ln for ln in proc.stderr.strip().splitlines() if "Error" in ln or "error" in ln] or ["(no error text)"]
-        return {"error": f"exit code {proc.returncode}: {tail[-1]}"}
-    return json.loads(lines[-1][7:])
+    plain_steps(comps, unet, vae, text_encoders, opt, a.warmup + a.steps, a.resolution, m)
+    return m.result()
 
 
 def main() -> None:
@@ -213,15 +126,14 @@ def main() -> None:
     ap.add_argument("--run", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.run:
-        result = run_reference(a) if a.run == "reference" else run_preset(a, a.run)
-        print("RESULT " + json.dumps(result))
+        report(run_reference(a) if a.run == "reference" else run_preset(a, a.run))
         return
     names = [n for n in (a.presets.split(",") if a.presets else PRESETS) if n]
     print(f"{a.model} at {a.resolution}px on {a.device}, batch 1, median of {a.steps} steps")
     print(f"{'':48}{'peak MB':>10}{'s/step':>9}{'peak ratio':>12}{'time ratio':>12}", flush=True)
     results = {}
     for name in ["reference", *names]:  # each row as it comes, and the JSON so far: a long run cut short keeps them
-        r = results[name] = child(a, name)
+        r = results[name] = child(__file__, name, a, OPTIONS)
         ref = results["reference"]
         if "error" in r:
             print(f"{name:48}  {r['error']}", flush=True)

@@ -20,7 +20,6 @@ import argparse
 import json
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,13 +28,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from harness import Measure, child, images_folder, plain_steps, report  # noqa: E402
+
 #: the layers both sides train (diffusers' module names; our "lora" network's targets)
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out"]
 
 
 def run_ours(a) -> dict:
     from apt_memory import build
-    from dreambooth import Measure, images_folder
     from presets import rss_mb
 
     from scal_sdt.host.standalone import load_host
@@ -57,18 +57,14 @@ def run_ours(a) -> dict:
     finally:
         shutil.rmtree(out, ignore_errors=True)
         shutil.rmtree(cfg.instance_data, ignore_errors=True)
-    return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
+    return m.result()
 
 
 def run_peft(a) -> dict:
     from peft import LoraConfig as PeftLoraConfig
 
     from apt_memory import build
-    from dreambooth import Measure
     from presets import rss_mb
-
-    from scal_sdt.host.schedule import NoiseSchedule, scaled_linear_alphas_cumprod
-    from scal_sdt.host.tokenizer import clip_token_ids
 
     start_mb = rss_mb()
     dev = torch.device(a.device)
@@ -86,41 +82,12 @@ def run_peft(a) -> dict:
     for p in params:  # the example keeps the trained LoRA weights in fp32 under fp16 mixed precision
         p.data = p.data.float()
     opt = torch.optim.AdamW(params, lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda") if fp16 else None
-    schedule = NoiseSchedule(scaled_linear_alphas_cumprod(), comps.family.prediction_type)
-    g = torch.Generator().manual_seed(0)
-    images = torch.rand((4, 3, a.resolution, a.resolution), generator=g) * 2 - 1
-    ids = clip_token_ids(["a photo of sks dog"]).to(dev)
     m = Measure(dev, a.warmup, start_mb)
-    for i in range(a.warmup + a.steps):
-        with torch.autocast(dev.type, dtype=torch.float16, enabled=fp16):
-            with torch.no_grad():
-                x0 = vae.encode(images[i % 4:i % 4 + 1].to(dev, dtype)).latent_dist.sample() * vae.config.scaling_factor
-                context = te(input_ids=ids).last_hidden_state
-            noise = torch.randn(x0.shape, generator=g).to(dev, x0.dtype)
-            t = torch.randint(0, 1000, (1,), generator=g).to(dev)
-            pred = unet(schedule.add_noise(x0, noise, t), t, encoder_hidden_states=context).sample
-            loss = torch.nn.functional.mse_loss(pred.float(), schedule.target(x0, noise, t).float())
-        (scaler.scale(loss) if scaler else loss).backward()
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-        m.on_step({})
-    return {"s_per_step": statistics.median(m.times), "peak_mb": m.peak}
+    plain_steps(comps, unet, vae, [te], opt, a.warmup + a.steps, a.resolution, m, fp16=fp16)
+    return m.result()
 
 
-def child(a, name: str) -> dict:
-    cmd = [sys.executable, __file__, "--run", name, "--model", a.model, "--device", a.device, "--resolution",
-           str(a.resolution), "--steps", str(a.steps), "--warmup", str(a.warmup), "--rank", str(a.rank)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode or not lines:
-        tail = [ln for ln in proc.stderr.strip().splitlines() if "rror" in ln] or ["(no error text)"]
-        return {"error": f"exit code {proc.returncode}: {tail[-1]}"}
-    return json.loads(lines[-1][7:])
+OPTIONS = ("model", "device", "resolution", "steps", "warmup", "rank")  # what a child run is given
 
 
 def main() -> None:
@@ -136,14 +103,14 @@ def main() -> None:
     ap.add_argument("--run", default="", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.run:
-        print("RESULT " + json.dumps(run_peft(a) if a.run == "peft" else run_ours(a)))
+        report(run_peft(a) if a.run == "peft" else run_ours(a))
         return
     print(f"{a.model} at {a.resolution}px on {a.device}, rank {a.rank}, batch 1, median of {a.steps} steps")
     print(f"{'':12}{'peak MB':>10}{'s/step':>9}", flush=True)
     runs: dict[str, list[dict]] = {"peft": [], "scal-sdt": []}
     for _ in range(a.repeat):
         for name in runs:
-            r = child(a, name)
+            r = child(__file__, name, a, OPTIONS)
             runs[name].append(r)
             print(f"{name:12}" + (f"  {r['error']}" if "error" in r else f"{r['peak_mb']:10.0f}{r['s_per_step']:9.3f}"),
                   flush=True)

@@ -1,8 +1,10 @@
-"""Memory presets: peak memory of a few Textual Inversion steps for every tiny model × preset, against a baseline.
+"""Memory presets: peak memory of a few Textual Inversion (or, with ``--method lora``, LoRA) steps for every tiny
+model × preset, against a baseline.
 
 Each (model, preset) trains in a fresh subprocess, as the trainer runs it: the preset applied to a config
 (``apply_preset``), its memory mode given to the host (``load_host(..., memory_mode=...)``), then
-``train_embedding`` for a few steps on a small built-in data set. Peak memory is measured over the steps only
+``train_embedding`` (``train_lora``: a rank-8 LoRA on the UNet's attention and feed-forward layers) for a few steps
+on a small built-in data set. Peak memory is measured over the steps only
 (after the latents are cached, up to the report of the last step): on CPU the growth of the resident set (the
 peak-RSS mark is reset with Linux ``clear_refs`` when the loop begins, as in ``ti_step.py``), on CUDA
 ``torch.cuda.max_memory_allocated``.
@@ -11,6 +13,7 @@ peak-RSS mark is reset with Linux ``clear_refs`` when the loop begins, as in ``t
     python bench/presets.py --write-baseline     # measure and write the baseline instead
     python bench/presets.py --model tiny-sdxl --preset 6gb,24gb
     python bench/presets.py --device cuda        # baseline bench/presets_baseline.cuda.json
+    python bench/presets.py --method lora        # LoRA; baseline bench/presets_baseline_lora.json
 """
 from __future__ import annotations
 
@@ -34,9 +37,13 @@ MODELS = {"tiny-sd1": "sd1", "tiny-sd2": "sd2", "tiny-sdxl": "sdxl"}  # model ->
 NAME = "scalbench"
 
 
-def baseline_path(device: str) -> Path:
+METHODS = ("ti", "lora")
+
+
+def baseline_path(device: str, method: str = "ti") -> Path:
     kind = torch.device(device).type
-    return HERE / ("presets_baseline.json" if kind == "cpu" else f"presets_baseline.{kind}.json")
+    stem = "presets_baseline" + ("" if method == "ti" else f"_{method}")
+    return HERE / (f"{stem}.json" if kind == "cpu" else f"{stem}.{kind}.json")
 
 
 def rss_mb() -> float:
@@ -77,9 +84,17 @@ def run_one(a, work: Path) -> dict:
     from scal_sdt.training.report import Reporter
 
     data = make_concept_folder(work / "data", count=a.images, size=a.resolution)
-    cfg = EmbeddingConfig(name=NAME, model=a.model, data=str(data), steps=a.steps, resolution=a.resolution, lr="0.005",
-                          template="subject", seed=a.seed, save_every=0, preview_every=0, out=str(work / "out"),
-                          log_dir=str(work / "run"), device=a.device)
+    common = dict(name=NAME, model=a.model, steps=a.steps, resolution=a.resolution, seed=a.seed, save_every=0,
+                  preview_every=0, out=str(work / "out"), log_dir=str(work / "run"), device=a.device)
+    if a.method == "lora":
+        from scal_sdt.lora.config import LoraConfig
+        from scal_sdt.lora.trainer import train_lora as train
+
+        cfg = LoraConfig(instance_data=str(data), instance_prompt="a photo of [name], [filewords]", network="lora",
+                         rank=8, alpha=8, lr="1e-4", **common)
+    else:
+        train = train_embedding
+        cfg = EmbeddingConfig(data=str(data), lr="0.005", template="subject", **common)
     explicit = {"resolution", "device"}
     if a.precision == "auto":  # the preset's precision on CUDA; on CPU fp32, what the trainer's auto picks there
         a.precision = "preset" if torch.device(a.device).type == "cuda" else "fp32"
@@ -106,7 +121,7 @@ def run_one(a, work: Path) -> dict:
                 self.peak = (torch.cuda.max_memory_allocated(device) / 2**20 if cuda else peak_rss_mb() - self.rss0)
 
     measure = Measure()
-    result = train_embedding(cfg, host, measure)
+    result = train(cfg, host, measure)
     if result.step != a.steps or measure.peak is None:
         raise RuntimeError(f"the run stopped at step {result.step} of {a.steps}")
     steps = [t1 - t0 for t0, t1 in zip(measure.times, measure.times[1:])]
@@ -117,7 +132,8 @@ def run_one(a, work: Path) -> dict:
 
 def child(a, model: str, preset: str) -> dict:
     cmd = [sys.executable, __file__, "--child", "--model", model, "--preset", preset, "--device", a.device]
-    cmd += [f"--{k}={getattr(a, k)}" for k in ("resolution", "steps", "images", "seed", "threads", "precision")]
+    cmd += [f"--{k}={getattr(a, k)}" for k in ("method", "resolution", "steps", "images", "seed", "threads",
+                                               "precision")]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode or not lines:
@@ -141,6 +157,7 @@ def main() -> int:
     p.add_argument("--model", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--preset", default=",".join(preset_names()), help="comma-separated presets")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--method", default="ti", choices=METHODS, help="what trains: Textual Inversion or a LoRA")
     p.add_argument("--precision", default="auto", help="auto (the preset's own on CUDA, fp32 on CPU), preset, or "
                                                        "fp32/fp16/bf16 for every run")
     p.add_argument("--resolution", type=int, default=64, help="training resolution in pixels")
@@ -168,10 +185,10 @@ def main() -> int:
     presets = a.preset.split(",")
     if unknown := [n for n in presets if n not in preset_names()]:
         p.error(f"unknown preset(s) {', '.join(unknown)}; choose from {', '.join(preset_names())}")
-    path = a.baseline or baseline_path(a.device)
+    path = a.baseline or baseline_path(a.device, a.method)
     baseline = json.loads(path.read_text()) if path.is_file() else {}
     kind = "CUDA max allocated" if torch.device(a.device).type == "cuda" else "peak RSS growth"
-    print(f"TI presets, {a.device}, {a.resolution} px, {a.steps} steps, {a.images} images, torch {torch.__version__}, "
+    print(f"{'LoRA' if a.method == 'lora' else 'TI'} presets, {a.device}, {a.resolution} px, {a.steps} steps, {a.images} images, torch {torch.__version__}, "
           f"{a.threads or torch.get_num_threads()} thread(s); peak = {kind} over the steps (MB)")
     print(f"baseline: {path}{'' if baseline else ' (none yet)'}\n")
     print(f"{'model':<11}{'preset':<7}{'batch':>7}{'prec':>6}{'memory':>9}{'ckpt':>6}{'peak MB':>10}{'base MB':>10}"

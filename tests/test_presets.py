@@ -2,6 +2,7 @@
 import dataclasses
 
 import pytest
+import torch
 
 from recording import RecordingReporter
 from scal_sdt.demo_data import make_concept_folder
@@ -101,3 +102,44 @@ def test_the_smallest_card_preset_trains(tmp_path):
     host = load_host(cfg.model, "cpu", memory_mode=cfg.memory_mode, precision=cfg.precision)
     result = train_embedding(cfg, host, RecordingReporter())
     assert result.step == 1 and result.final_path.exists()
+
+
+# -- LoRA: the same presets (a LoRA step holds what a TI step holds, the frozen weights and the UNet's activations,
+# and trains a small state) --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset,family", COMBINATIONS)
+def test_every_preset_builds_a_valid_lora_config(preset, family):
+    from scal_sdt.lora.config import LoraConfig
+
+    cfg = apply_preset(LoraConfig(name="zq", instance_data="data", rank=8, lr="1e-3"), family, explicit={"rank", "lr"},
+                       preset=preset)
+    assert isinstance(cfg, LoraConfig) and (cfg.name, cfg.rank, cfg.lr) == ("zq", 8, "1e-3")
+    assert {k: getattr(cfg, k) for k in PRESETS[preset][family]} == PRESETS[preset][family]
+
+
+def test_a_lora_run_prepared_with_a_preset_gets_it_and_the_smallest_card_trains(tmp_path):
+    """`train-lora --preset 6gb` on SDXL goes through runs.prepare like every trainer: lowvram (the UNet's blocks
+    streamed), checkpointing, batch 1 x 4; one step trains, the file changes the UNet, the weights are untouched."""
+    from scal_sdt import runs
+    from scal_sdt.lora.adapters import load_lora
+    from scal_sdt.lora.config import LoraConfig
+
+    said = []
+    cfg = LoraConfig(name="zq", model="tiny-sdxl", instance_data=str(make_concept_folder(tmp_path / "data", count=4)),
+                     instance_prompt="a photo of [name]", rank=4, alpha=4, lr="1e-2", steps=1, resolution=64,
+                     preset="6gb", out=str(tmp_path / "lora"), log_dir=str(tmp_path / "run"), save_every=0,
+                     preview_every=0, device="cpu")
+    run = runs.prepare(cfg, explicit={"name", "model", "instance_data", "instance_prompt", "rank", "alpha", "lr",
+                                      "steps", "resolution", "preset", "out", "log_dir", "save_every",
+                                      "preview_every", "device"}, say=said.append)
+    assert (run.cfg.memory_mode, run.cfg.gradient_checkpointing, run.cfg.batch_size, run.cfg.grad_accum,
+            run.cfg.precision) == ("lowvram", True, 1, 4, "auto")  # not the preset's fp16: it only slows a CPU
+    assert said and "preset 6gb for sdxl" in said[0]
+    host = run.host
+    unet = host.trainable_modules()[0]
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    result = runs.train(run, RecordingReporter())
+    assert result.step == 1 and result.final_path.exists()
+    after = unet.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    lora = load_lora(result.final_path, host.lora_targets(), "sdxl")
+    assert any(t.abs().sum() > 0 for k, t in lora.file_tensors().items() if k.endswith("lora_up.weight"))

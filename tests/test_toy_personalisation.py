@@ -5,8 +5,6 @@ The toy model's base training never showed the held-out colour (pink). A Textual
 before training (the embedding at its init text) the judge almost never sees pink."""
 from __future__ import annotations
 
-import pytest
-
 from scal_sdt.host.standalone import load_host
 from scal_sdt.textual_inversion.config import EmbeddingConfig
 from scal_sdt.textual_inversion.create import init_vectors
@@ -21,8 +19,9 @@ from scal_sdt.training.report import Reporter
 
 NAME = "toy-pink"
 STEPS, LR = 400, "0.02"  # about 25 s on two CPU cores
-#: the LoRA run of test_lora_with_pivotal_tuning_teaches_the_held_out_colour (README quality table)
-LORA_QUALITY = dict(network="lora", rank=8, alpha=8, lr="1e-3", steps=400, batch_size=4)
+#: the LoRA run of test_lora_with_pivotal_tuning_teaches_the_held_out_colour (README quality table): half
+#: DreamBooth's steps at 20x its rate (the embedding's rate doubled alongside) keeps the test near a minute
+LORA_QUALITY = dict(network="lora", rank=8, alpha=8, lr="2e-3", steps=200, batch_size=4, pivotal_lr=0.04)
 
 
 def test_held_out_colour_captions_put_the_name_where_the_colour_goes(tmp_path):
@@ -88,13 +87,12 @@ def test_dreambooth_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
     assert kept >= 0.7, kept
 
 
-@pytest.mark.skip(reason="its settings are not found yet: the first try (rank 8, lr 1e-3, 400 steps, batch 4) did not "
-                         "finish in the 2-minute budget on 2 CPU cores; the README's quality table says so")
 def test_lora_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
-    """LoRA on the toy model, the DreamBooth pivotal setting above with a rank-RANK LoRA learning instead of the
-    whole UNet: the judge sees pink for "sks" prompts at strength 1 at least as often as after DreamBooth, the other
-    colours are kept, and strength 0.5 sits between strength 0 (the embedding alone) and 1. Measured: see the README's
-    quality table."""
+    """LoRA on the toy model, the DreamBooth pivotal setting above with a rank-8 LoRA learning instead of the whole
+    UNet (200 steps at lr 2e-3, the embedding at 0.04): the judge sees pink for "sks" prompts at strength 1 at least
+    as often as after DreamBooth, the other colours are kept, and strength 0.5 sits between strength 0 (the embedding
+    alone) and 1. Measured: pink 0.72 / 0.28 / 0.00 at strength 1 / 0.5 / 0, other colours 0.94 (rank 16 at 4e-3:
+    0.53 / 0.44 / 0.00, 0.94)."""
     from scal_sdt.lora.adapters import load_lora
     from scal_sdt.lora.config import LoraConfig
     from scal_sdt.lora.trainer import train_lora
@@ -111,7 +109,7 @@ def test_lora_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
     others = prompt_set(32, seed=78)
     cfg = LoraConfig(model="toy", name="sks", instance_data=str(data), instance_prompt="[filewords]",
                      class_data=str(reg), class_prompt="[filewords]", num_class_images=0, **LORA_QUALITY,
-                     pivotal_vectors=1, pivotal_init_text="red", pivotal_lr=0.02, embeddings_out=str(tmp_path / "emb"),
+                     pivotal_vectors=1, pivotal_init_text="red", embeddings_out=str(tmp_path / "emb"),
                      out=str(tmp_path / "out"), log_dir=str(tmp_path / "run"), preview_every=0, save_every=0,
                      device="cpu")
     result = train_lora(cfg, host, Reporter())

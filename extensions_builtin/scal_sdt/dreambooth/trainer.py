@@ -71,6 +71,18 @@ class DreamBoothJob(FrozenModelJob):
         self.host.park("text")
         return len(wanted)
 
+    def start(self, reporter: Reporter, title: str, learns: str, resolution: int) -> None:
+        """The prompts cached where they can be, then the run's first line (DreamBooth's and LoRA's alike): what
+        learns, how many weights, the pivotal embedding, size, rate and batch."""
+        cfg, host = self.cfg, self.host
+        if cfg.cache_text and (cached := self.cache_prompts(resolution)):
+            reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
+        n_params = sum(p.numel() for g in self.param_groups() for p in g["params"])
+        pivotal = f" + a {cfg.pivotal_vectors}-vector embedding {cfg.name!r}" if self.vectors else ""
+        reporter.message(f"{title} on {host.model_name} [{host.family.name}, {host.device}]: {n_params:,} weights "
+                         f"learn ({learns}{pivotal}), {resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x "
+                         f"{cfg.grad_accum}")
+
     def encode(self, prompts: list[str], size):
         from ..host.base import Conditioning
 
@@ -230,6 +242,33 @@ def prepare_concepts(cfg: DreamBoothConfig, host: Host, reporter: Reporter, reso
     return out
 
 
+def refuse_existing(cfg: DreamBoothConfig, what: str) -> None:
+    """Before any work: the result ``out/NAME.safetensors`` (a ``what``) or, with pivotal tuning, an embedding NAME
+    already there is not replaced unless overwrite (or resume) says so."""
+    if cfg.overwrite or cfg.resume:
+        return
+    target = Path(cfg.out) / f"{cfg.name}.safetensors"
+    if target.exists():
+        raise FileExistsError(f"{what} {target} already exists; choose another name or {turn_on('overwrite')}")
+    if cfg.pivotal_vectors:
+        from ..textual_inversion.create import existing_embeddings
+
+        if clash := existing_embeddings(Path(cfg.embeddings_out), cfg.name):
+            raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or "
+                                  f"{turn_on('overwrite')}")
+
+
+def pivotal_vectors(cfg: DreamBoothConfig, host: Host) -> dict[str, torch.nn.Parameter] | None:
+    """Pivotal tuning's new embedding, to learn along (``cfg.pivotal_vectors`` vectors per text encoder, started at
+    ``cfg.pivotal_init_text``), fp32 on the device; None without pivotal tuning."""
+    if not cfg.pivotal_vectors:
+        return None
+    from ..textual_inversion.create import init_vectors
+
+    start = init_vectors(host, cfg.pivotal_init_text, cfg.pivotal_vectors)
+    return {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
+
+
 def is_out_of_memory(e: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
     return isinstance(e, oom) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
@@ -270,16 +309,7 @@ def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | Non
     reporter = reporter or ConsoleReporter()
     if cfg.master_weights == "bf16" and cfg.precision != "bf16":  # bf16 weights compute in bf16
         cfg = dataclasses.replace(cfg, precision="bf16")
-    target = Path(cfg.out) / f"{cfg.name}.safetensors"
-    if target.exists() and not cfg.overwrite and not cfg.resume:
-        raise FileExistsError(f"checkpoint {target} already exists; choose another name or "
-                                f"{turn_on('overwrite')}")
-    if cfg.pivotal_vectors and not cfg.overwrite and not cfg.resume:
-        from ..textual_inversion.create import existing_embeddings
-
-        if clash := existing_embeddings(Path(cfg.embeddings_out), cfg.name):
-            raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or "
-                                  f"{turn_on('overwrite')}")
+    refuse_existing(cfg, "checkpoint")
     preflight(cfg, host, reporter)
     while True:
         box: dict = {}
@@ -320,20 +350,10 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
         from ..lora_layers.extract import layer_weights
 
         before = layer_weights(host.unet_modules())
-    vectors = None
-    if cfg.pivotal_vectors:
-        from ..textual_inversion.create import init_vectors
-
-        start = init_vectors(host, cfg.pivotal_init_text, cfg.pivotal_vectors)
-        vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
+    vectors = pivotal_vectors(cfg, host)
     job = box["job"] = DreamBoothJob(cfg, host, concepts, run_dir, trained[1:], before=before, vectors=vectors)
-    if cfg.cache_text and (cached := job.cache_prompts(resolution)):
-        reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
-    n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])
-    reporter.message(f"DreamBooth {cfg.name!r} on {host.model_name} [{host.family.name}, {host.device}]: "
-                     f"{n_params:,} weights learn (UNet{' + text encoders' if cfg.train_text_encoder else ''}"
-                     f"{f' + a {cfg.pivotal_vectors}-vector embedding {cfg.name!r}' if vectors else ''}), "
-                     f"{resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}")
+    job.start(reporter, f"DreamBooth {cfg.name!r}", "UNet" + (" + text encoders" if cfg.train_text_encoder else ""),
+              resolution)
     try:
         return run_on_host(cfg, job, run_dir, reporter, host)
     finally:

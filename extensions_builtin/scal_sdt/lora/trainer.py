@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..dreambooth.trainer import DreamBoothJob, prepare_concepts
+from ..dreambooth.trainer import DreamBoothJob, pivotal_vectors, prepare_concepts, refuse_existing
 from ..host.base import Host
 from ..training.loop import LoopResult, run_on_host
 from ..training.report import ConsoleReporter, Reporter
@@ -121,37 +121,17 @@ def train_lora(cfg: LoraConfig, host: Host, reporter: Reporter | None = None) ->
     """Train ``cfg.network`` adapters on ``host``'s model; its weights are never written (each adapter wraps its
     layer's forward while attached and is detached however the run ends)."""
     reporter = reporter or ConsoleReporter()
-    target = Path(cfg.out) / f"{cfg.name}.safetensors"
-    if target.exists() and not cfg.overwrite and not cfg.resume:
-        raise FileExistsError(f"LoRA {target} already exists; choose another name or pass --overwrite")
-    if cfg.pivotal_vectors and not cfg.overwrite and not cfg.resume:
-        from ..textual_inversion.create import existing_embeddings
-
-        if clash := existing_embeddings(Path(cfg.embeddings_out), cfg.name):
-            raise FileExistsError(f"embedding {cfg.name!r} already exists ({clash[0]}); choose another name or pass "
-                                  f"--overwrite")
+    refuse_existing(cfg, "LoRA")
     net, block_lr, te = build_adapters(cfg, host)  # bad ranks and block lists fail before any data work
     run_dir = run_dir_for(cfg)
     resolution = cfg.resolution or host.native_resolution
     concepts = prepare_concepts(cfg, host, reporter, resolution)
-    vectors = None
-    if cfg.pivotal_vectors:
-        from ..textual_inversion.create import init_vectors
-
-        start = init_vectors(host, cfg.pivotal_init_text, cfg.pivotal_vectors)
-        vectors = {k: torch.nn.Parameter(v.to(host.device, torch.float32)) for k, v in start.items()}
-    job = LoraJob(cfg, host, concepts, run_dir, [te] if te is not None else [], vectors=vectors, adapters=net,
-                  block_lr=block_lr)
+    job = LoraJob(cfg, host, concepts, run_dir, [te] if te is not None else [], vectors=pivotal_vectors(cfg, host),
+                  adapters=net, block_lr=block_lr)
     net.attach(1.0).train()
     try:
-        if cfg.cache_text and (cached := job.cache_prompts(resolution)):
-            reporter.message(f"{cached} prompt(s) encoded once; the text encoder(s) left the device")
-        n_params = sum(p.numel() for g in job.param_groups() for p in g["params"])
-        reporter.message(f"LoRA {cfg.name!r} ({cfg.network}, rank {cfg.rank}, alpha {cfg.alpha:g}) on "
-                         f"{host.model_name} [{host.family.name}, {host.device}]: {len(net)} layers, {n_params:,} "
-                         f"weights learn{' (UNet + text encoders)' if te is not None else ''}"
-                         f"{f' + a {cfg.pivotal_vectors}-vector embedding {cfg.name!r}' if vectors else ''}, "
-                         f"{resolution}px, lr {cfg.lr}, batch {cfg.batch_size} x {cfg.grad_accum}")
+        job.start(reporter, f"LoRA {cfg.name!r} ({cfg.network}, rank {cfg.rank}, alpha {cfg.alpha:g})",
+                  f"{len(net)} adapters on the UNet" + (" and text encoders" if te is not None else ""), resolution)
         # rank and module dropout draw from torch's generator: seeded here (and restored on resume), the caller's
         # own generator state is left as it was
         devices = [host.device] if host.device.type == "cuda" else []

@@ -1,9 +1,14 @@
-"""Memory presets for Textual Inversion: option overrides by card size (VRAM) and model family.
+"""Memory presets for Textual Inversion and LoRA: option overrides by card size (VRAM) and model family.
 
 What a TI step holds on the card: the frozen fp16 weights of the UNet and text encoder(s) (SD1 ≈ 1.7 + 0.25 GB,
 SD2 ≈ 1.7 + 0.7 GB, SDXL ≈ 5.1 + 1.6 GB; the VAE is parked once the latents are cached), and the UNet's activations,
 kept for the backward pass down to the prompt vectors, which grow with batch × pixels (SD1 512², SD2 768²,
 SDXL 1024²). The trainable state is a few vectors, so an 8-bit optimizer saves nothing and every preset keeps AdamW.
+A LoRA step holds the same: the frozen weights, never copied (the adapters run beside the layers), and the UNet's
+activations, which the backward pass needs down to the adapters of its first blocks (each adapter adds only its
+rank-wide intermediate). Its trainable state is small (SD1 rank 16: ≈ 10 M weights, with their gradients and
+AdamW's two moments ≈ 0.2 GB; SDXL ≈ 0.4 GB), so the same presets serve it, AdamW included; not measured on a card
+yet (bench/presets.py --method lora --device cuda).
 Gradient accumulation keeps the effective batch (batch_size × grad_accum) at about 4 wherever the card cannot hold
 4 images at once, so a smaller card trains the same thing, only slower. 6 and 8 GB cards are mostly Pascal/Turing
 (no fast bf16), hence fp16 with the grad scaler there; 12 and 24 GB cards are mostly Ampere or newer, hence bf16,
