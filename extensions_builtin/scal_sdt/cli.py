@@ -172,6 +172,14 @@ def _clean(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _audit(cfg, explicit: set[str]) -> int:
+    from .audit.run import audit_folder
+
+    report = audit_folder(cfg)
+    print(report.summary())
+    return 0
+
+
 def _make_aesthetic_embedding(cfg, explicit: set[str]) -> int:
     from .aesthetic.make import make_aesthetic_embedding
     from .training.report import ConsoleReporter
@@ -205,6 +213,7 @@ def commands() -> list[Command]:
     from .toy_world.build import ToyWorldConfig
     from .tagging.config import TagConfig
     from .tagging.clean import CleanConfig
+    from .audit.config import AuditConfig
     from .aesthetic.config import AestheticEmbeddingConfig
     from .dreambooth.config import DreamBoothConfig
     from .lora.config import LoraConfig
@@ -227,6 +236,9 @@ def commands() -> list[Command]:
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",
                 CleanConfig, _clean),
+        Command("audit", "check a data set before training: duplicates, corrupt and tiny images, aspect buckets, long "
+                "or missing captions, tags, the trigger word, suggested repeats and steps (changes no file)",
+                AuditConfig, _audit),
         Command("make-aesthetic-embedding", "the mean CLIP image embedding of a folder, for aesthetic gradients",
                 AestheticEmbeddingConfig, _make_aesthetic_embedding),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),
