@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -98,3 +99,16 @@ def test_bad_options_are_refused_by_name(body):
 
     with pytest.raises(ValueError):
         from_dict(AuditConfig, body)
+
+
+def test_the_forms_check_data_button_audits_the_demo_set_for_its_method(tmp_path, monkeypatch):
+    from scal_sdt.ui.data_check import check_data
+
+    monkeypatch.chdir(tmp_path)
+    text, picture = check_data("embedding", {"data": "demo", "resolution": 0, "batch_size": 8,
+                                             "data_source": "the toy world"}, native_resolution=lambda: 64)
+    assert "16 image(s), no problems found" in text and "[name]" in text and "the toy world" in text
+    assert Path(picture).is_file()
+    text, picture = check_data("lora", {"data": "", "instance_data": str(planted_set(tmp_path / "d"))},
+                               native_resolution=lambda: 64)
+    assert "duplicate" in text and "corrupt" in text and picture.endswith(".png")

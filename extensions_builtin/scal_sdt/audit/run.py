@@ -15,6 +15,14 @@ from .config import AuditConfig
 from .report import AuditReport, draw
 
 
+def check_out(cfg: AuditConfig) -> None:
+    """A ValueError when the report would be written inside the data set folder."""
+    root, out = Path(cfg.dir).resolve(), Path(cfg.out).resolve()
+    if out == root or root in out.parents:
+        raise ValueError(f"out {cfg.out!r} is inside the data set folder: the audit changes nothing there; choose "
+                         f"another folder")
+
+
 def audit_folder(cfg: AuditConfig, reporter: Reporter | None = None, write: bool = True) -> AuditReport:
     """Check ``cfg.dir``; with ``write``, the report goes to ``cfg.out`` as DIRNAME-audit.txt / .json / .png.
 
@@ -23,9 +31,8 @@ def audit_folder(cfg: AuditConfig, reporter: Reporter | None = None, write: bool
     reporter = reporter or Reporter()
     root = Path(cfg.dir)
     out = Path(cfg.out)
-    if write and (out.resolve() == root.resolve() or root.resolve() in out.resolve().parents):
-        raise ValueError(f"out {cfg.out!r} is inside the data set folder: the audit changes nothing there; choose "
-                         f"another folder")
+    if write:
+        check_out(cfg)
     scan = scan_folder(root)
     items = scan.items
     reporter.message(f"checking {len(items)} image(s) in {root}")

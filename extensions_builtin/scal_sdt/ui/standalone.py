@@ -117,7 +117,8 @@ class StandaloneTrainer:
     def tab(self, what: str, page: gr.Blocks) -> dict:
         """training_tab's arguments for the ``what`` tab of ``page``: streamed runs, steering, reconnection."""
         return dict(run=self.run, interrupt=self.interrupt, streaming=True, steer=self.steer,
-                    attach=lambda: self.attach(what), page=page)
+                    attach=lambda: self.attach(what), page=page,
+                    native_resolution=lambda: self.host().native_resolution)
 
     def jobs_html(self) -> str:
         """This page session's trainings, newest first, with their state."""

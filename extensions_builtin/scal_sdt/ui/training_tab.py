@@ -11,6 +11,7 @@ from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
+from .data_check import FIELDS as CHECK_FIELDS, check_data
 from .form import build_form, error_html, js_kwarg, values_to_config
 
 # what the host decides, not the form: the WebUI's loaded model and its device flags
@@ -27,16 +28,19 @@ class TrainerKind:
     button: str  # the start button's label
     first_group: str  # the form's first group
     basic: tuple[str, ...]  # the few options people change first, above the closed groups
+    method: str  # the method's name for the data check (audit/config.py METHODS)
 
 
 BASIC = ("name", "data", "steps", "lr", "preset")
 EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding",
-                        ("name", "data", "init_text", "steps", "lr", "preset"))
-HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
+                        ("name", "data", "init_text", "steps", "lr", "preset"), "embedding")
+HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC,
+                           "hypernetwork")
 DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
-                         ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"))
+                         ("model", "name", "instance_data", "instance_prompt", "steps", "lr", "preset"), "dreambooth")
 LORA = TrainerKind(LoraConfig, "scal_sdt_lora", "Train LoRA", "lora",
-                   ("model", "name", "instance_data", "instance_prompt", "network", "rank", "steps", "lr", "preset"))
+                   ("model", "name", "instance_data", "instance_prompt", "network", "rank", "steps", "lr", "preset"),
+                   "lora")
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
@@ -44,7 +48,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                  txt2img_preview_params: list | None = None, progress_js: bool = False,
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
                  steer: Callable[[str], None] | None = None, offers: dict | None = None,
-                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None) -> dict:
+                 attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None,
+                 native_resolution: Callable[[], int] = lambda: 512, audit: Callable | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -55,7 +60,9 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     running training to "sample", "save" or "backup" after its current step. ``offers``: field → :class:`Offer`
     (what the host lists for a field). ``attach()`` (with ``page``, the Blocks, and ``streaming``) yields what a
     page opened or reloaded shows: the running training followed live (plot, previews, progress), and the page
-    session's trainings (a "jobs" table). Returns field name → component.
+    session's trainings (a "jobs" table). "Check data" audits the form's data folder for the method (its
+    resolution 0 is ``native_resolution()``) with ``audit(cfg)`` (default audit/run.py's, writing beside the page).
+    Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
@@ -68,6 +75,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
             with gr.Row():
                 start = gr.Button(kind.button, variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
+                check = gr.Button("Check data", elem_id=f"{elem_prefix}_check")
             with gr.Row(visible=steer is not None):
                 steer_buttons = {word: gr.Button(f"{word.capitalize()} now", size="sm", elem_id=f"{elem_prefix}_{word}")
                                  for word in ("sample", "save", "backup")}
@@ -79,6 +87,9 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
             preview = gr.Image(label="latest preview", interactive=False, elem_id=f"{elem_prefix}_preview",
                                elem_classes=["scal-sdt-preview"])
             jobs = gr.HTML(elem_id=f"{elem_prefix}_jobs", visible=attach is not None)
+            with gr.Accordion("data check", open=True, elem_id=f"{elem_prefix}_check_group"):
+                checked = gr.HTML(elem_id=f"{elem_prefix}_check_report")
+                checked_picture = gr.Image(label="data check", interactive=False, elem_id=f"{elem_prefix}_check_picture")
 
     names = list(form)
     extra = list(txt2img_preview_params or [])
@@ -134,6 +145,16 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
 
         page.load(on_open, inputs=[], outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    check_names = [n for n in CHECK_FIELDS if n in form]
+
+    def on_check(*values):
+        try:
+            return check_data(kind.method, dict(zip(check_names, values)), native_resolution,
+                              **({"audit": audit} if audit is not None else {}))
+        except (ValueError, OSError, RuntimeError) as e:
+            return error_html(e), None
+
+    check.click(on_check, inputs=[form[n] for n in check_names], outputs=[checked, checked_picture])
     if steer is not None:
         for word, button in steer_buttons.items():
             button.click(lambda w=word: steer(w), inputs=[], outputs=[])
