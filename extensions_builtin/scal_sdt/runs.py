@@ -29,6 +29,7 @@ from .training import distributed
 from .training.loop import LoopResult
 from .training.presets import apply_preset
 from .training.report import ConsoleReporter, Reporter
+from .training.run_setup import run_dir_for, write_run_record
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class Trainer:
 
     train: Callable  # (cfg, host, reporter) -> LoopResult
     what: str  # what it makes, for messages: "embedding", "hypernetwork", "checkpoint"
+    method: str  # the method's name in the run's record (run.json) and the data check: "embedding", "lora", ...
     #: None: the model's weights stay frozen. A trainer of the model's own weights says here whether ``cfg`` trains
     #: the text encoders too: on a host that outlives the run, those weights are kept and put back afterwards
     fine_tunes: Callable[[object], bool] | None = None
@@ -46,10 +48,10 @@ class Trainer:
 
 #: config type -> its trainer (a subclass of a config finds its base's); a new trainer is one line here
 TRAINERS: dict[type, Trainer] = {
-    EmbeddingConfig: Trainer(train_embedding, "embedding", preset=apply_apt_preset),
-    HypernetworkConfig: Trainer(train_hypernetwork, "hypernetwork"),
-    DreamBoothConfig: Trainer(train_dreambooth, "checkpoint", fine_tunes=lambda cfg: cfg.train_text_encoder),
-    LoraConfig: Trainer(train_lora, "LoRA"),  # adapters around the layers: the model's weights are never written
+    EmbeddingConfig: Trainer(train_embedding, "embedding", "embedding", preset=apply_apt_preset),
+    HypernetworkConfig: Trainer(train_hypernetwork, "hypernetwork", "hypernetwork"),
+    DreamBoothConfig: Trainer(train_dreambooth, "checkpoint", "dreambooth", fine_tunes=lambda cfg: cfg.train_text_encoder),
+    LoraConfig: Trainer(train_lora, "LoRA", "lora"),  # adapters around the layers: the model's weights are never written
 }
 
 
@@ -120,9 +122,17 @@ def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
     fine_tunes = run.trainer.fine_tunes
     kept = (host.weights_kept(fine_tunes(cfg)) if fine_tunes is not None and run.host_outlives_run
             else contextlib.nullcontext())
+    if distributed.current().main:
+        write_run_record(cfg, run.trainer.method, host)
     host.begin_training()
     try:
         with kept:
-            return run.trainer.train(cfg, host, reporter)
+            result = run.trainer.train(cfg, host, reporter)
     finally:
         host.restore()
+    if cfg.evaluate and distributed.current().main:
+        from .evaluate.config import EvaluateConfig
+        from .evaluate.run import evaluate_run
+
+        evaluate_run(EvaluateConfig(run_dir=str(run_dir_for(cfg))), host, reporter.message)
+    return result

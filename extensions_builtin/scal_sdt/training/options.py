@@ -194,6 +194,9 @@ class TrainingOptions:
     validation_images: int = option(0, "hold out this many images of the data set for a validation loss", min=0,
                                     group="output")
     validation_data: str = option("", "a folder of validation images (instead of holding some out)", group="output", folder=True)
+    evaluate: bool = option(False, "when the run ends, compare its saved steps (" + mention("save_every") + "): "
+                                   "a grid of steps x prompts, fidelity, leakage and validation loss per step, a "
+                                   "suggested step; as scal-sdt evaluate RUN_DIR", group="output")
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 
