@@ -11,6 +11,7 @@ from ..dreambooth.config import DreamBoothConfig
 from ..hypernetwork.config import HypernetworkConfig
 from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
+from .evaluate_panel import evaluate_panel
 from .data_check import FIELDS as CHECK_FIELDS, check_data
 from .form import build_form, error_html, js_kwarg, values_to_config
 
@@ -49,7 +50,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
                  steer: Callable[[str], None] | None = None, offers: dict | None = None,
                  attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None,
-                 native_resolution: Callable[[], int] = lambda: 512, audit: Callable | None = None) -> dict:
+                 native_resolution: Callable[[], int] = lambda: 512, audit: Callable | None = None,
+                 evaluate: Callable | None = None, keep: Callable | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -62,7 +64,8 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     page opened or reloaded shows: the running training followed live (plot, previews, progress), and the page
     session's trainings (a "jobs" table). "Check data" audits the form's data folder for the method (its
     resolution 0 is ``native_resolution()``) with ``audit(cfg)`` (default audit/run.py's, writing beside the page).
-    Returns field name → component.
+    ``evaluate(train_cfg, options)`` and ``keep(train_cfg, step)`` (both or neither) add the "Evaluate saved steps"
+    panel below the loss plot (ui/evaluate_panel.py). Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
@@ -84,6 +87,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
             progress = gr.HTML(elem_id=f"{elem_prefix}_progress")
             result = gr.HTML(elem_id=f"{elem_prefix}_result")
             plot = gr.Image(label="loss", interactive=False, elem_id=f"{elem_prefix}_plot")
+            evaluation = gr.Column() if evaluate is not None else None
             preview = gr.Image(label="latest preview", interactive=False, elem_id=f"{elem_prefix}_preview",
                                elem_classes=["scal-sdt-preview"])
             jobs = gr.HTML(elem_id=f"{elem_prefix}_jobs", visible=attach is not None)
@@ -145,6 +149,10 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
 
         page.load(on_open, inputs=[], outputs=outputs)
     stop.click(lambda: interrupt(), inputs=[], outputs=[])
+    if evaluation is not None:
+        with evaluation:
+            evaluate_panel(elem_prefix, lambda values: values_to_config(kind.config, names, values), list(form.values()),
+                           evaluate, keep)
     check_names = [n for n in CHECK_FIELDS if n in form]
 
     def on_check(*values):

@@ -84,6 +84,36 @@ def audit(cfg: AuditConfig, reporter=None) -> AuditReport:
     return audit_folder(dataclasses.replace(cfg, out=os.path.join(paths.data_path, cfg.out)), reporter)
 
 
+def evaluate(cfg, options: dict):
+    """The training tab's "Evaluate": the saved steps of the run of ``cfg`` (its log folder as the WebUI puts it)
+    drawn by the WebUI's own txt2img on the loaded model, one generation at a time in the WebUI's queue."""
+    from ..evaluate.config import EvaluateConfig
+    from ..evaluate.run import evaluate_run
+
+    def refuse(path):
+        raise ValueError("a DreamBooth run's steps are whole checkpoints: compare them with scal-sdt evaluate on the "
+                         "command line or the standalone page")
+
+    run_dir = effective_config(cfg).log_dir
+    with call_queue.queue_lock:
+        loaded = list(getattr(shared, "loaded_hypernetworks", []))
+        shared.loaded_hypernetworks.clear()  # only the step under test applies
+        try:
+            return evaluate_run(EvaluateConfig(run_dir=run_dir, **options), WebUIHost(), say=print, load_model=refuse)
+        finally:
+            shared.loaded_hypernetworks[:] = loaded
+
+
+def keep(cfg, step: int):
+    """The tab's "Keep this one": the saved step copied to the result's name, and the WebUI's lists reloaded."""
+    from ..evaluate.run import keep_step
+
+    path = keep_step(Path(effective_config(cfg).log_dir), step)
+    reload_hypernetworks() if isinstance(cfg, HypernetworkConfig) else reload_checkpoints() if isinstance(
+        cfg, DreamBoothConfig) else reload_loras() if isinstance(cfg, LoraConfig) else reload_embeddings()
+    return path
+
+
 def native_resolution() -> int:
     """The loaded model's training size (what a form's resolution 0 means); 512 before a model is loaded."""
     try:
