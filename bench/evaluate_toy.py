@@ -1,7 +1,7 @@
 """Does the suggested step pick well? On the toy world, a run that overfits (Textual Inversion, LoRA or DreamBooth
 on the 16 pink pictures, tiny settings) saves its steps; `scal-sdt evaluate` suggests one; the judge measures every
-saved step's held-out accuracy (prompts of pink shapes on backgrounds the data did not pair them with: shape and
-colour both right) and the table says how far the suggested step is from the best one (the README's table).
+saved step's held-out accuracy (32 prompts of pink shapes on backgrounds, not the training captions: the judge
+sees the colour the trained name stands for; shape and colour both right is printed too) and the table says how far the suggested step is from the best one (the README's table).
 
     python bench/evaluate_toy.py --method embedding     # also: lora, dreambooth; --out DIR keeps the runs
 """
@@ -54,14 +54,14 @@ def config(method: str, folder: Path, data: Path):
     return kind(instance_data=str(data), embeddings_out=str(folder / "emb"), num_class_images=0, **common)
 
 
-def held_out_accuracy(method: str, run_dir: Path, tcfg: dict, host, judge) -> dict[int, float]:
+def held_out_accuracy(method: str, run_dir: Path, tcfg: dict, host, judge) -> dict[int, dict[str, float]]:
     shapes = [s for s in SHAPES if s != HELD_OUT["shape"]]
     triples = prompt_set(32, seed=77, shapes=shapes, colours=[HELD_OUT["colour"]])
     out = {}
     for saved in saved_steps(run_dir, method, tcfg):
         with step_applied(method, saved, host, NAME, 1.0, lambda p: load_host(str(p), "cpu")) as (model, emb):
             out[saved.step] = prompt_accuracy(model, judge, triples, seed=9, colour_words={HELD_OUT["colour"]: NAME},
-                                              embeddings=emb or None)["both"]
+                                              embeddings=emb or None)
     return out
 
 
@@ -83,9 +83,11 @@ def main(argv=None) -> int:
     evaluated = time.time() - t0 - trained
     tcfg = json.loads((folder / "run" / "run.json").read_text())["config"]
     accuracy = held_out_accuracy(args.method, folder / "run", tcfg, host, Judge.load(PRETRAINED / JUDGE))
-    best = max(accuracy, key=lambda s: (accuracy[s], -s))
-    gap = accuracy[best] - accuracy[result.suggested]
-    print(json.dumps({"method": args.method, "accuracy": accuracy, "suggested": result.suggested,
+    colour = {s: a["colour"] for s, a in accuracy.items()}
+    best = max(colour, key=lambda s: (colour[s], -s))
+    gap = colour[best] - colour[result.suggested]
+    print(json.dumps({"method": args.method, "accuracy": colour, "both": {s: a["both"] for s, a in accuracy.items()},
+                      "scores": result.rows, "suggested": result.suggested,
                       "best": best, "gap": round(gap, 4), "reason": result.reason,
                       "train_s": round(trained, 1), "evaluate_s": round(evaluated, 1), "folder": str(folder)}, indent=1))
     return 0
