@@ -4,6 +4,7 @@ judge) is within 0.05 of the best saved step's."""
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -87,6 +88,9 @@ def test_every_training_tab_has_check_data_and_the_evaluate_panel_below_the_loss
     assert app.scal_sdt_trainer.keep(cfg, 100).read_bytes() == b"step 100"
 
 
+@pytest.mark.skipif(not os.environ.get("SCAL_SDT_SLOW_TESTS"),
+                    reason="about 4 minutes of CPU (a 400-step run, 4 steps evaluated, 128 pictures judged): over the "
+                           "CI budget; SCAL_SDT_SLOW_TESTS=1 runs it; the README's table is its measurement")
 def test_on_the_toy_world_the_suggested_step_is_within_005_of_the_best_held_out_accuracy(tmp_path):
     """A Textual Inversion run that overfits the 16 pink pictures (a high rate, many steps for so few images) saves
     every STEPS // 4 steps; the suggested step's held-out accuracy (the judge: shape and colour both right on

@@ -134,5 +134,8 @@ def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
         from .evaluate.config import EvaluateConfig
         from .evaluate.run import evaluate_run
 
-        evaluate_run(EvaluateConfig(run_dir=str(run_dir_for(cfg))), host, reporter.message)
+        # a fine-tune of a host loaded for the run changed it for good: the base model is loaded again to compare
+        base = host if run.trainer.fine_tunes is None or run.host_outlives_run else None
+        evaluate_run(EvaluateConfig(run_dir=str(run_dir_for(cfg)), device=cfg.device, memory_mode=cfg.memory_mode),
+                     base, reporter.message)
     return result

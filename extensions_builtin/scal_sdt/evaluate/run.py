@@ -103,10 +103,9 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
                  load_model: Callable[[Path], Host] | None = None) -> Evaluation:
     """Compare the saved steps of ``cfg.run_dir`` on ``host`` (None: the run's model loaded here); ``load_model``
     loads a DreamBooth step's checkpoint (default: a standalone host on the same device)."""
-    from ..host.standalone import load_host
-
     run_dir = Path(cfg.run_dir)
     record = read_run_record(run_dir)
+    from ..host.standalone import load_host  # the models' libraries, once there is a run to compare
     method, tcfg = record["method"], record["config"]
     name = tcfg["name"]
     steps = saved_steps(run_dir, method, tcfg)
