@@ -58,6 +58,8 @@ def on_ui_train_tabs(params):
                          if dreambooth else None,
                          steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
                          enqueue=webui_service.enqueue,
+                         native_resolution=webui_service.native_resolution, audit=webui_service.audit,
+                         evaluate=webui_service.evaluate, keep=webui_service.keep,
                          txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
                          wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
     with gr.Tab(label="SCAL-SDT Aesthetic embedding", id="scal_sdt_ae", elem_id="scal_sdt_ae_tab"):

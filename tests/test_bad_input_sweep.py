@@ -44,6 +44,12 @@ CASES = [
     (["save-checkpoint", "--model", "model.txt", "--out", "o.safetensors"], "unsupported format"),
     (["control", "missing", "save"], "no run folder"),
     (["control", "out", "explode"], "invalid choice"),
+    (["audit", "missing"], "does not exist"),
+    (["audit", "empty", "--out", "empty/reports"], "inside the data set folder"),
+    (["audit", "empty", "--method", "magic"], "invalid choice"),
+    (["evaluate", "empty"], "run.json"),
+    (["evaluate", "empty", "--strengths", "strong"], "comma-separated numbers"),
+    (["evaluate", "empty", "--keep", "best"], "keep 'best'"),
 ]
 
 

@@ -173,6 +173,25 @@ def _clean(cfg, explicit: set[str]) -> int:
     return 0
 
 
+def _audit(cfg, explicit: set[str]) -> int:
+    from .audit.run import audit_folder
+
+    report = audit_folder(cfg)
+    print(report.summary())
+    return 0
+
+
+def _evaluate(cfg, explicit: set[str]) -> int:
+    from .evaluate.run import evaluate_run, keep_step
+
+    if cfg.keep.isdigit():  # a step chosen already: copied, nothing drawn
+        print(f"kept step {cfg.keep} as {keep_step(Path(cfg.run_dir), int(cfg.keep))}")
+        return 0
+    result = evaluate_run(cfg, say=lambda text: print(text, file=sys.stderr))
+    print(result.summary())
+    return 0
+
+
 def _make_aesthetic_embedding(cfg, explicit: set[str]) -> int:
     from .aesthetic.make import make_aesthetic_embedding
     from .training.report import ConsoleReporter
@@ -311,6 +330,8 @@ def commands() -> list[Command]:
     from .toy_world.build import ToyWorldConfig
     from .tagging.config import TagConfig
     from .tagging.clean import CleanConfig
+    from .audit.config import AuditConfig
+    from .evaluate.config import EvaluateConfig
     from .aesthetic.config import AestheticEmbeddingConfig
     from .dreambooth.config import DreamBoothConfig
     from .lora.config import LoraConfig
@@ -336,6 +357,12 @@ def commands() -> list[Command]:
                 _tag),
         Command("clean", "clean a dataset folder: face-centred crops, text and watermark flags, duplicates",
                 CleanConfig, _clean),
+        Command("audit", "check a data set before training: duplicates, corrupt and tiny images, aspect buckets, long "
+                "or missing captions, tags, the trigger word, suggested repeats and steps (changes no file)",
+                AuditConfig, _audit),
+        Command("evaluate", "compare a run's saved steps: a labelled grid of steps x strengths x prompts (same "
+                "seeds), validation loss, fidelity and leakage per step, a suggested step; --keep copies one to the "
+                "result's name", EvaluateConfig, _evaluate),
         Command("make-aesthetic-embedding", "the mean CLIP image embedding of a folder, for aesthetic gradients",
                 AestheticEmbeddingConfig, _make_aesthetic_embedding),
         Command("create-embedding", "create an embedding file from an init text", CreateEmbeddingConfig, _create_embedding),

@@ -30,6 +30,7 @@ from .training.loop import LoopResult
 from .training.presets import apply_preset
 from .training.task_presets import apply_task_preset
 from .training.report import ConsoleReporter, Reporter
+from .training.run_setup import run_dir_for, write_run_record
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Trainer:
     train: Callable  # (cfg, host, reporter) -> LoopResult
     command: str  # its scal-sdt sub-command (and a config file's "command")
     what: str  # what it makes, for messages: "embedding", "hypernetwork", "checkpoint"
+    method: str  # the method's name in the run's record (run.json) and the data check: "embedding", "lora", ...
     #: None: the model's weights stay frozen. A trainer of the model's own weights says here whether ``cfg`` trains
     #: the text encoders too: on a host that outlives the run, those weights are kept and put back afterwards
     fine_tunes: Callable[[object], bool] | None = None
@@ -48,11 +50,12 @@ class Trainer:
 
 #: config type -> its trainer (a subclass of a config finds its base's); a new trainer is one line here
 TRAINERS: dict[type, Trainer] = {
-    EmbeddingConfig: Trainer(train_embedding, "train-embedding", "embedding", preset=apply_apt_preset),
-    HypernetworkConfig: Trainer(train_hypernetwork, "train-hypernetwork", "hypernetwork"),
-    DreamBoothConfig: Trainer(train_dreambooth, "dreambooth", "checkpoint", fine_tunes=lambda cfg: cfg.train_text_encoder),
+    EmbeddingConfig: Trainer(train_embedding, "train-embedding", "embedding", "embedding", preset=apply_apt_preset),
+    HypernetworkConfig: Trainer(train_hypernetwork, "train-hypernetwork", "hypernetwork", "hypernetwork"),
+    DreamBoothConfig: Trainer(train_dreambooth, "dreambooth", "checkpoint", "dreambooth",
+                              fine_tunes=lambda cfg: cfg.train_text_encoder),
     # adapters around the layers: the model's weights are never written
-    LoraConfig: Trainer(train_lora, "train-lora", "LoRA"),
+    LoraConfig: Trainer(train_lora, "train-lora", "LoRA", "lora"),
 }
 
 
@@ -164,9 +167,20 @@ def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
     fine_tunes = run.trainer.fine_tunes
     kept = (host.weights_kept(fine_tunes(cfg)) if fine_tunes is not None and run.host_outlives_run
             else contextlib.nullcontext())
+    if distributed.current().main:
+        write_run_record(cfg, run.trainer.method, host)
     host.begin_training()
     try:
         with kept:
-            return run.trainer.train(cfg, host, reporter)
+            result = run.trainer.train(cfg, host, reporter)
     finally:
         host.restore()
+    if cfg.evaluate and distributed.current().main:
+        from .evaluate.config import EvaluateConfig
+        from .evaluate.run import evaluate_run
+
+        # a fine-tune of a host loaded for the run changed it for good: the base model is loaded again to compare
+        base = host if run.trainer.fine_tunes is None or run.host_outlives_run else None
+        evaluate_run(EvaluateConfig(run_dir=str(run_dir_for(cfg)), device=cfg.device, memory_mode=cfg.memory_mode),
+                     base, reporter.message)
+    return result

@@ -99,6 +99,8 @@ class TrainingOptions:
     mask_weights: str = option("0-1", "loss weight at mask value 0 and 1 (NAME_mask.png, NAME_att.png, alpha), e.g. 1-3 "
                                "keeps the unmasked area in the loss at a third of the masked one's weight",
                                group="model and data")
+    data_source: str = option("", "where the images come from and whether you may train on them (artists' consent, "
+                              "licence): a free note saved in the result's metadata", group="model and data")
     # optimisation
     steps: int = option(1000, "optimizer steps to train", min=1, group="optimisation")
     batch_size: int = option(1, "images per micro-batch", min=1, group="optimisation")
@@ -200,6 +202,9 @@ class TrainingOptions:
     tensorboard: bool = option(True, "also write TensorBoard event files (loss, learning rate, validation loss, "
                                      "previews) beside loss.csv, when the tensorboard package is installed (pip "
                                      "install 'scal-sdt[tensorboard]')", group="output")
+    evaluate: bool = option(False, "when the run ends, compare its saved steps (" + mention("save_every") + "): "
+                                   "a grid of steps x prompts, fidelity, leakage and validation loss per step, a "
+                                   "suggested step; as scal-sdt evaluate RUN_DIR", group="output")
     validation_every: int = option(100, "validation loss every N steps (fixed timesteps, noises and seed)", min=1,
                                    group="output")
 

@@ -18,6 +18,33 @@ def run_dir_for(cfg) -> Path:
     return Path(cfg.log_dir) if cfg.log_dir else Path("scal-sdt-runs") / cfg.name
 
 
+RUN_RECORD = "run.json"
+
+
+def write_run_record(cfg, method: str, host: Host) -> Path:
+    """``run.json`` in the run's folder: the method, the config as the run uses it and the model, so that the run's
+    saved steps can be compared later (`scal-sdt evaluate`)."""
+    import json
+
+    from ..config import to_dict
+    from ..files import atomic_write_text
+
+    path = run_dir_for(cfg) / RUN_RECORD
+    atomic_write_text(path, json.dumps({"method": method, "config": to_dict(cfg), "family": host.family.name,
+                                        "resolution": cfg.resolution or host.native_resolution}, indent=1))
+    return path
+
+
+def read_run_record(run_dir: Path) -> dict:
+    import json
+
+    path = Path(run_dir) / RUN_RECORD
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} holds no {RUN_RECORD}: not a run folder of this version (train again, or "
+                                f"give the run's log folder)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def warn_long_captions(items, reporter: Reporter) -> int:
     """Say how many captions are longer than the text encoder's 75 tokens (they are encoded in 75-token chunks, as
     the WebUI does, but the template's words take room too and a tag split across two chunks loses its context)."""

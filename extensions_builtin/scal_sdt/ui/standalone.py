@@ -138,7 +138,8 @@ class StandaloneTrainer:
     def tab(self, what: str, page: gr.Blocks) -> dict:
         """training_tab's arguments for the ``what`` tab of ``page``: streamed runs, steering, reconnection."""
         return dict(run=self.run, interrupt=self.interrupt, streaming=True, steer=self.steer,
-                    attach=lambda: self.attach(what), page=page, enqueue=self.enqueue)
+                    attach=lambda: self.attach(what), page=page, enqueue=self.enqueue,
+                    native_resolution=lambda: self.host().native_resolution, evaluate=self.evaluate, keep=self.keep)
 
     def jobs_html(self) -> str:
         """This page session's trainings, newest first, with their state."""
@@ -215,6 +216,27 @@ class StandaloneTrainer:
         if self._lock.locked():
             raise RuntimeError("a training is running on this model; the library's fit and previews wait for it")
         return self.host()
+
+    def evaluate(self, cfg, options: dict):
+        """The saved steps of the run of ``cfg`` (the form's name and log folder) compared on the page's model;
+        refused while a training uses it."""
+        from ..evaluate.config import EvaluateConfig
+        from ..evaluate.run import evaluate_run
+
+        if not self._lock.acquire(blocking=False):
+            raise RuntimeError("a training is running on this model; wait for it, then evaluate")
+        try:
+            return evaluate_run(EvaluateConfig(run_dir=str(run_dir_for(cfg)), device=self.ui.device,
+                                               memory_mode=self.ui.memory_mode, **options), self.host(),
+                                say=lambda _: None)
+        finally:
+            self._lock.release()
+
+    @staticmethod
+    def keep(cfg, step: int):
+        from ..evaluate.run import keep_step
+
+        return keep_step(run_dir_for(cfg), step)
 
     def steer(self, word: str):
         if self._run_dir is not None and self._lock.locked():

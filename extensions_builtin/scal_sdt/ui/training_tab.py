@@ -14,6 +14,8 @@ from ..lora.config import LoraConfig
 from ..textual_inversion.config import EmbeddingConfig
 from ..config_files import past_options, write_config
 from ..runs import trainer_for
+from .evaluate_panel import evaluate_panel
+from .data_check import FIELDS as CHECK_FIELDS, check_data
 from .form import build_form, error_html, js_kwarg, values_to_config
 
 # what the host decides, not the form: the WebUI's loaded model and its device flags
@@ -30,17 +32,20 @@ class TrainerKind:
     button: str  # the start button's label
     first_group: str  # the form's first group
     basic: tuple[str, ...]  # the few options people change first, above the closed groups
+    method: str  # the method's name for the data check (audit/config.py METHODS)
 
 
 BASIC = ("name", "data", "task_preset", "steps", "lr", "preset")
 EMBEDDING = TrainerKind(EmbeddingConfig, "scal_sdt_ti", "Train embedding", "embedding",
-                        ("name", "data", "init_text", "task_preset", "steps", "lr", "preset"))
-HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC)
+                        ("name", "data", "init_text", "task_preset", "steps", "lr", "preset"), "embedding")
+HYPERNETWORK = TrainerKind(HypernetworkConfig, "scal_sdt_hn", "Train hypernetwork", "hypernetwork", BASIC,
+                           "hypernetwork")
 DREAMBOOTH = TrainerKind(DreamBoothConfig, "scal_sdt_db", "Train DreamBooth", "dreambooth",
-                         ("model", "name", "instance_data", "instance_prompt", "task_preset", "steps", "lr", "preset"))
+                         ("model", "name", "instance_data", "instance_prompt", "task_preset", "steps", "lr", "preset"),
+                         "dreambooth")
 LORA = TrainerKind(LoraConfig, "scal_sdt_lora", "Train LoRA", "lora",
                    ("model", "name", "instance_data", "instance_prompt", "task_preset", "network", "rank", "steps", "lr",
-                    "preset"))
+                    "preset"), "lora")
 
 
 def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None],
@@ -49,7 +54,9 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                  wrap: Callable = lambda fn: fn, streaming: bool = False,
                  steer: Callable[[str], None] | None = None, offers: dict | None = None,
                  attach: Callable[[], Iterator[dict]] | None = None, page: "gr.Blocks | None" = None,
-                 enqueue: Callable[[object], str] | None = None) -> dict:
+                 enqueue: Callable[[object], str] | None = None,
+                 native_resolution: Callable[[], int] = lambda: 512, audit: Callable | None = None,
+                 evaluate: Callable | None = None, keep: Callable | None = None) -> dict:
     """Build the tab's components in the current Blocks context.
 
     ``run(cfg)`` trains and returns {"text", "plot", "preview"}; ``interrupt()`` asks it to stop.
@@ -61,7 +68,10 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
     (what the host lists for a field). ``attach()`` (with ``page``, the Blocks, and ``streaming``) yields what a
     page opened or reloaded shows: the running training followed live (plot, previews, progress), and the page
     session's trainings (a "jobs" table). ``enqueue(cfg)`` (an "Add to queue" button) puts the form's run in the
-    training queue and says where. Returns field name → component.
+    training queue and says where. "Check data" audits the form's data folder for the method (its
+    resolution 0 is ``native_resolution()``) with ``audit(cfg)`` (default audit/run.py's, writing beside the page).
+    ``evaluate(train_cfg, options)`` and ``keep(train_cfg, step)`` (both or neither) add the "Evaluate saved steps"
+    panel below the loss plot (ui/evaluate_panel.py). Returns field name → component.
     """
     elem_prefix = kind.elem_prefix
     with gr.Row():
@@ -82,6 +92,7 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                 start = gr.Button(kind.button, variant="primary", elem_id=f"{elem_prefix}_start")
                 stop = gr.Button("Interrupt", elem_id=f"{elem_prefix}_interrupt")
                 add = gr.Button("Add to queue", elem_id=f"{elem_prefix}_enqueue", visible=enqueue is not None)
+                check = gr.Button("Check data", elem_id=f"{elem_prefix}_check")
             with gr.Row(visible=steer is not None):
                 steer_buttons = {word: gr.Button(f"{word.capitalize()} now", size="sm", elem_id=f"{elem_prefix}_{word}")
                                  for word in ("sample", "save", "backup")}
@@ -90,9 +101,13 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
             progress = gr.HTML(elem_id=f"{elem_prefix}_progress")
             result = gr.HTML(elem_id=f"{elem_prefix}_result")
             plot = gr.Image(label="loss", interactive=False, elem_id=f"{elem_prefix}_plot")
+            evaluation = gr.Column() if evaluate is not None else None
             preview = gr.Image(label="latest preview", interactive=False, elem_id=f"{elem_prefix}_preview",
                                elem_classes=["scal-sdt-preview"])
             jobs = gr.HTML(elem_id=f"{elem_prefix}_jobs", visible=attach is not None)
+            with gr.Accordion("data check", open=True, elem_id=f"{elem_prefix}_check_group"):
+                checked = gr.HTML(elem_id=f"{elem_prefix}_check_report")
+                checked_picture = gr.Image(label="data check", interactive=False, elem_id=f"{elem_prefix}_check_picture")
 
     names = list(form)
     extra = list(txt2img_preview_params or [])
@@ -178,6 +193,20 @@ def training_tab(kind: TrainerKind, run: Callable, interrupt: Callable[[], None]
                 return error_html(e)
 
         add.click(on_enqueue, inputs=([dummy] if progress_js else []) + inputs, outputs=[result])
+    if evaluation is not None:
+        with evaluation:
+            evaluate_panel(elem_prefix, lambda values: values_to_config(kind.config, names, values), list(form.values()),
+                           evaluate, keep)
+    check_names = [n for n in CHECK_FIELDS if n in form]
+
+    def on_check(*values):
+        try:
+            return check_data(kind.method, dict(zip(check_names, values)), native_resolution,
+                              **({"audit": audit} if audit is not None else {}))
+        except (ValueError, OSError, RuntimeError) as e:
+            return error_html(e), None
+
+    check.click(on_check, inputs=[form[n] for n in check_names], outputs=[checked, checked_picture])
     if steer is not None:
         for word, button in steer_buttons.items():
             button.click(lambda w=word: steer(w), inputs=[], outputs=[])

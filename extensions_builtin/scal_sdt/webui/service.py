@@ -16,6 +16,9 @@ from modules import call_queue, devices, paths, shared  # noqa: the WebUI
 
 from ..aesthetic.config import AestheticEmbeddingConfig
 from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
+from ..audit.config import AuditConfig
+from ..audit.report import AuditReport
+from ..audit.run import audit_folder, check_out
 from ..config import describe, from_dict, speak
 from ..files import check_confined
 from ..dreambooth.config import ConceptOptions, DreamBoothConfig
@@ -77,6 +80,49 @@ def make_aesthetic(cfg: AestheticEmbeddingConfig, reporter=None) -> AestheticRes
     if shared.sd_model is None:
         raise RuntimeError("no model is loaded in the WebUI: choose a Stable Diffusion checkpoint first")
     return make_aesthetic_embedding(cfg, reporter, family(family_name(shared.sd_model)))
+
+
+def audit(cfg: AuditConfig, reporter=None) -> AuditReport:
+    """A data check (the forms' "Check data", ``POST audit``): its report in the WebUI's data folder."""
+    return audit_folder(dataclasses.replace(cfg, out=os.path.join(paths.data_path, cfg.out)), reporter)
+
+
+def evaluate(cfg, options: dict):
+    """The training tab's "Evaluate": the saved steps of the run of ``cfg`` (its log folder as the WebUI puts it)
+    drawn by the WebUI's own txt2img on the loaded model, one generation at a time in the WebUI's queue."""
+    from ..evaluate.config import EvaluateConfig
+    from ..evaluate.run import evaluate_run
+
+    def refuse(path):
+        raise ValueError("a DreamBooth run's steps are whole checkpoints: compare them with scal-sdt evaluate on the "
+                         "command line or the standalone page")
+
+    run_dir = effective_config(cfg).log_dir
+    with call_queue.queue_lock:
+        loaded = list(getattr(shared, "loaded_hypernetworks", []))
+        shared.loaded_hypernetworks.clear()  # only the step under test applies
+        try:
+            return evaluate_run(EvaluateConfig(run_dir=run_dir, **options), WebUIHost(), say=print, load_model=refuse)
+        finally:
+            shared.loaded_hypernetworks[:] = loaded
+
+
+def keep(cfg, step: int):
+    """The tab's "Keep this one": the saved step copied to the result's name, and the WebUI's lists reloaded."""
+    from ..evaluate.run import keep_step
+
+    path = keep_step(Path(effective_config(cfg).log_dir), step)
+    reload_hypernetworks() if isinstance(cfg, HypernetworkConfig) else reload_checkpoints() if isinstance(
+        cfg, DreamBoothConfig) else reload_loras() if isinstance(cfg, LoraConfig) else reload_embeddings()
+    return path
+
+
+def native_resolution() -> int:
+    """The loaded model's training size (what a form's resolution 0 means); 512 before a model is loaded."""
+    try:
+        return WebUIHost().native_resolution
+    except RuntimeError:
+        return 512
 
 
 def effective_config(cfg):
@@ -410,12 +456,20 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
 
         return registry.start("aesthetic-embedding", work).to_dict()
 
+    def start_audit(body: dict = Body(...)):
+        cfg = folder_job(AuditConfig, body)
+        try:
+            check_out(dataclasses.replace(cfg, out=os.path.join(paths.data_path, cfg.out)))
+        except ValueError as e:
+            raise HTTPException(status_code=422, detail=str(e)) from None
+        return registry.start("audit", lambda reporter: audit(cfg, reporter).to_dict(), locked=False).to_dict()
+
     def unload_taggers():
         return {"unloaded": TAGGERS.unload()}
 
     def options():
         return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
-                "tag": describe(TagConfig), "clean": describe(CleanConfig),
+                "tag": describe(TagConfig), "clean": describe(CleanConfig), "audit": describe(AuditConfig),
                 "make-aesthetic-embedding": describe(AestheticEmbeddingConfig),
                 "dreambooth": describe(DreamBoothConfig), "train-lora": describe(LoraConfig)}
 
@@ -429,6 +483,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
                       dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/clean", start_cleaning, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/audit", start_audit, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/aesthetic-embedding", start_aesthetic, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag/unload", unload_taggers, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/hypernetworks", list_hypernetworks, methods=["GET"], dependencies=deps)
