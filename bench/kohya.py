@@ -16,7 +16,8 @@ TI one vector from "red" at lr 0.02, AdamW, the caption as the prompt. Each side
 kohya builds its UNet, VAE and text encoder at SD1's sizes whatever the file holds (``library/model_util.py`` and
 ``library/original_unet.py`` hard-code 320/640/1280 channels, CLIP-L's 768 width and 12 layers), so it cannot load
 the toy model or any smaller SD1-layout checkpoint: ``--model toy`` records the error it gives. ``--model real-sd1``
-writes a full-size SD1 checkpoint (UNet, CLIP-L text encoder and SD VAE shapes) with random weights, which it loads;
+writes a full-size SD1 checkpoint (UNet, CLIP-L text encoder and SD VAE shapes; random weights, stored in fp16),
+which it loads;
 the toy judge cannot score a random-weight model, so those rows are time and memory only.
 
     PYTHONPATH=$PWD/extensions_builtin python bench/kohya.py --sd-scripts /work/hosts/sd-scripts \\
@@ -55,11 +56,14 @@ def write_checkpoint(model: str, folder: Path) -> Path:
         comps.vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
                                   block_out_channels=(128, 256, 512, 512), sample_size=512, scaling_factor=0.18215,
                                   down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-    else:
-        from scal_sdt.host.standalone import load_components
+        # fp16 on disk (both sides load it into fp32 on the CPU): a 4 GB fp32 model converted and serialised took
+        # more than 11 GB of this shared machine's memory
+        for module in (comps.unet, comps.vae, *comps.text_encoders):
+            module.half()
+        return save_checkpoint(comps, folder / f"{model}.safetensors")
+    from scal_sdt.host.standalone import load_components
 
-        comps = load_components(model)
-    return save_checkpoint(comps, folder / f"{model}.safetensors")
+    return save_checkpoint(load_components(model), folder / f"{model}.safetensors")
 
 
 def make_data(root: Path) -> Path:
@@ -167,7 +171,10 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="scal-kohya-") as tmp:
         work = Path(tmp)
         (work / "models").mkdir()
-        ckpt = write_checkpoint(a.model, work / "models")
+        # in a process of its own: the memory it takes is given back before the trainers run
+        subprocess.run([sys.executable, __file__, "--write-checkpoint", a.model, str(work / "models")], check=True,
+                       env={**os.environ, "PYTHONPATH": str(REPO / "extensions_builtin")})
+        ckpt = work / "models" / f"{a.model}.safetensors"
         data = make_data(work / "data")
         runner = Sides(a, ckpt, data, work)
         for kind in [k for k in a.kinds.split(",") if k]:
@@ -215,4 +222,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--write-checkpoint"]:
+        write_checkpoint(sys.argv[2], Path(sys.argv[3]))
+    else:
+        main()

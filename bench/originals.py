@@ -32,6 +32,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.webui.conftest: the WebUI launcher the tests use
+sys.path.insert(0, str(REPO / "bench"))  # hf_clip
 DRIVER = REPO / "bench" / "peer_drivers" / "dreamartist"
 
 
@@ -82,7 +83,7 @@ def main(argv=None) -> dict:
         (templates / "caption.txt").write_text("[name]\n", encoding="utf-8")
         extensions = [REPO, Path(a.dreamartist_dir), DRIVER]
         if a.aesthetic_dir:
-            ours_aesthetic(data, Path(a.aesthetic_dir) / "aesthetic_embeddings", work / "ae")
+            style = prepare_aesthetic(ckpt, work, Path(a.aesthetic_dir), work / "webui" / "data")
             extensions.append(Path(a.aesthetic_dir))
         env = {"DA_EXT_DIR": str(Path(a.dreamartist_dir).absolute())}
         if a.threads:
@@ -132,11 +133,17 @@ def main(argv=None) -> dict:
                     results["trained"][side] = {"error": f"{type(e).__name__}: {str(e)[:2000]}"}
                 print(f"[{side}] {results['trained'][side]}", flush=True)
             if a.aesthetic_dir:
-                results["aesthetic_gradients"] = try_aesthetic_gradients(server, data)
-                print(f"[aesthetic gradients] {results['aesthetic_gradients']}", flush=True)
+                try:
+                    run = compare_aesthetic(server, style, Path(a.aesthetic_dir))
+                    results["aesthetic"] = dict(make=run["make"], scores=score_aesthetic(run))
+                except Exception as e:  # noqa: BLE001 - reported, the other rows stay
+                    import traceback
+
+                    results["aesthetic"] = {"error": traceback.format_exc()[-3000:]}
+                print(f"[aesthetic gradients] {json.dumps(results['aesthetic'], indent=1)}", flush=True)
         finally:
             server.stop()
-    results["judged"] = judge(results["trained"])
+        results["judged"] = judge(results["trained"]) if results["trained"] else {}  # the files are in `work`
     for side, r in results["judged"].items():
         print(f"| {side} | {r} |")
     if a.json:
@@ -144,38 +151,110 @@ def main(argv=None) -> dict:
     return results
 
 
-def ours_aesthetic(data: Path, folder: Path, work: Path) -> None:
-    """Our aesthetic embedding of the pictures (the toy CLIP's image tower), as ``folder/toyours.pt`` (the original
-    extension's format and folder)."""
+#: aesthetic-gradient settings compared: the original's defaults (weight 0.9, 5 steps, lr 1e-4) and a stronger one
+AE_SETTINGS = [(0.9, 5, 1e-4), (0.5, 20, 1e-3)]
+
+
+def prepare_aesthetic(ckpt: Path, work: Path, ag_dir: Path, webui_data: Path) -> Path:
+    """Before the WebUI starts: the toy CLIP as a transformers CLIPModel in the checkpoint's text-encoder folder (the
+    yaml's ``version``: the WebUI builds its text encoder from that config, the original extension loads the whole
+    CLIP from it), the style pictures (a checkered background the captions do not name), and our embedding of
+    them as ``toyours`` in both extensions' folders. Returns the pictures' folder."""
+    from hf_clip import write_hf_clip
     from scal_sdt.aesthetic.config import AestheticEmbeddingConfig
     from scal_sdt.aesthetic.make import make_aesthetic_embedding
+    from scal_sdt.clip_models import toy_clip_folder
+    from scal_sdt.toy_world.concepts import make_unnamed_style_set
 
-    result = make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(data), name="toyours", model="toy",
-                                                               out=str(work), overwrite=True, device="cpu"))
-    folder.mkdir(parents=True, exist_ok=True)
-    pt = next(p for p in result.paths if str(p).endswith(".pt"))
-    shutil.copy(pt, folder / "toyours.pt")
+    folder = ckpt.with_suffix(".text_encoder")
+    shutil.rmtree(folder, ignore_errors=True)
+    write_hf_clip(toy_clip_folder(), folder)
+    style = work / "data" / "checks"
+    make_unnamed_style_set(style, 24, seed=1)
+    result = make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(style), name="toyours", model="toy",
+                                                               out=str(work / "ae"), overwrite=True, device="cpu"))
+    ours = webui_data / "models" / "aesthetic_embeddings"
+    for target in (ag_dir / "aesthetic_embeddings", ours):
+        target.mkdir(parents=True, exist_ok=True)
+        for path in result.paths:
+            if target == ours or str(path).endswith(".pt"):
+                shutil.copy(path, target / Path(path).name)
+    return style
 
 
-def try_aesthetic_gradients(server, data: Path) -> dict:
-    """The original extension's two entry points on the loaded toy model: making an embedding of ``data``, and a
-    txt2img with ``toyours`` at weight 0.2, 5 steps, lr 1e-4 (its defaults apart from the weight); and ours, the
-    same settings, for contrast."""
+def compare_aesthetic(server, style: Path, ag_dir: Path) -> dict:
+    """The original makes its embedding of the style pictures (``toyorig``); then 16 prompts are drawn plain, with
+    the original's hook (its embedding, and ours ``toyours`` to separate the embedding from the gradient steps) and
+    with ours, for each of :data:`AE_SETTINGS`; same seeds. Images come back as PNG bytes per variant."""
     from tests.webui.conftest import WebUIError
 
-    out = {"make": server.post("/da-driver/aesthetic-embedding", {"name": "toyorig", "folder": str(data)},
-                               timeout=600)}
-    out["make"].pop("traceback", None) if "error" not in out["make"] else None
-    prompt = dict(prompt="a large red star on a white background", steps=10, width=64, height=64)
-    try:
-        server.txt2img(**prompt, alwayson_scripts={"Aesthetic embeddings": {
-            "args": [0.2, 5, "0.0001", False, "toyours", "", 0.1, False]}})
-        out["generate"] = "ran"
-    except WebUIError as e:
-        out["generate"] = f"failed: {str(e)[:1500]}"
-    log = server.log
-    marker = log.rfind("Traceback")
-    out["log_tail"] = log[marker:marker + 3000] if marker >= 0 else ""
+    out: dict = {"make": server.post("/da-driver/aesthetic-embedding", {"name": "toyorig", "folder": str(style)},
+                                     timeout=600)}
+    from scal_sdt.toy_world.quality import prompt_set, sentence
+
+    triples = prompt_set(16, seed=31)
+    variants = {"none": None}
+    for w, steps, lr in AE_SETTINGS:
+        variants[f"original w{w} s{steps} lr{lr:g}"] = {"Aesthetic embeddings": {
+            "args": [w, steps, str(lr), False, "toyorig", "", 0.1, False]}}
+        variants[f"original+our-emb w{w} s{steps} lr{lr:g}"] = {"Aesthetic embeddings": {
+            "args": [w, steps, str(lr), False, "toyours", "", 0.1, False]}}
+        variants[f"ours w{w} s{steps} lr{lr:g}"] = {"SCAL-SDT aesthetic gradients": {
+            "args": [True, "toyours", w, steps, lr, False, 0.1, "", False, True, "None", 1.0]}}
+    images: dict = {}
+    for label, scripts in variants.items():
+        images[label] = []
+        try:
+            for i, triple in enumerate(triples):
+                payload = dict(prompt=sentence(*triple), steps=20, sampler_name="DDIM", cfg_scale=5, seed=100 + i)
+                if scripts:
+                    payload["alwayson_scripts"] = scripts
+                t = time.perf_counter()
+                pngs, info = server.txt2img(**payload)
+                images[label].append((pngs[0], time.perf_counter() - t))
+        except WebUIError as e:
+            images[label] = f"failed: {str(e)[:1500]}"
+        print(f"[aesthetic] {label}: {'ok' if isinstance(images[label], list) else images[label]}", flush=True)
+    out["triples"] = triples
+    out["images"] = images
+    out["orig_embedding"] = str(ag_dir / "aesthetic_embeddings" / "toyorig.pt")
+    out["ours_embedding"] = str(ag_dir / "aesthetic_embeddings" / "toyours.pt")
+    return out
+
+
+def score_aesthetic(run: dict) -> dict:
+    """Per variant: the judge's colour accuracy (the content kept), the mean cosine of the pictures' toy-CLIP image
+    embeddings to the style's (our embedding of the style pictures: how much of the look came through), and the
+    mean seconds per picture; plus the cosine between the original's and our embedding of the same pictures."""
+    import io
+
+    import torch
+    from PIL import Image
+
+    from scal_sdt.aesthetic.make import mean_embedding
+    from scal_sdt.clip_models import load_open_clip
+    from scal_sdt.toy_world.build import JUDGE, PRETRAINED
+    from scal_sdt.toy_world.judge import Judge
+
+    clip = load_open_clip("toy", "cpu")
+    judge_ = Judge.load(PRETRAINED / JUDGE)
+    ours = torch.load(run["ours_embedding"], weights_only=True).float().reshape(1, -1)
+    ours = ours / ours.norm()
+    out: dict = {}
+    if Path(run["orig_embedding"]).is_file():
+        orig = torch.load(run["orig_embedding"], weights_only=True).float().reshape(1, -1)
+        out["embedding_cosine_original_vs_ours"] = float((orig / orig.norm() * ours).sum())
+    for label, items in run["images"].items():
+        if isinstance(items, str):
+            out[label] = {"error": items}
+            continue
+        pictures = [Image.open(io.BytesIO(png)).convert("RGB") for png, _ in items]
+        said = judge_.predict(pictures)
+        with torch.no_grad():
+            feats = torch.cat([mean_embedding(clip, [im], 1, "cpu") for im in pictures])
+        out[label] = {"colour": sum(p[1] == t[1] for p, t in zip(said, run["triples"])) / len(pictures),
+                      "style_cosine": float((feats @ ours.t()).mean()),
+                      "s_per_image": sum(t for _, t in items) / len(items)}
     return out
 
 
