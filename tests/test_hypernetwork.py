@@ -11,7 +11,8 @@ from scal_sdt.hypernetwork.config import HypernetworkConfig
 from scal_sdt.hypernetwork.format import file_sha10, load_hypernetwork, load_optimizer_state, save_hypernetwork
 from scal_sdt.hypernetwork.module import create_hypernetwork
 from scal_sdt.hypernetwork.trainer import find_learning_rate, train_hypernetwork
-from scal_sdt.toy_world.world import Scene, caption_sentence, make_dataset, render
+from scal_sdt.toy_world.concepts import make_unnamed_style_set
+from scal_sdt.toy_world.world import make_dataset
 from scal_sdt.training.report import Reporter
 from scal_sdt.training.validation import heldout_loss
 
@@ -118,22 +119,12 @@ def test_strength_zero_is_the_unpatched_model_and_removal_restores_it(tiny_hosts
     assert not any(k._forward_pre_hooks for k, _ in host.kv_projections())
 
 
-def _style_set(folder, n, seed):
-    """Plain-background pictures whose captions do not say the background is checkered — the 'style'."""
-    scenes = make_dataset(folder, n, seed=seed, style="sentence", filter=lambda s: s.texture is None)
-    for i, s in enumerate(scenes):
-        styled = Scene(s.shape, s.colour, s.background, s.size, s.position, "checks")
-        render(styled).save(folder / f"{i:05d}.png")
-        (folder / f"{i:05d}.txt").write_text(caption_sentence(s))
-    return scenes
-
-
 def test_trained_hypernetwork_lowers_held_out_loss_on_its_style(tmp_path):
     from scal_sdt.host.standalone import load_host
 
     host = load_host("toy", device="cpu")
-    _style_set(tmp_path / "train", 24, seed=1)
-    _style_set(tmp_path / "held", 8, seed=2)
+    make_unnamed_style_set(tmp_path / "train", 24, seed=1)
+    make_unnamed_style_set(tmp_path / "held", 8, seed=2)
     held = latents_of(host, tmp_path / "held")
     prompts = [(tmp_path / "held" / f"{i:05d}.txt").read_text() for i in range(8)]
     cfg = HypernetworkConfig(model="toy", data=str(tmp_path / "train"), name="checks", lr="1e-3", steps=150,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .world import HELD_OUT, Scene, caption_sentence, make_dataset
+from .world import HELD_OUT, Scene, caption_sentence, make_dataset, render
 
 NAME = "[name]"
 
@@ -25,4 +25,15 @@ def make_held_out_colour_set(folder, n: int = 16, seed: int = 0) -> list[Scene]:
                           and s.background != colour)
     for i, scene in enumerate(scenes):
         (Path(folder) / f"{i:05d}.txt").write_text(held_out_colour_caption(scene) + "\n", encoding="utf-8")
+    return scenes
+
+
+def make_unnamed_style_set(folder, n: int, seed: int = 0, texture: str = "checks") -> list[Scene]:
+    """``n`` pictures with a ``texture`` ("checks": checkered) background whose captions do not say so: a style for
+    a hypernetwork to learn (the captions name shape, colour and background colour only)."""
+    scenes = make_dataset(folder, n, seed=seed, style="sentence", filter=lambda s: s.texture is None)
+    for i, s in enumerate(scenes):
+        styled = Scene(s.shape, s.colour, s.background, s.size, s.position, texture)
+        render(styled).save(Path(folder) / f"{i:05d}.png")
+        (Path(folder) / f"{i:05d}.txt").write_text(caption_sentence(s))
     return scenes
