@@ -117,3 +117,24 @@ def test_a_form_is_refilled_from_a_run_folder_a_result_file_or_a_settings_file(t
         past_options(tmp_path / "run" / "config.toml", EmbeddingConfig, "train-lora")
     with pytest.raises(ConfigFileError, match="no config.toml"):
         past_options(tmp_path, EmbeddingConfig)
+
+
+def test_without_tomli_w_a_run_writes_its_options_as_json(tmp_path, monkeypatch):
+    """A WebUI whose install.py could not install tomli-w (offline) still trains; the run's options go to
+    config.json, which --config and a form's Load settings read as well."""
+    import json
+    import sys
+
+    from scal_sdt.config_files import past_options
+    from scal_sdt.textual_inversion.config import EmbeddingConfig
+
+    monkeypatch.setitem(sys.modules, "tomli_w", None)  # import tomli_w raises ImportError
+    data = make_concept_folder(tmp_path / "data", count=2, size=32)
+    assert cli.main(["train-embedding", "--model", "tiny-sd1", "--data", str(data), "--resolution", "32", "--name",
+                     "nojson", "--steps", "1", "--seed", "3", "--out", str(tmp_path / "a"), "--log-dir",
+                     str(tmp_path / "run"), "--save-every", "0", "--preview-every", "0"]) == 0
+    assert not (tmp_path / "run" / "config.toml").exists()
+    options = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert options["seed"] == 3 and options["command"] == "train-embedding"
+    refilled, _ = past_options(tmp_path / "run", EmbeddingConfig, "train-embedding")
+    assert refilled["seed"] == 3 and refilled["name"] == "nojson"

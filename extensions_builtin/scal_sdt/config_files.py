@@ -190,9 +190,10 @@ def past_options(path: str | Path, cls: type, command: str | None = None) -> tup
     Returns the options and notes (options of an older version that this one does not know, skipped)."""
     path = Path(path)
     if path.is_dir():
-        if not (path / "config.toml").is_file():
+        found = [path / name for name in ("config.toml", "config.json") if (path / name).is_file()]
+        if not found:
             raise ConfigFileError(f"{path}: no config.toml in this folder (a run folder has one since runs write it)")
-        path = path / "config.toml"
+        path = found[0]
     if not path.exists():
         raise ConfigFileError(f"{path}: no such file or folder")
     saved: dict | None = None

@@ -156,14 +156,20 @@ CONFIG_FILE = "config.toml"
 def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
     """Train ``run``; whatever happens, the host is put back as it was (hooks and switches off, and on a host that
     outlives the run, a fine-tune's weights). The run's resolved options are written to its log folder first
-    (``config.toml``: ``scal-sdt COMMAND --config`` runs it again)."""
+    (``config.toml``, or ``config.json`` without tomli-w: ``scal-sdt COMMAND --config`` runs it again)."""
     reporter = reporter or ConsoleReporter()
     host, cfg = run.host, run.cfg
     if distributed.current().main:
         from .config_files import write_config
         from .training.run_setup import run_dir_for
 
-        write_config(run_dir_for(cfg) / CONFIG_FILE, dataclasses.replace(cfg, resume=False), run.trainer.command)
+        path = run_dir_for(cfg) / CONFIG_FILE
+        try:
+            import tomli_w  # noqa: F401  (install.py installs it in the WebUI; an offline install may lack it)
+        except ImportError:
+            path = path.with_suffix(".json")
+            reporter.message(f"tomli-w is not installed (pip install tomli-w): the run's options go to {path.name}")
+        write_config(path, dataclasses.replace(cfg, resume=False), run.trainer.command)
     fine_tunes = run.trainer.fine_tunes
     kept = (host.weights_kept(fine_tunes(cfg)) if fine_tunes is not None and run.host_outlives_run
             else contextlib.nullcontext())
