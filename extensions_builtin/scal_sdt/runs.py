@@ -161,7 +161,6 @@ def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
     host, cfg = run.host, run.cfg
     if distributed.current().main:
         from .config_files import write_config
-        from .training.run_setup import run_dir_for
 
         path = run_dir_for(cfg) / CONFIG_FILE
         try:
