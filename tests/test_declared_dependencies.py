@@ -20,6 +20,7 @@ NOT_DECLARED = {
     "modules": "the WebUI's own package (scripts/ and webui tests only)",
     "launch": "the WebUI's launcher, seen by install.py",
     "webui": "the WebUI's entry module",
+    "tomli": "declared for Python < 3.11 only (3.11 reads TOML with tomllib); imported only there",
     "ldm_patched": "reForge's backend package, imported by webui/adapter.py only inside reForge",
     "bitsandbytes": "the optional [bnb] extra; --optimizer adamw8bit says how to install it",
     "selenium": "tests/webui/test_browser.py skips without it",
