@@ -43,7 +43,6 @@ def on_ui_train_tabs(params):
     forms = {}
     if params is not None:
         _train_tab_built.append(True)
-
     for label, prefix in (("Embedding", "scal_sdt_ti"), ("Hypernetwork", "scal_sdt_hn"), ("DreamBooth", "scal_sdt_db"),
                           ("LoRA", "scal_sdt_lora")):
         with gr.Tab(label=f"SCAL-SDT {label}", id=prefix, elem_id=f"{prefix}_tab"):
@@ -52,16 +51,15 @@ def on_ui_train_tabs(params):
                 continue
             kind = next(k for k in (EMBEDDING, HYPERNETWORK, DREAMBOOTH, LORA) if k.elem_prefix == prefix)
             dreambooth = kind is DREAMBOOTH  # picks its source checkpoint from the WebUI's list
-            forms[prefix] = training_tab(kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
-                         exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,
-                         offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)}
-                         if dreambooth else None,
-                         steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
-                         enqueue=webui_service.enqueue,
-                         native_resolution=webui_service.native_resolution, audit=webui_service.audit,
-                         evaluate=webui_service.evaluate, keep=webui_service.keep,
-                         txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
-                         wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
+            forms[prefix] = training_tab(
+                kind, run=webui_service.run_training, interrupt=webui_service.interrupt,
+                exclude=("device", "memory_mode") if dreambooth else HOST_FIELDS,
+                offers={"model": Offer(checkpoint_choices, webui_service.SOURCE_HELP)} if dreambooth else None,
+                steer=webui_service.steer, defaults=webui_service.webui_defaults(kind.config),
+                enqueue=webui_service.enqueue, native_resolution=webui_service.native_resolution,
+                audit=webui_service.audit, evaluate=webui_service.evaluate, keep=webui_service.keep,
+                txt2img_preview_params=getattr(params, "txt2img_preview_params", None), progress_js=True,
+                wrap=lambda fn: call_queue.wrap_gradio_gpu_call(fn, extra_outputs=[None, None]))
     with gr.Tab(label="SCAL-SDT Aesthetic embedding", id="scal_sdt_ae", elem_id="scal_sdt_ae_tab"):
         if _missing is not None:
             _say_missing(gr, getattr(_missing, "name", None) or str(_missing))
