@@ -53,14 +53,10 @@ def test_embedding_teaches_the_toy_model_the_held_out_colour(tmp_path):
     assert after["colour"] >= 0.2, (before, after)  # measured: 0.0 before, 0.34 after (chance 1/12)
 
 
-def test_dreambooth_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
-    """DreamBooth on the toy model: the UNet fine-tuned on the 16 pink pictures ("a medium sks diamond ..."), a
-    pivotal embedding for "sks" learning along, with real pictures of the other colours as regularisation (prior
-    preservation with their own captions). The judge sees pink for "sks" prompts, and the other colours are kept.
-    Measured: pink 0.00 -> 0.53, other colours 0.91 after (a UNet-only run did not bind "sks" to pink on the
-    previous toy model: 0.00, see the README)."""
-    from scal_sdt.dreambooth.config import DreamBoothConfig
-    from scal_sdt.dreambooth.trainer import train_dreambooth
+def pivotal_setting(tmp_path):
+    """The DreamBooth / LoRA pivotal setting: the toy model and judge, 16 pink pictures ("a medium sks diamond ..."),
+    64 real pictures of the other colours as class images, the held-out prompts with "sks" for pink, and prompts of
+    the other colours."""
     from scal_sdt.toy_world.world import make_dataset
 
     host = load_host("toy", device="cpu")
@@ -70,8 +66,19 @@ def test_dreambooth_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
     make_dataset(reg, 64, seed=8)
     shapes = [s for s in SHAPES if s != HELD_OUT["shape"]]
     triples = prompt_set(32, seed=77, shapes=shapes, colours=[HELD_OUT["colour"]])
-    words = {HELD_OUT["colour"]: "sks"}
-    others = prompt_set(32, seed=78)
+    return host, judge, data, reg, triples, {HELD_OUT["colour"]: "sks"}, prompt_set(32, seed=78)
+
+
+def test_dreambooth_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
+    """DreamBooth on the toy model: the UNet fine-tuned on the 16 pink pictures ("a medium sks diamond ..."), a
+    pivotal embedding for "sks" learning along, with real pictures of the other colours as regularisation (prior
+    preservation with their own captions). The judge sees pink for "sks" prompts, and the other colours are kept.
+    Measured: pink 0.00 -> 0.53, other colours 0.91 after (a UNet-only run did not bind "sks" to pink on the
+    previous toy model: 0.00, see the README)."""
+    from scal_sdt.dreambooth.config import DreamBoothConfig
+    from scal_sdt.dreambooth.trainer import train_dreambooth
+
+    host, judge, data, reg, triples, words, others = pivotal_setting(tmp_path)
     before = prompt_accuracy(host, judge, triples, seed=9, colour_words=words)["colour"]
     cfg = DreamBoothConfig(model="toy", name="sks", instance_data=str(data), instance_prompt="[filewords]",
                            class_data=str(reg), class_prompt="[filewords]", num_class_images=0, steps=400, lr="1e-4",
@@ -96,17 +103,8 @@ def test_lora_with_pivotal_tuning_teaches_the_held_out_colour(tmp_path):
     from scal_sdt.lora.adapters import load_lora
     from scal_sdt.lora.config import LoraConfig
     from scal_sdt.lora.trainer import train_lora
-    from scal_sdt.toy_world.world import make_dataset
 
-    host = load_host("toy", device="cpu")
-    judge = Judge.load(PRETRAINED / JUDGE)
-    data, reg = tmp_path / "pink", tmp_path / "reg"
-    make_held_out_colour_set(data, 16, seed=5)
-    make_dataset(reg, 64, seed=8)
-    shapes = [s for s in SHAPES if s != HELD_OUT["shape"]]
-    triples = prompt_set(32, seed=77, shapes=shapes, colours=[HELD_OUT["colour"]])
-    words = {HELD_OUT["colour"]: "sks"}
-    others = prompt_set(32, seed=78)
+    host, judge, data, reg, triples, words, others = pivotal_setting(tmp_path)
     cfg = LoraConfig(model="toy", name="sks", instance_data=str(data), instance_prompt="[filewords]",
                      class_data=str(reg), class_prompt="[filewords]", num_class_images=0, **LORA_QUALITY,
                      pivotal_vectors=1, pivotal_init_text="red", embeddings_out=str(tmp_path / "emb"),
