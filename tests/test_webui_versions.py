@@ -229,3 +229,34 @@ def test_aesthetic_tuning_works_inside_inference_mode_and_puts_the_weights_back(
     for k, v in tower_module.state_dict().items():
         assert torch.equal(v, before[k]), k
     assert not any(p.requires_grad is False for p in tower_module.parameters())  # its own flags (True) kept
+
+
+def test_a_lora_written_again_is_read_again_by_forges_lora(adapter, monkeypatch):
+    """Forge's (and reForge's) Lora caches each file's tensors by file name and skips the patching when the same
+    files and strengths come again: after a run writes a LoRA, both are dropped, so an overwritten file is applied
+    as it now is; a model without the hash (A1111) is left alone."""
+    import functools
+
+    reads = []
+
+    @functools.lru_cache(maxsize=5)
+    def load_lora_state_dict(filename):
+        reads.append(filename)
+        return {"read": len(reads)}
+
+    listed = []
+    networks = types.SimpleNamespace(load_lora_state_dict=load_lora_state_dict,
+                                     list_available_networks=lambda: listed.append(1))
+    monkeypatch.setitem(sys.modules, "networks", networks)
+    model = types.SimpleNamespace(current_lora_hash=str([["/loras/x.safetensors", 1.0, 1.0, False]]))
+    monkeypatch.setattr(sys.modules["modules.shared"], "sd_model", model)
+    assert load_lora_state_dict("/loras/x.safetensors") == {"read": 1}
+    adapter.reload_loras()
+    assert listed == [1]
+    assert load_lora_state_dict("/loras/x.safetensors") == {"read": 2}  # read from the disk again
+    assert model.current_lora_hash == adapter.STALE_LORA_HASH != str([])  # no generation's hash matches it
+    a1111_model = types.SimpleNamespace()
+    monkeypatch.setattr(sys.modules["modules.shared"], "sd_model", a1111_model)
+    monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(list_available_networks=lambda: None))
+    adapter.reload_loras()
+    assert vars(a1111_model) == {}

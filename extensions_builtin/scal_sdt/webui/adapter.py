@@ -406,6 +406,24 @@ def reload_loras() -> None:
     networks = sys.modules.get("networks")
     if networks is not None and hasattr(networks, "list_available_networks"):
         networks.list_available_networks()
+    forget_forge_loras(networks)
+
+
+#: never a Forge LoRA hash (they are ``str`` of a list): the next generation applies its LoRAs afresh
+STALE_LORA_HASH = "scal-sdt: LoRA files changed"
+
+
+def forget_forge_loras(networks) -> None:
+    """Forge's Lora (and reForge's) keeps each file's tensors by file name (``load_lora_state_dict``, an
+    lru_cache) and skips the patching when a generation names the same files at the same strengths as the last
+    one: a LoRA written again under its name (a run with overwrite) would keep being applied as it was until a
+    restart. Drop both, so the next generation reads the files again. A1111 (no such cache) is left alone."""
+    cache = getattr(networks, "load_lora_state_dict", None)
+    if callable(getattr(cache, "cache_clear", None)):
+        cache.cache_clear()
+    model = shared.sd_model
+    if isinstance(getattr(model, "current_lora_hash", None), str):
+        model.current_lora_hash = STALE_LORA_HASH
 
 
 #: what the DreamBooth form's checkpoint list shows first: train the model the WebUI has loaded now
