@@ -94,6 +94,23 @@ def test_pause_holds_the_next_job(api):
     assert api.ran == ["a"]
 
 
+def test_one_job_paused_over_http_is_passed_over(api):
+    held = api.client.post(f"{PREFIX}/queue", json={"command": "train-embedding", "options": OPTIONS}).json()
+    api.client.post(f"{PREFIX}/queue", json={"command": "train-embedding", "options": {**OPTIONS, "name": "b"}})
+    r = api.client.post(f"{PREFIX}/queue/{held['id']}/pause")
+    assert r.status_code == 200 and r.json()["state"] == "paused"
+    assert api.client.post(f"{PREFIX}/queue/{held['id']}/pause").status_code == 409  # paused already
+    assert api.client.post(f"{PREFIX}/queue/nosuchjob/pause").status_code == 404
+    api.client.post(f"{PREFIX}/queue/run")
+    wait_idle(api.runner)
+    assert api.ran == ["b"] and api.client.get(f"{PREFIX}/queue/{held['id']}").json()["state"] == "paused"
+    assert api.client.post(f"{PREFIX}/queue/{held['id']}/resume").json()["state"] == "queued"
+    assert api.client.post(f"{PREFIX}/queue/{held['id']}/resume").status_code == 409  # not paused
+    api.client.post(f"{PREFIX}/queue/run")
+    wait_idle(api.runner)
+    assert api.ran == ["b", "a"]
+
+
 def test_the_page_has_a_queue_tab_and_its_forms_add_to_it(tmp_path):
     from scal_sdt.textual_inversion.config import EmbeddingConfig
     from scal_sdt.ui.standalone import build_app
@@ -102,6 +119,7 @@ def test_the_page_has_a_queue_tab_and_its_forms_add_to_it(tmp_path):
     app = build_app(UiConfig(model="tiny-sd1", queue=str(tmp_path / "q")))
     assert "scal_sdt_queue_table" in {getattr(b, "elem_id", None) for b in app.blocks.values()}
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
+    assert {"scal_sdt_queue_pause_job", "scal_sdt_queue_resume_job", "scal_sdt_queue_note"} <= ids
     assert {"scal_sdt_ti_enqueue", "scal_sdt_lora_load_settings", "scal_sdt_db_save_settings"} <= ids
     message = app.scal_sdt_trainer.enqueue(EmbeddingConfig(name="paged", data="demo", steps=5))
     job, = QueueFolder(tmp_path / "q").jobs()
