@@ -9,7 +9,7 @@ _packages = os.path.join(_root, "extensions_builtin")
 if _packages not in sys.path:
     sys.path.insert(0, _packages)
 
-from modules import call_queue, script_callbacks  # noqa: E402
+from modules import call_queue, script_callbacks, shared  # noqa: E402
 
 try:
     from scal_sdt.webui import service as webui_service  # noqa: E402
@@ -33,6 +33,8 @@ def _say_missing(gr, package):
             f"{package}</code>, then restart the WebUI.</p>")
 
 
+QUEUE_AUTOSTART = "scal_sdt_queue_autostart"  # webui_service.AUTOSTART_OPTION, named here too: the setting
+# is registered even when an import above failed
 _train_tab_built: list[bool] = []  # the WebUI called on_ui_train_tabs (its Train tab is built before on_ui_tabs)
 
 
@@ -115,12 +117,20 @@ def on_after_component(component, **kwargs):
         _components["txt2img_prompt"] = component
 
 
+def on_ui_settings():
+    shared.opts.add_option(QUEUE_AUTOSTART, shared.OptionInfo(
+        False, "Run the SCAL-SDT training queue when the WebUI starts (the jobs waiting in its folder, one after "
+               "another, each under the WebUI's GPU queue)", section=("scal_sdt", "SCAL-SDT")))
+
+
 def on_app_started(demo, app):
     if _missing is None:
         webui_service.add_api_routes(app)
+        webui_service.start_queue_with_webui()
 
 
 script_callbacks.on_ui_train_tabs(on_ui_train_tabs)
 script_callbacks.on_ui_tabs(on_ui_tabs)
 script_callbacks.on_app_started(on_app_started)
+script_callbacks.on_ui_settings(on_ui_settings)
 script_callbacks.on_after_component(on_after_component)

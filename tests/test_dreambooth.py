@@ -362,3 +362,37 @@ def test_a_concepts_weight_scales_its_loss(folders, tmp_path, tiny_hosts):
     path.write_text(json.dumps([{"instance_data": "a", "weight": -1}]))
     with pytest.raises(ValueError, match="weight"):
         concepts_of(DreamBoothConfig(name="x", concepts=str(path)))
+
+
+def test_concepts_with_repeats_take_turns_by_their_views_and_read_their_caption_extension(folders, tmp_path,
+                                                                                           tiny_hosts):
+    """kohya's subsets / OneTrainer's concepts: 4 images x 3 repeats against 2 images x 1 take 12 : 2 of the
+    turns, spread (never two of the small one in a row); the turns replay on resume; ``.caption`` files are read."""
+    import shutil
+
+    from scal_sdt.dreambooth.concepts import next_turn, turn_shares
+
+    small = tmp_path / "small"
+    small.mkdir()
+    for png in sorted((folders / "inst").glob("*.png"))[:2]:
+        shutil.copy(png, small / png.name)
+        (small / png.name).with_suffix(".caption").write_text(f"captioned {png.stem}")
+    path = tmp_path / "concepts.json"
+    path.write_text(json.dumps([{"instance_data": str(folders / "inst"), "repeats": 3},
+                                {"instance_data": str(small), "caption_extension": ".caption", "repeats": 1}]))
+    cfg = config(folders, tmp_path, concepts=str(path), class_data="", class_prompt="")
+    host = tiny_hosts("tiny-sd1")
+    job = DreamBoothJob(cfg, host, prepare_concepts(cfg, host, Collect(), 64), tmp_path / "run")
+    assert [c.concept.repeats for c in job.concepts] == [3, 1]
+    assert sorted(i.caption for i in job.concepts[1].instances.items) == sorted(
+        f"captioned {p.stem}" for p in small.glob("*.png"))
+    turns = [job.take_turn() for _ in range(14)]
+    assert turns.count(0) == 12 and turns.count(1) == 2 and "11" not in "".join(map(str, turns))
+    again = DreamBoothJob(cfg, host, job.concepts, tmp_path / "run")
+    again.load_state_dict({**job.state_dict(), "turn": 7})
+    assert [again.take_turn() for _ in range(7)] == turns[7:]
+    assert [next_turn(None, [0, 0], t) for t in range(4)] == [0, 1, 0, 1]  # no repeats given: equal turns
+    assert turn_shares([3.0, 1.0]) == [0.75, 0.25]
+    path.write_text(json.dumps([{"instance_data": "a", "caption_extension": "txt"}]))
+    with pytest.raises(ValueError, match="caption_extension"):
+        concepts_of(DreamBoothConfig(name="x", concepts=str(path)))

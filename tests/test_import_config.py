@@ -147,16 +147,25 @@ dataset_config = "dataset.toml"
     assert o["weight_decay"] == 0.01 and o["precision"] == "bf16" and o["seed"] == 42
     assert (o["clip_grad"], o["clip_value"]) == ("norm", 1.0)
     assert o["loss"] == "smooth-l1" and o["debiased_estimation"] is True
-    assert o["instance_data"] == str(data / "3_mychar") and o["instance_prompt"] == "sks girl, [filewords]"
-    assert o["class_data"] == str(reg) and o["class_prompt"] == "girl"
+    # two training subsets (one per dataset): two concepts, each with its repeats, both with the class images
+    assert o["concepts"] == str(tmp_path / "train.scal-sdt.concepts.json")
+    first, second = imported.concepts.entries
+    assert first == {"instance_data": str(data / "3_mychar"), "instance_prompt": "sks girl, [filewords]",
+                     "repeats": 10.0, "caption_extension": ".txt", "class_data": str(reg), "class_prompt": "girl",
+                     "num_class_images": 2}
+    assert second == {"instance_data": str(data), "instance_prompt": "[filewords]", "repeats": 1.0,
+                      "caption_extension": ".txt", "class_data": str(reg), "class_prompt": "girl",
+                      "num_class_images": 2}
     assert o["resolution"] == 768 and o["batch_size"] == 2 and o["buckets"] is True
     assert o["shuffle_tags"] is True and o["keep_tokens"] == 1
     rep = reported(imported)
     assert rep["network_args"].status == APPROXIMATED and "preset=attn-mlp" in rep["network_args"].how
-    assert rep["datasets[1].resolution"].status == UNSUPPORTED  # a second dataset is named, not dropped
-    assert rep["datasets[1].subsets[0].image_dir"].status == UNSUPPORTED
+    entry = rep["datasets[1].resolution"]  # the second dataset's other size is named, not dropped
+    assert entry.status == UNSUPPORTED and "768" in entry.how
+    assert rep["datasets[1].subsets[0].image_dir"].status == MAPPED
+    assert rep["datasets[1].subsets[0].image_dir"].ours == {"concepts[1].instance_data": str(data)}
     assert rep["max_data_loader_n_workers"].status == UNSUPPORTED
-    assert rep["datasets[0].subsets[0].num_repeats"].status == APPROXIMATED
+    assert rep["datasets[0].subsets[0].num_repeats"].ours == {"concepts[0].repeats": 10.0}
 
 
 def test_onetrainer_lora_and_embedding_presets(tmp_path, data):
@@ -231,3 +240,134 @@ def test_a_value_our_config_refuses_is_reported_not_passed_on(tmp_path, data):
     entry = reported(imported)["network_dim"]
     assert entry.status == UNSUPPORTED and "rank" in entry.how and "1024" in entry.how
     assert all(e.status in (MAPPED, APPROXIMATED, UNSUPPORTED) for e in imported.report.entries)
+
+
+def test_every_kohya_subset_becomes_a_concept_the_trainer_reads(tmp_path):
+    """A DreamBooth run of sd-scripts over three subsets (two characters, captions in .caption and .txt, 10 and 2
+    repeats) and a regularisation folder: the written concepts JSON holds them all and DreamBooth reads it as
+    they are (repeats, caption extension, class images); an option one subset sets otherwise is named."""
+    from scal_sdt.dreambooth.concepts import concepts_of
+    from scal_sdt.dreambooth.config import DreamBoothConfig
+
+    alice, bob, extra, reg = (tmp_path / n for n in ("alice", "bob", "extra", "reg"))
+    for folder, count in ((alice, 3), (bob, 2), (extra, 1), (reg, 4)):
+        make_concept_folder(folder, count=count, size=32)
+    for png in alice.glob("*.png"):
+        png.with_suffix(".caption").write_text("alice, 1girl")
+    (tmp_path / "dataset.toml").write_text(f"""
+[general]
+enable_bucket = true
+caption_extension = ".txt"
+shuffle_caption = false
+
+[[datasets]]
+resolution = 512
+batch_size = 1
+
+  [[datasets.subsets]]
+  image_dir = '{alice}'
+  caption_extension = '.caption'
+  class_tokens = 'alice woman'
+  num_repeats = 10
+
+  [[datasets.subsets]]
+  image_dir = '{bob}'
+  class_tokens = 'bob man'
+  num_repeats = 2
+  flip_aug = true
+
+  [[datasets.subsets]]
+  image_dir = '{extra}'
+
+  [[datasets.subsets]]
+  is_reg = true
+  image_dir = '{reg}'
+  class_tokens = 'person'
+  num_repeats = 1
+
+  [[datasets.subsets]]
+  is_reg = true
+  image_dir = '{tmp_path / "more-reg"}'
+""")
+    (tmp_path / "db.toml").write_text("""
+pretrained_model_name_or_path = "tiny-sd1"
+dataset_config = "dataset.toml"
+learning_rate = 1e-6
+max_train_epochs = 2
+prior_loss_weight = 1.0
+output_name = "pair"
+""")
+    imported, out = import_file(ImportConfig(file=str(tmp_path / "db.toml")))
+    assert imported.command == "dreambooth"
+    written = tomllib.loads(out.read_text())
+    concepts_file = tmp_path / "db.scal-sdt.concepts.json"
+    assert written["concepts"] == str(concepts_file) and concepts_file.is_file()
+    assert written["steps"] == 2 * (3 * 10 + 2 * 2 + 1 * 1)  # 2 epochs of every subset's images x repeats
+    cfg = DreamBoothConfig(**{k: v for k, v in written.items() if k != "command"})
+    a, b, c = concepts_of(cfg)
+    assert (a.instance_data, a.repeats, a.caption_extension) == (str(alice), 10, ".caption")
+    assert (b.instance_data, b.repeats, b.caption_extension) == (str(bob), 2, ".txt")
+    assert (c.instance_data, c.repeats, c.instance_prompt) == (str(extra), 1, "[filewords]")
+    assert a.instance_prompt == "alice woman, [filewords]" and b.instance_prompt == "bob man, [filewords]"
+    assert {x.class_data for x in (a, b, c)} == {str(reg)} and {x.class_prompt for x in (a, b, c)} == {"person"}
+    assert {x.num_class_images for x in (a, b, c)} == {4}  # the folder's own: nothing is drawn
+    rep = reported(imported)
+    flip = rep["datasets[0].subsets[1].flip_aug"]  # one subset's flip is the run's: said, not hidden
+    assert flip.status == APPROXIMATED and "whole run" in flip.how and written["flip"] is True
+    assert rep["datasets[0].subsets[4].image_dir"].status == UNSUPPORTED  # a second class folder is named
+    text = "\n".join(imported.report.lines())
+    assert "concepts[0].caption_extension = '.caption'" in text and "concepts[1].repeats = 2.0" in text
+
+    # the same data as an embedding: one folder is trained, the others are named as not used
+    (tmp_path / "ti.toml").write_text('dataset_config = "dataset.toml"\ntoken_string = "alice"\n'
+                                      'init_word = "woman"\nmax_train_steps = 10\n')
+    ti = read_foreign(tmp_path / "ti.toml")
+    assert ti.command == "train-embedding" and ti.concepts is None and ti.options["data"] == str(alice)
+    rep = reported(ti)
+    assert rep["datasets[0].subsets[1].image_dir"].status == UNSUPPORTED
+    assert "one folder" in rep["datasets[0].subsets[1].image_dir"].how
+
+
+def test_every_onetrainer_concept_with_its_repeats_weight_and_captions(tmp_path):
+    """A OneTrainer LoRA over three concepts (repeats 4 / 1, one weighted 0.5, one by samples), one validation
+    concept and one disabled: all enabled ones are our concepts; the validation one is the held-out folder."""
+    from scal_sdt.dreambooth.concepts import concepts_of
+    from scal_sdt.lora.config import LoraConfig
+
+    folders = {n: tmp_path / n for n in ("style", "faces", "hands", "held", "off")}
+    for name, folder in folders.items():
+        make_concept_folder(folder, count=2 if name != "hands" else 4, size=32)
+
+    def concept(name, **extra):
+        return {"image": {"enable_crop_jitter": True, "enable_random_flip": name != "faces",
+                          "enable_random_rotate": False, "random_rotate_max_angle": 0.0},
+                "text": {"prompt_source": "sample", "prompt_path": "", "enable_tag_shuffling": True,
+                         "tag_delimiter": ",", "keep_tags_count": 1},
+                "name": name, "path": str(folders[name]), "seed": -1234, "enabled": True,
+                "validation_concept": False, "include_subdirectories": False, "image_variations": 1,
+                "text_variations": 1, "balancing": 1.0, "balancing_strategy": "REPEATS", "loss_weight": 1.0,
+                **extra}
+
+    preset = {"training_method": "LORA", "model_type": "STABLE_DIFFUSION_15", "base_model_name": "tiny-sd1",
+              "batch_size": 2, "epochs": 3, "lora_rank": 8, "learning_rate": 1e-4,
+              "concepts": [concept("style", balancing=4.0), concept("faces", loss_weight=0.5),
+                           concept("hands", balancing=2.0, balancing_strategy="SAMPLES"),
+                           concept("held", validation_concept=True), concept("off", enabled=False)]}
+    path = tmp_path / "three.json"
+    path.write_text(json.dumps(preset, indent=2))
+    imported, out = import_file(ImportConfig(file=str(path)))
+    written = tomllib.loads(out.read_text())
+    cfg = LoraConfig(**{k: v for k, v in written.items() if k != "command"})
+    style, faces, hands = concepts_of(cfg)
+    assert (style.instance_data, style.repeats, style.weight) == (str(folders["style"]), 4.0, 1.0)
+    assert (faces.repeats, faces.weight) == (1.0, 0.5)
+    assert hands.repeats == 0.5  # 2 samples an epoch of its 4 images
+    assert written["validation_data"] == str(folders["held"])
+    assert written["steps"] == 3 * 6  # 3 epochs of 2x4 + 2x1 + 4x0.5 = 12 views at batch 2
+    assert written["flip"] is True and written["shuffle_tags"] is True and written["random_crop"] is True
+    rep = reported(imported)
+    assert rep["concepts[1].image.enable_random_flip"].status == UNSUPPORTED  # faces differ from the first
+    assert "first concept" in rep["concepts[1].image.enable_random_flip"].how
+    assert rep["concepts[4].path"].status == UNSUPPORTED and "disabled" in rep["concepts[4].path"].how
+    assert rep["concepts[0].seed"].status == UNSUPPORTED
+    assert rep["concepts[2].balancing"].status == APPROXIMATED

@@ -13,7 +13,7 @@ import pytest
 
 from scal_sdt import cli
 from scal_sdt.demo_data import make_concept_folder
-from scal_sdt.run_queue.runner import QueueBusy, run_queue, runner_lock
+from scal_sdt.run_queue.runner import QueueBusy, run_queue, runner_lock, train_here
 from scal_sdt.run_queue.store import QueueFolder
 from scal_sdt.textual_inversion.format import load_embedding
 from scal_sdt.training.checkpoints import CheckpointStore
@@ -39,7 +39,7 @@ def test_jobs_are_files_listed_moved_cancelled_and_paused(tmp_path):
     assert [j.name for j in queue.jobs()] == ["c", "a", "b"]
     queue.cancel(a.id[:-1])  # the start of an id is enough when it is unique
     assert queue.get(a.id).state == "cancelled"
-    with pytest.raises(ValueError, match="only a queued or running job"):
+    with pytest.raises(ValueError, match="only a queued, paused or running job"):
         queue.cancel(a.id)
     queue.pause()
     assert QueueFolder(tmp_path / "q").paused
@@ -157,3 +157,60 @@ def test_two_jobs_in_order_survive_a_kill_9_of_the_runner(tmp_path):
     assert load_embedding(tmp_path / "emb" / "first.safetensors").step == 16
     assert load_embedding(tmp_path / "emb" / "second.safetensors").step == 4
     assert _loss_steps(tmp_path / "run-first") == list(range(1, 17))  # each step once: resumed, not restarted
+
+
+def test_a_paused_job_is_passed_over_and_runs_once_resumed(tmp_path, capsys):
+    q = tmp_path / "q"
+    queue = QueueFolder(q)
+    held, a, b = (queue.add("train-embedding", options(n)) for n in ("held", "a", "b"))
+    assert cli.main(["queue", "pause", held.id, "--queue", str(q)]) == 0  # `scal-sdt queue pause JOB`
+    assert "passes it over" in capsys.readouterr().out
+    assert queue.get(held.id).state == "paused" and not queue.paused  # the job, not the queue
+    seen = []
+
+    def train(cfg, explicit, reporter):
+        seen.append(cfg.name)
+        return SimpleNamespace(interrupted=False, step=cfg.steps, final_path=f"{cfg.name}.safetensors")
+
+    run_queue(queue, train, lambda job: Reporter(), say=lambda _: None)
+    assert seen == ["a", "b"] and queue.get(held.id).state == "paused"
+    with pytest.raises(ValueError, match="only a queued or running job can be paused"):
+        queue.pause_job(a.id)  # done
+    with pytest.raises(ValueError, match="only a paused job can be resumed"):
+        queue.resume_job(b.id)
+    assert cli.main(["queue", "resume", held.id, "--queue", str(q)]) == 0
+    assert queue.get(held.id).state == "queued"
+    run_queue(queue, train, lambda job: Reporter(), say=lambda _: None)
+    assert seen == ["a", "b", "held"] and queue.get(held.id).state == "done"
+
+
+class PauseAt(Reporter):
+    """Pauses its job at ``step`` from "another shell" (the job file), as `scal-sdt queue pause JOB` does."""
+
+    def __init__(self, queue, job_id, step):
+        self.queue, self.job_id, self.at = queue, job_id, step
+
+    def step(self, info):
+        if info["step"] == self.at:
+            self.queue.pause_job(self.job_id)
+
+
+def test_pausing_the_running_job_runs_the_next_and_resumes_from_its_checkpoint(tmp_path):
+    """A real run paused at step 2 of 4 stops after its step (its state saved), the next job runs; resumed, the
+    first continues from step 2: every step logged once, the embedding at step 4."""
+    queue = QueueFolder(tmp_path / "q")
+    common = dict(save_every=0, preview_every=0, batch_size=1, lr="0.01", out=str(tmp_path / "emb"),
+                  **small_data(tmp_path))
+    first = queue.add("train-embedding", options("first", steps=4, log_dir=str(tmp_path / "run-first"), **common))
+    second = queue.add("train-embedding", options("second", steps=1, log_dir=str(tmp_path / "run-second"), **common))
+    reporters = {first.id: PauseAt(queue, first.id, 2)}
+    ended = run_queue(queue, train_here, lambda job: reporters.get(job.id, Reporter()), say=lambda _: None)
+    assert [(j.id, j.state) for j in ended] == [(first.id, "paused"), (second.id, "done")]
+    paused = queue.get(first.id)
+    assert paused.step == 2 and paused.message == "paused at step 2"
+    assert queue.resume_job(first.id).state == "queued"
+    ended = run_queue(queue, train_here, lambda job: Reporter(), say=lambda _: None)
+    done = queue.get(first.id)
+    assert [j.id for j in ended] == [first.id] and done.state == "done" and done.step == 4 and done.attempts == 2
+    assert load_embedding(tmp_path / "emb" / "first.safetensors").step == 4
+    assert _loss_steps(tmp_path / "run-first") == list(range(1, 5))  # resumed at 2, not restarted

@@ -291,9 +291,16 @@ def _queue(cfg, explicit: set[str]) -> int:
     elif cfg.action == "remove":
         queue.remove(cfg.job)
         print(f"removed {cfg.job}")
+    elif cfg.action == "pause" and cfg.job:
+        job = queue.pause_job(cfg.job)
+        print(f"paused {job.id}: " + ("it stops after its current step and continues from its last checkpoint "
+                                      "once resumed" if "running" in job.message else "the queue passes it over "
+                                                                                       "until it is resumed"))
     elif cfg.action == "pause":
         queue.pause()
         print(f"paused {queue.root}: a running job finishes, no next one starts")
+    elif cfg.action == "resume" and cfg.job:
+        print(f"resumed {queue.resume_job(cfg.job).id}: it waits in its place again")
     elif cfg.action == "resume":
         queue.resume()
         print(f"resumed {queue.root}")

@@ -25,7 +25,8 @@ class ConceptOptions(TrainingOptions):
                                    group="concepts")
     prior_loss_weight: float = option(1.0, "weight of the class images' loss", min=0.0, group="concepts")
     concepts: str = option("", "a JSON file with a list of concepts (instance_data, instance_prompt, class_data, "
-                           "class_prompt, num_class_images, weight: the concept's loss weight; the DreamBooth "
+                           "class_prompt, num_class_images, weight: the concept's loss weight, repeats: its images' "
+                           "share of the turns as kohya's num_repeats, caption_extension; the DreamBooth "
                            "extension's names instance_data_dir / class_data_dir work too) instead of the single one "
                            "above", group="concepts")
     class_steps: int = option(20, "sampling steps for generated class images", min=1, group="concepts")

@@ -23,7 +23,7 @@ from ..training.run_setup import prepare_data, run_dir_for
 from ..textual_inversion.format import save_embedding
 from ..training.templates import render
 from .class_images import ensure_class_images
-from .concepts import Concept, concepts_of
+from .concepts import Concept, concepts_of, next_turn, turn_shares
 from .config import DreamBoothConfig
 
 
@@ -50,6 +50,10 @@ class DreamBoothJob(FrozenModelJob):
         self.templates = [self.concepts[0].concept.instance_prompt or "[filewords]"]
         self.start_generators()
         self.turn = 0
+        given = any(c.concept.repeats is not None for c in self.concepts)  # else equal turns
+        self.shares = turn_shares([sum(i.repeats for i in c.instances.items) * (c.concept.repeats or 1.0)
+                                   for c in self.concepts] if given else None)
+        self.taken = [0] * len(self.concepts)  # turns each concept has had
         self.steps_done = 0  # optimizer steps applied by this run
         self.text_cache: dict[str, object] = {}  # prompt -> Conditioning, while the text is frozen
 
@@ -122,8 +126,7 @@ class DreamBoothJob(FrozenModelJob):
         """The instance batch and (with prior preservation) as many class images, in one UNet call when their sizes
         agree: loss(instances) + prior_loss_weight · loss(classes), each by the run's objective, times the
         concept's weight."""
-        data = self.concepts[self.turn % len(self.concepts)]
-        self.turn += 1
+        data = self.concepts[self.take_turn()]
         parts = [(self.noised_batch(data.instances), data.concept.instance_prompt)]
         if data.classes is not None:
             parts.append((self.noised_batch(data.classes), data.concept.class_prompt))
@@ -144,6 +147,13 @@ class DreamBoothJob(FrozenModelJob):
         if len(parts) == 2:
             loss = loss + self.cfg.prior_loss_weight * self.objective(parts[1][0], outs[1])
         return loss if data.concept.weight == 1.0 else data.concept.weight * loss
+
+    def take_turn(self) -> int:
+        """The concept of this batch (see concepts.next_turn), counted."""
+        i = next_turn(self.shares, self.taken, self.turn)
+        self.taken[i] += 1
+        self.turn += 1
+        return i
 
     def after_step(self, step: int) -> None:
         self.steps_done += 1
@@ -203,7 +213,10 @@ class DreamBoothJob(FrozenModelJob):
     def load_state_dict(self, state: dict) -> None:
         from ..training.state import as_tuple
 
-        self.turn = int(state["turn"])
+        turns = int(state["turn"])
+        self.turn, self.taken = 0, [0] * len(self.concepts)
+        for _ in range(turns):  # the turns are a function of their count: replayed, not stored
+            self.take_turn()
         self.noise.set_state(state["noise"])
         self.prompt_rng.setstate(as_tuple(state["prompt_rng"]))
         for c, s in zip(self.concepts, state["data"]):
@@ -227,14 +240,17 @@ def prepare_concepts(cfg: DreamBoothConfig, host: Host, reporter: Reporter, reso
             ensure_class_images(host.sample, concept.class_data, concept.class_prompt, concept.num_class_images,
                                 resolution, cfg.class_steps, cfg.class_cfg, cfg.seed + 1000 * i, reporter)
         processes.barrier()
-        instances, _ = prepare_data(dataclasses.replace(cfg, data=concept.instance_data), host, reporter, resolution)
+        instances, _ = prepare_data(dataclasses.replace(cfg, data=concept.instance_data), host, reporter, resolution,
+                                    caption_ext=concept.caption_extension)
         classes = None
         if concept.prior:
             classes, _ = prepare_data(dataclasses.replace(cfg, data=concept.class_data, validation_images=0,
                                                           validation_data="", seed=cfg.seed + 1 + i, alpha_weight=False,
                                                           flip=False, random_crop=False, color_jitter=0.0,
-                                                          folder_weights=""), host, reporter, resolution)
-        reporter.message(f"concept {i + 1}: {len(instances.items)} instance image(s), prompt "
+                                                          folder_weights=""), host, reporter, resolution,
+                                      caption_ext=concept.caption_extension)
+        repeats = f" x {concept.repeats:g} repeats" if concept.repeats is not None else ""
+        reporter.message(f"concept {i + 1}: {len(instances.items)} instance image(s){repeats}, prompt "
                          f"{concept.instance_prompt or '[filewords]'!r}" + (
                              f"; {len(classes.items)} class image(s), prompt {concept.class_prompt!r}, prior weight "
                              f"{cfg.prior_loss_weight:g}" if classes is not None else "; no prior preservation"))

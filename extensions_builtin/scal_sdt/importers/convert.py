@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import check_bounds, option
+from .concepts import Concepts, concepts_path_for
 from .kohya import import_kohya, looks_like_kohya
 from .onetrainer import import_onetrainer, looks_like_onetrainer
 from .report import UNSUPPORTED, ImportReport
@@ -34,6 +35,12 @@ class Imported:
     options: dict
     report: ImportReport
     missing: str = ""  # what the result still needs before it runs (the file named no data folder)
+    concepts: Concepts | None = None  # several datasets: our concepts JSON, written beside the config
+
+    def concepts_at(self, path: Path) -> None:
+        """The config names its concepts JSON ``path`` (where :func:`import_file` writes it)."""
+        if self.concepts is not None:
+            self.options["concepts"] = str(path)
 
 
 def read_foreign(path: Path, fmt: str = "auto", dataset: Path | None = None) -> Imported:
@@ -54,10 +61,12 @@ def read_foreign(path: Path, fmt: str = "auto", dataset: Path | None = None) -> 
             if not fmt:
                 raise ValueError(f"{path}: neither a kohya_ss GUI config nor a OneTrainer one (pass --format)")
     if fmt == "onetrainer":
-        command, options = import_onetrainer(path, report)
+        command, options, concepts = import_onetrainer(path, report)
     else:
-        command, options = import_kohya(path, report, dataset)
-    return Imported(command, options, report)
+        command, options, concepts = import_kohya(path, report, dataset)
+    imported = Imported(command, options, report, concepts=concepts)
+    imported.concepts_at(concepts_path_for(path.with_name(path.stem + ".scal-sdt.toml")))
+    return imported
 
 
 def checked(imported: Imported, name_from: Path):
@@ -103,7 +112,10 @@ def import_file(cfg: ImportConfig) -> tuple[Imported, Path]:
     if out.exists() and not cfg.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     imported = read_foreign(source, cfg.format, Path(cfg.dataset_config) if cfg.dataset_config else None)
+    imported.concepts_at(concepts_path_for(out))
     checked(imported, source)
+    if imported.concepts is not None:  # first: the config never names a file that is not there
+        imported.concepts.write(concepts_path_for(out))
     values = {COMMAND_KEY: imported.command, **imported.options}
     if out.suffix.lower() == ".json":
         text = json.dumps({**values, "imported_report": imported.report.lines()}, indent=2) + "\n"

@@ -19,7 +19,7 @@ if sys.version_info >= (3, 11):
 else:  # the WebUI's Python 3.10
     import tomli as tomllib
 
-from ..training.images import scan_folder
+from .concepts import ConceptTarget, Concepts, count_images
 from .report import APPROXIMATED, MAPPED, UNSUPPORTED, ImportReport
 from .sd_scripts_dataset import read_dataset_toml
 from .values import as_float, as_int, key_values
@@ -56,12 +56,14 @@ def target_command(options: dict) -> str:
     return "dreambooth"
 
 
-class KohyaImport:
-    """The flat kohya options -> our options of ``command``, every key reported."""
+class KohyaImport(ConceptTarget):
+    """The flat kohya options -> our options of ``command``, every key reported; a dataset TOML's subsets -> our
+    concepts (``concepts``, written as a concepts JSON when ``multi``)."""
 
     def __init__(self, options: dict, report: ImportReport, command: str, base: Path):
         self.src, self.report, self.command, self.base = dict(options), report, command, base
         self.ours: dict[str, Any] = {}
+        self.concepts = Concepts()
         self.images = 0  # images x repeats of the data folder(s), for epochs -> steps
         self.batch = max(1, as_int(options.get("train_batch_size")) or 1)
 
@@ -78,13 +80,7 @@ class KohyaImport:
         return "data" if self.command == "train-embedding" else "instance_data"
 
     def count_images(self, folder: str) -> int:
-        path = Path(folder)
-        if not path.is_dir():
-            return 0
-        try:
-            return sum(item.repeats for item in scan_folder(path).items)  # N_name folders repeat, as the loader counts
-        except (OSError, ValueError):
-            return 0
+        return count_images(folder)
 
     # -- the table ----------------------------------------------------------------------------------------------
     def handlers(self) -> dict[str, Callable[[str, Any], None]]:
@@ -185,7 +181,7 @@ class KohyaImport:
                 self.skip(key, value)
             else:
                 handler(key, value)
-        if self.command in ("train-lora", "dreambooth") and "instance_prompt" not in self.ours:
+        if self.command in ("train-lora", "dreambooth") and "instance_prompt" not in self.ours and not self.multi:
             self.ours["instance_prompt"] = "[filewords]"
             self.report.add("(captions)", "", APPROXIMATED, {"instance_prompt": "[filewords]"},
                             "kohya trains on each image's caption: our prompt is the caption alone")
@@ -494,8 +490,8 @@ class KohyaImport:
         read_dataset_toml(path, self)
 
 
-def import_kohya(path: Path, report: ImportReport, dataset: Path | None = None) -> tuple[str, dict]:
-    """A kohya_ss GUI .json or an sd-scripts .toml -> (our command, our options)."""
+def import_kohya(path: Path, report: ImportReport, dataset: Path | None = None) -> tuple[str, dict, Concepts | None]:
+    """A kohya_ss GUI .json or an sd-scripts .toml -> (our command, our options, the concepts when several)."""
     import json
 
     if path.suffix.lower() == ".toml":
@@ -508,7 +504,8 @@ def import_kohya(path: Path, report: ImportReport, dataset: Path | None = None) 
         options["dataset_config"] = str(dataset)
     command = target_command(options)
     report.command = command
-    return command, KohyaImport(options, report, command, path.parent).run()
+    imp = KohyaImport(options, report, command, path.parent)
+    return command, imp.run(), imp.concepts if imp.multi else None
 
 
 def looks_like_kohya(data: dict) -> bool:

@@ -9,7 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..training.images import scan_folder
+from .concepts import ConceptTarget, Concepts, count_images
 from .report import APPROXIMATED, MAPPED, UNSUPPORTED, ImportReport
 
 METHODS = {"LORA": "train-lora", "EMBEDDING": "train-embedding", "FINE_TUNE": "dreambooth"}
@@ -21,6 +21,21 @@ SCHEDULES = {"CONSTANT": "constant", "COSINE": "cosine", "COSINE_WITH_RESTARTS":
 DTYPES = {"FLOAT_16": "fp16", "BFLOAT_16": "bf16", "FLOAT_32": "fp32"}
 FAMILIES = ("STABLE_DIFFUSION_15", "STABLE_DIFFUSION_15_INPAINTING", "STABLE_DIFFUSION_20", "STABLE_DIFFUSION_21",
             "STABLE_DIFFUSION_20_BASE", "STABLE_DIFFUSION_21_BASE", "STABLE_DIFFUSION_XL_10_BASE")
+
+
+#: a concept's options that are options of the whole run here: name -> (value, its text options) -> (status, how,
+#: our options), or None (not supported)
+RUN_WIDE = {
+    "image.enable_random_flip": lambda v, text: (MAPPED, "", {"flip": bool(v)}),
+    "image.enable_crop_jitter": lambda v, text: (APPROXIMATED, "a random crop of each image where it is larger "
+                                                 "than its bucket", {"random_crop": bool(v)}),
+    "text.enable_tag_shuffling": lambda v, text: (MAPPED, "", {"shuffle_tags": bool(v)}),
+    "text.keep_tags_count": lambda v, text: (MAPPED, "", {"keep_tokens": int(v)}),
+    "text.tag_delimiter": lambda v, text: (MAPPED, "tags are split at commas", {}) if str(v).strip() == "," else None,
+    "text.tag_dropout_enable": lambda v, text: (MAPPED, "", {"tag_dropout": float(
+        text.get("tag_dropout_probability", 0.0) or 0.0) if v else 0.0}),
+    "text.tag_dropout_probability": lambda v, text: (MAPPED, "with tag_dropout_enable", {}),
+}
 
 
 def looks_like_onetrainer(data: dict) -> bool:
@@ -38,11 +53,12 @@ def _flatten(data: dict, prefix: str = "") -> list[tuple[str, Any]]:
     return out
 
 
-class OneTrainerImport:
+class OneTrainerImport(ConceptTarget):
     def __init__(self, data: dict, report: ImportReport, command: str, base: Path):
         self.data, self.report, self.command, self.base = data, report, command, base
         self.ours: dict[str, Any] = {}
         self.images = 0
+        self.concepts = Concepts()
 
     def set(self, key, value, status=MAPPED, how="", **ours):
         self.ours.update(ours)
@@ -57,31 +73,118 @@ class OneTrainerImport:
         first = ("concepts", "concept_file_name", "batch_size", "epochs")
         items.sort(key=lambda kv: (kv[0] not in first, first.index(kv[0]) if kv[0] in first else 0))
         if "concepts" in data:
-            self.concepts("concepts", data["concepts"])
+            self.read_concepts("concepts", data["concepts"])
         for key, value in items:
             self.handle(key, value)
         if self.command in ("train-lora", "dreambooth"):
             self.ours.setdefault("instance_prompt", "[filewords]")
         return self.ours
 
-    def concepts(self, key, concepts):
+    def read_concepts(self, key, concepts):
+        """Every enabled concept (an embedding: the first; it trains on one folder) with its repeats, loss weight
+        and captions; a validation concept is the held-out folder; each concept's every key reported."""
         if not isinstance(concepts, list) or not concepts:
             return self.skip(key, concepts, "empty")
-        enabled = [c for c in concepts if isinstance(c, dict) and c.get("enabled", True)]
-        if not enabled:
+        entries = [(i, c) for i, c in enumerate(concepts) if isinstance(c, dict)]
+        train = [(i, c) for i, c in entries if c.get("enabled", True) and not c.get("validation_concept")]
+        embedding = self.command == "train-embedding"
+        if not train:
             return self.skip(key, concepts, "no enabled concept")
-        concept = enabled[0]
-        path = str(concept.get("path", ""))
-        data_key = "data" if self.command == "train-embedding" else "instance_data"
-        repeats = float(concept.get("repeats", 1.0) or 1.0)
-        folder = Path(path)
-        if folder.is_dir():
-            self.images = round(sum(item.repeats for item in scan_folder(folder).items) * repeats)
-        how = "the first enabled concept's folder; captions from its .txt files"
-        if len(enabled) > 1:
-            how += f"; {len(enabled) - 1} other concept(s) not trained: queue one run per concept"
-        self.set(key, f"{len(concepts)} concept(s)", APPROXIMATED if len(enabled) > 1 else MAPPED, how,
-                 **{data_key: path})
+        self.multi = not embedding and (len(train) > 1 or any(
+            float(c.get("loss_weight", 1.0) or 1.0) != 1.0 for _, c in train))
+        first = train[0][0]
+        taken: dict[str, Any] = {}  # run-wide options from the first concept
+        validation_taken = False
+        for i, concept in entries:
+            where = f"concepts[{i}]"
+            items = _flatten(concept)
+            if not concept.get("enabled", True):
+                for name, value in items:
+                    self.skip(f"{where}.{name}", value, "the concept is disabled in the file")
+                continue
+            if concept.get("validation_concept"):
+                for name, value in items:
+                    if name == "path" and not validation_taken:
+                        validation_taken = True
+                        self.set(f"{where}.{name}", value, APPROXIMATED, "the held-out images of the validation "
+                                 "loss", validation_data=str(value))
+                    elif name in ("validation_concept", "name", "enabled"):
+                        self.set(f"{where}.{name}", value)
+                    else:
+                        self.skip(f"{where}.{name}", value, "a validation concept is only read for its images")
+                continue
+            if embedding and i != first:
+                for name, value in items:
+                    self.skip(f"{where}.{name}", value, "an embedding trains on one folder: queue one run per other "
+                                                         "concept")
+                continue
+            self.one_concept(where, concept, items, taken, first=i == first)
+
+    def one_concept(self, where: str, concept: dict, items: list, taken: dict, first: bool) -> None:
+        folder = str(concept.get("path", ""))
+        counted = count_images(folder)
+        strategy = str(concept.get("balancing_strategy", "REPEATS"))
+        balancing = float(concept.get("balancing", concept.get("repeats", 1.0)) or 1.0)
+        repeats = balancing if strategy == "REPEATS" else (balancing / counted if counted else 1.0)
+        index = self.concepts.add(folder, instance_prompt=None if self.command == "train-embedding" else "[filewords]",
+                                  repeats=repeats if self.multi else None)
+        self.images += round(counted * repeats)
+        prompt_source = str(concept.get("text", {}).get("prompt_source", "sample"))
+        for name, value in items:
+            key = f"{where}.{name}"
+            if name == "path":
+                self.to_concept(key, value, index, MAPPED, instance_data=str(value))
+            elif name in ("name", "enabled", "validation_concept"):
+                self.set(key, value)
+            elif name in ("repeats", "balancing"):
+                if not self.multi:
+                    self.set(key, value, APPROXIMATED, "repeats of a single folder only change what an epoch is; "
+                             "used to turn epochs into steps")
+                elif strategy == "REPEATS":
+                    self.to_concept(key, value, index, MAPPED, "its images' share of the turns", repeats=repeats)
+                else:
+                    self.to_concept(key, value, index, APPROXIMATED, f"{balancing:g} samples an epoch of {counted} "
+                                    "images here", repeats=repeats)
+            elif name == "balancing_strategy":
+                self.set(key, value, how="with balancing")
+            elif name == "loss_weight":
+                if self.multi:
+                    self.to_concept(key, value, index, MAPPED, weight=float(value))
+                else:
+                    self.set(key, value, how="1: no weighting")
+            elif name == "include_subdirectories":
+                self.set(key, value, MAPPED if value else APPROXIMATED,
+                         "" if value else "sub-folders are always read here (kohya's N_name folders among them)")
+            elif name == "text.prompt_source":
+                if value == "sample":
+                    self.set(key, value, how="the .txt caption beside each image")
+                elif value == "filename":
+                    self.set(key, value, APPROXIMATED, "the file name is the caption where no .txt is beside the "
+                             "image")
+                else:
+                    self.skip(key, value, "a prompt file per concept is not read: captions come from .txt files "
+                                          "beside the images")
+            elif name == "text.prompt_path" and prompt_source != "concept":
+                self.set(key, value, how=f"unused with prompt_source {prompt_source}")
+            elif name in RUN_WIDE:
+                self.run_wide(key, name, value, taken, first, concept)
+            else:
+                self.skip(key, value)
+
+    def run_wide(self, key: str, name: str, value: Any, taken: dict, first: bool, concept: dict) -> None:
+        """A concept's augmentation or caption option that is one option of the whole run here: the first
+        concept's is used, another's that differs is reported as not used."""
+        if not first and name in taken:
+            if taken[name] == value:
+                return self.set(key, value, how="the same as the first concept's")
+            return self.skip(key, value, f"the run uses the first concept's {name} = {taken[name]!r} for every "
+                                         "concept")
+        taken[name] = value
+        mapped = RUN_WIDE[name](value, concept.get("text", {}))
+        if mapped is None:
+            return self.skip(key, value, "tags are split at commas here")
+        status, how, ours = mapped
+        self.set(key, value, status, how, **ours)
 
     def handle(self, key: str, value: Any) -> None:
         lora, fine_tune, embedding = (self.command == c for c in ("train-lora", "dreambooth", "train-embedding"))
@@ -216,7 +319,7 @@ class OneTrainerImport:
             path = path if path.is_absolute() else self.base / path
             if path.is_file():
                 self.report.add(key, value, MAPPED, {}, f"read {path}")
-                return self.concepts("concepts", json.loads(path.read_text(encoding="utf-8")))
+                return self.read_concepts("concepts", json.loads(path.read_text(encoding="utf-8")))
             return self.skip(key, value, f"{path} is not here: give the data folder yourself")
         if key == "peft_type" and lora:
             kinds = {"LORA": "lora", "LOHA": "loha", "LOKR": "lokr"}
@@ -261,11 +364,12 @@ class OneTrainerImport:
         self.skip(key, value, f"after {value} {unit.lower()}")
 
 
-def import_onetrainer(path: Path, report: ImportReport) -> tuple[str, dict]:
+def import_onetrainer(path: Path, report: ImportReport) -> tuple[str, dict, Concepts | None]:
     data = json.loads(path.read_text(encoding="utf-8"))
     method = str(data.get("training_method", "FINE_TUNE"))
     if method not in METHODS:
         raise ValueError(f"{path}: training_method {method} has no counterpart here (LORA, EMBEDDING, FINE_TUNE do)")
     command = METHODS[method]
     report.source, report.command = f"{path} (OneTrainer)", command
-    return command, OneTrainerImport(data, report, command, path.parent).run()
+    imp = OneTrainerImport(data, report, command, path.parent)
+    return command, imp.run(), imp.concepts if imp.multi else None

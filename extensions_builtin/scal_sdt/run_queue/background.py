@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable
+from typing import Callable, ContextManager
 
 from ..training.report import Reporter
 from .runner import QueueBusy, TrainFn, run_queue
-from .store import QueueFolder, QueuedJob
+from .store import WAITING, QueueFolder, QueuedJob
 
 
 class BackgroundRunner:
@@ -55,3 +55,26 @@ class BackgroundRunner:
     def status(self) -> dict:
         return {"folder": str(self.queue.root), "running": self.running, "paused": self.queue.paused,
                 "log": self.log[-10:]}
+
+
+def each_job_holding(lock: ContextManager, train: TrainFn) -> TrainFn:
+    """``train`` holding ``lock`` (the WebUI's GPU queue lock) for one job at a time: what waits for the lock (a
+    generation, a training started from a tab) goes between two jobs of the queue, never into one."""
+    def locked(cfg, explicit: set, reporter: Reporter):
+        with lock:
+            return train(cfg, explicit, reporter)
+    return locked
+
+
+def start_on_launch(runner: BackgroundRunner, asked: bool) -> bool:
+    """The setting "run the queue when the WebUI starts": when ``asked`` and jobs wait (a job cut off by the last
+    shutdown among them, continued from its checkpoint), start running them. True when it started."""
+    if not asked:
+        return False
+    waiting = sum(1 for job in runner.queue.jobs() if job.state in WAITING)
+    if not waiting:
+        runner.say("started with the WebUI: no job waiting")
+        return False
+    runner.say(f"started with the WebUI: {waiting} job(s) waiting" + (", but the queue is paused" if
+                                                                       runner.queue.paused else ""))
+    return runner.start()

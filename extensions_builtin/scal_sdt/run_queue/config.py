@@ -12,10 +12,11 @@ DEFAULT_FOLDER = "scal-sdt-queue"
 @dataclass(kw_only=True)
 class QueueConfig:
     action: str = option(help="add FILE (a config file with its command, e.g. from --save-config) | list | run | "
-                              "cancel JOB | move JOB --to N | remove JOB | pause | resume", choices=ACTIONS,
-                         positional=True)
+                              "cancel JOB | move JOB --to N | remove JOB | pause [JOB] | resume [JOB] (without JOB: "
+                              "the whole queue)", choices=ACTIONS, positional=True)
     job: str = option("", "add: the job's config file (.toml or .json, with command = \"train-embedding\" or "
-                          "another trainer); cancel, move, remove: the job's id (or its start)", positional=True)
+                          "another trainer); cancel, move, remove, pause, resume: the job's id (or its start)",
+                      positional=True)
     queue: str = option(DEFAULT_FOLDER, "the queue folder (one per machine)", folder=True)
     to: int = option(1, "move: the job's new place among those still to run (1 = next)", min=1)
     watch: float = option(0.0, "run: when the queue is empty, look for new jobs every N seconds instead of "

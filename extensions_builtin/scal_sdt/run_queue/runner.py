@@ -45,15 +45,19 @@ def runner_lock(queue: QueueFolder) -> Iterator[None]:
         os.close(fd)
 
 
+#: what a job's file may say while it runs that stops it after its step
+STOPPING = ("cancelled", "paused")
+
+
 class JobReporter(Reporter):
-    """Passes everything on; stops the run when its job file says cancelled (read at most once a second), and
-    keeps the job's step in memory for the final write."""
+    """Passes everything on; stops the run when its job file says cancelled or paused (read at most once a second),
+    and keeps the job's step in memory for the final write."""
 
     def __init__(self, inner: Reporter, queue: QueueFolder, job: QueuedJob):
         self.inner, self.queue, self.job = inner, queue, job
         self.step_reached = job.step
         self._checked = 0.0
-        self._cancelled = False
+        self.stopped_as = ""  # "cancelled" / "paused": what the job file said when the run was stopped
 
     def begin(self, job, total, start=0):
         self.inner.begin(job, total, start)
@@ -70,13 +74,14 @@ class JobReporter(Reporter):
 
     def should_stop(self):
         now = time.monotonic()
-        if not self._cancelled and now - self._checked >= 1.0:
+        if not self.stopped_as and now - self._checked >= 1.0:
             self._checked = now
             try:
-                self._cancelled = self.queue.get(self.job.id).state == "cancelled"
+                state = self.queue.get(self.job.id).state
+                self.stopped_as = state if state in STOPPING else ""
             except ValueError:  # its file was removed: stop too
-                self._cancelled = True
-        return self._cancelled or self.inner.should_stop()
+                self.stopped_as = "cancelled"
+        return bool(self.stopped_as) or self.inner.should_stop()
 
     def end(self):
         self.inner.end()
@@ -136,10 +141,13 @@ def run_job(queue: QueueFolder, job: QueuedJob, train: TrainFn, reporter: Report
         say(f"{what} failed: {type(e).__name__}: {e}")
         return _finish(queue, job, "failed", watcher.step_reached, f"{type(e).__name__}: {e}")
     if getattr(result, "interrupted", False):
-        state = "cancelled" if watcher._cancelled else "queued"  # stopped by hand (Ctrl+C, stop): it waits again
-        say(f"{what} stopped at step {result.step}" + ("" if state == "cancelled" else "; it continues next run"))
-        return _finish(queue, job, state, result.step, "cancelled" if state == "cancelled" else
-                       f"stopped at step {result.step}")
+        state = watcher.stopped_as or "queued"  # stopped by hand (Ctrl+C, stop): it waits again
+        say(f"{what} stopped at step {result.step}" + {
+            "cancelled": "", "paused": "; paused: it continues from there once resumed"}.get(
+            state, "; it continues next run"))
+        return _finish(queue, job, state, result.step, {
+            "cancelled": "cancelled", "paused": f"paused at step {result.step}"}.get(
+            state, f"stopped at step {result.step}"))
     say(f"{what} done at step {result.step}: {result.final_path}")
     return _finish(queue, job, "done", result.step, str(result.final_path))
 
@@ -151,6 +159,8 @@ def _finish(queue: QueueFolder, job: QueuedJob, state: str, step: int, message: 
         return dataclasses.replace(job, state=state, step=step, message=message)
     if current.state == "cancelled":
         state, message = "cancelled", current.message or message
+    elif current.state == "paused" and state != "done":  # paused as it failed or stopped: it waits, paused
+        state, message = "paused", f"paused at step {step}"
     return queue.update(job.id, state=state, step=step, finished=time.time(), message=message)
 
 

@@ -4,8 +4,10 @@
       job-20261207-201500-3f2a.toml   [job] id, command, position, state, ... + [options] the config
       paused                          present while the queue is paused
 
-A job is ``queued``, ``running``, ``done``, ``failed`` or ``cancelled``. A job found ``running`` when no runner
-holds the folder was cut off (a crash, a kill, a restart): the next run continues it from its last checkpoint.
+A job is ``queued``, ``running``, ``paused``, ``done``, ``failed`` or ``cancelled``. A job found ``running`` when no
+runner holds the folder was cut off (a crash, a kill, a restart): the next run continues it from its last checkpoint.
+A paused job is passed over (the next one runs) until it is resumed; paused while running, it stops after its step
+and continues from its last checkpoint once resumed.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ else:  # the WebUI's Python 3.10
 from ..config import from_dict
 from ..files import atomic_write_text
 
-STATES = ("queued", "running", "done", "failed", "cancelled")
+STATES = ("queued", "running", "paused", "done", "failed", "cancelled")
 WAITING = ("queued", "running")  # what a runner takes: running = cut off before it ended
+TO_RUN = WAITING + ("paused",)  # still to run some day: what can be moved, paused or cancelled
 PAUSED_FILE = "paused"
 PREFIX = "job-"
 
@@ -155,16 +158,16 @@ class QueueFolder:
     def cancel(self, job_id: str) -> QueuedJob:
         """A waiting job is not run; a running one stops after its current step (its runner reads the state)."""
         job = self.get(job_id)
-        if job.state not in WAITING:
-            raise ValueError(f"job {job.id} is {job.state}: only a queued or running job can be cancelled")
+        if job.state not in TO_RUN:
+            raise ValueError(f"job {job.id} is {job.state}: only a queued, paused or running job can be cancelled")
         return self.update(job.id, state="cancelled", message="cancelled" + (" while running" if
                                                                              job.state == "running" else ""))
 
     def move(self, job_id: str, to: int) -> QueuedJob:
         """Put the job at place ``to`` (1 = first) among the jobs still to run."""
         job = self.get(job_id)
-        waiting = [j for j in self.jobs() if j.state in WAITING and j.id != job.id]
-        if job.state not in WAITING:
+        waiting = [j for j in self.jobs() if j.state in TO_RUN and j.id != job.id]
+        if job.state not in TO_RUN:
             raise ValueError(f"job {job.id} is {job.state}: only a job still to run can be moved")
         if to < 1:
             raise ValueError(f"to must be ≥ 1 (the first place), not {to}")
@@ -179,6 +182,22 @@ class QueueFolder:
         if job.state == "running":
             raise ValueError(f"job {job.id} is running: cancel it first")
         job.path.unlink()
+
+    def pause_job(self, job_id: str) -> QueuedJob:
+        """The job is passed over (the queue goes on with the next one) until :meth:`resume_job`; a running one
+        stops after its current step (its runner reads the state) and later continues from its last checkpoint."""
+        job = self.get(job_id)
+        if job.state not in WAITING:
+            raise ValueError(f"job {job.id} is {job.state}: only a queued or running job can be paused")
+        return self.update(job.id, state="paused", message="paused" + (" while running" if job.state == "running"
+                                                                       else ""))
+
+    def resume_job(self, job_id: str) -> QueuedJob:
+        """A paused job waits again in its place."""
+        job = self.get(job_id)
+        if job.state != "paused":
+            raise ValueError(f"job {job.id} is {job.state}: only a paused job can be resumed")
+        return self.update(job.id, state="queued", message="")
 
     # -- pause ----------------------------------------------------------------------------------------------------
     @property

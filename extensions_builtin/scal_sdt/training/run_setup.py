@@ -61,9 +61,11 @@ def warn_long_captions(items, reporter: Reporter) -> int:
     return len(long)
 
 
-def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[LatentDataset, LatentDataset | None]:
-    """Scan the folder, report what was skipped, hold out the validation images, cache the latents with the VAE
-    on the device. Returns the training set and the validation set (or None)."""
+def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int,
+                 caption_ext: str = ".txt") -> tuple[LatentDataset, LatentDataset | None]:
+    """Scan the folder (captions: NAME + ``caption_ext`` beside each image), report what was skipped, hold out the
+    validation images, cache the latents with the VAE on the device. Returns the training set and the validation
+    set (or None)."""
     data = cfg.data
     if data == "demo":
         from . import distributed
@@ -76,7 +78,7 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
                          f"where the colour goes, in {data}")
     if not data:
         raise ValueError("data is required: a folder of images (with .txt captions), or 'demo'")
-    scan = scan_folder(Path(data))
+    scan = scan_folder(Path(data), caption_ext)
     for path, reason in scan.skipped:
         reporter.message(f"skipped {path}: {reason}")
     items, held = scan.items, []
@@ -90,7 +92,7 @@ def prepare_data(cfg, host: Host, reporter: Reporter, resolution: int) -> tuple[
             reporter.message(f"folder_weights: no folder named {', '.join(sorted(named))} under {data}")
     warn_long_captions(items, reporter)
     if cfg.validation_data:
-        held = scan_folder(Path(cfg.validation_data)).items
+        held = scan_folder(Path(cfg.validation_data), caption_ext).items
     elif cfg.validation_images:
         if cfg.validation_images >= len(items):
             raise ValueError(f"validation_images: {cfg.validation_images} of {len(items)} images would leave none "

@@ -8,6 +8,8 @@ tested without it; service.py mounts them with the WebUI's folder, its way of tr
     POST   queue/pause, resume    the whole queue
     GET    queue/{id}             one job (404: none)
     POST   queue/{id}/cancel      a waiting job is dropped, a running one stops after its step (409: already ended)
+    POST   queue/{id}/pause       that job is passed over (the next one runs); a running one stops after its step
+    POST   queue/{id}/resume      a paused job waits in its place again (409: it is not paused)
     POST   queue/{id}/move        {"to": N}: its place among those still to run
     DELETE queue/{id}             remove an ended or waiting job (409: running)
 """
@@ -88,6 +90,20 @@ def add_queue_routes(app: FastAPI, prefix: str, runner: BackgroundRunner, depend
         except ValueError as e:
             raise HTTPException(status_code=409, detail=str(e)) from None
 
+    def pause_job(job_id: str):
+        job = find(job_id)
+        try:
+            return job_dict(queue.pause_job(job.id))
+        except ValueError as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
+
+    def resume_job(job_id: str):
+        job = find(job_id)
+        try:
+            return job_dict(queue.resume_job(job.id))
+        except ValueError as e:
+            raise HTTPException(status_code=409, detail=str(e)) from None
+
     def move(job_id: str, body: dict = Body(...)):
         job = find(job_id)
         to = body.get("to") if isinstance(body, dict) else None
@@ -113,5 +129,6 @@ def add_queue_routes(app: FastAPI, prefix: str, runner: BackgroundRunner, depend
         app.add_api_route(f"{base}/{name}", fn, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{base}/{{job_id}}", get, methods=["GET"], dependencies=deps)
     app.add_api_route(f"{base}/{{job_id}}", remove, methods=["DELETE"], dependencies=deps)
-    app.add_api_route(f"{base}/{{job_id}}/cancel", cancel, methods=["POST"], dependencies=deps)
+    for name, fn in (("cancel", cancel), ("pause", pause_job), ("resume", resume_job)):
+        app.add_api_route(f"{base}/{{job_id}}/{name}", fn, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{base}/{{job_id}}/move", move, methods=["POST"], dependencies=deps)

@@ -36,7 +36,7 @@ from ..ui.loss_svg import loss_svg
 from ..host.families import family
 from .aesthetic import family_name
 from .queue_api import add_queue_routes
-from ..run_queue.background import BackgroundRunner
+from ..run_queue.background import BackgroundRunner, each_job_holding, start_on_launch
 from ..run_queue.store import QueueFolder
 from .adapter import (LOADED_CHECKPOINT, BlipCaptioner, WebUIHost, WebUIReporter, checkpoint_loaded, find_checkpoint,
                       lora_dir, reload_checkpoints, reload_embeddings, reload_hypernetworks, reload_loras)
@@ -308,28 +308,34 @@ def interrupt() -> None:
 
 
 def train_queued(cfg, explicit: set, reporter):
-    """One job of the queue: trained as the Train tab trains, on the loaded model, under the WebUI's GPU lock (taken
-    per job, so generations go on between the jobs of a night)."""
+    """One job of the queue: trained as the Train tab trains, on the loaded model (the caller holds the WebUI's GPU
+    lock for this job alone, so generations go on between the jobs of a night)."""
     from types import SimpleNamespace
 
-    with call_queue.queue_lock:
-        shared.state.begin(job="scal-sdt-queue")
-        try:
-            out = run_training(cfg, reporter, explicit=frozenset(explicit))
-        finally:
-            shared.state.end()
+    shared.state.begin(job="scal-sdt-queue")
+    try:
+        out = run_training(cfg, reporter, explicit=frozenset(explicit))
+    finally:
+        shared.state.end()
     return SimpleNamespace(interrupted=out["interrupted"], step=out["step"], final_path=out["path"])
 
 
 _queue_runner: list[BackgroundRunner] = []
+AUTOSTART_OPTION = "scal_sdt_queue_autostart"  # Settings → SCAL-SDT: run the queue when the WebUI starts
 
 
 def queue_runner() -> BackgroundRunner:
-    """The WebUI's training queue (its data folder's scal-sdt-queue/), shared by the Queue tab and the API."""
+    """The WebUI's training queue (its data folder's scal-sdt-queue/), shared by the Queue tab and the API; each
+    job under the WebUI's GPU queue lock."""
     if not _queue_runner:
         _queue_runner.append(BackgroundRunner(QueueFolder(os.path.join(paths.data_path, "scal-sdt-queue")),
-                                              train_queued))
+                                              each_job_holding(call_queue.queue_lock, train_queued)))
     return _queue_runner[0]
+
+
+def start_queue_with_webui() -> bool:
+    """At start-up (on_app_started): run the waiting jobs when Settings → SCAL-SDT asks for it."""
+    return start_on_launch(queue_runner(), bool(getattr(shared.opts, AUTOSTART_OPTION, False)))
 
 
 def enqueue(cfg) -> str:
