@@ -231,6 +231,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--quick", action="store_true", help="runs of 2 and 5 steps, one repeat (a smoke run)")
     ap.add_argument("--quality", action="store_true",
                     help="train once per side on the toy checkpoint and judge the results instead of timing steps")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="--quality: trainings per side (ours with seeds --seed, --seed + 1, ...; the WebUI's trainer "
+                         "takes no seed, each run draws its own); each row is the mean, with the spread")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     if a.quick:
@@ -337,32 +340,51 @@ def measure_speed(peers: Peers, kind: str, sides: list[str]) -> dict:
 
 
 def train_for_quality(peers: Peers, kinds: list[str], sides: list[str]) -> dict:
-    """Each side trains each kind once with :data:`QUALITY`'s settings: {kind: {side: {"file", "seconds"} or
-    {"error"}}}."""
+    """Each side trains each kind ``--runs`` times with :data:`QUALITY`'s settings (ours with seeds ``--seed``,
+    ``--seed + 1``, ...; the sides take turns run by run): {kind: {side: {"runs": [{"file", "seconds", "seed"}],
+    "steps"} or {"error"}}}."""
     from scal_sdt.host.attention import context_widths
     from scal_sdt.host.standalone import load_host
 
     peers.widths = context_widths(load_host("toy", device="cpu").kv_projections())
+    first_seed = peers.args.seed
     out: dict = {}
     for kind in kinds:
         q = QUALITY[kind]
         steps = 3 if peers.args.quick else q["steps"]  # --quick: a smoke run of every side and the judging
         peers.data = peers.data_sets[kind]
-        out[kind] = {}
-        for side in sides:
-            t = time.perf_counter()
-            try:
-                if side == "cli":
-                    peers.cli(kind, steps, quality=q)
-                else:
-                    (peers.builtin if side == "built-in" else peers.ours)(kind, steps, quality=q)
-            except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
-                out[kind][side] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
-                continue
-            out[kind][side] = {"file": str(peers.files[peers.last]), "seconds": time.perf_counter() - t,
-                               "steps": steps}
-            print(f"[quality {kind}] {side}: trained in {out[kind][side]['seconds']:.0f} s", flush=True)
+        out[kind] = {side: {"runs": [], "steps": steps} for side in sides}
+        for run in range(max(1, getattr(peers.args, "runs", 1))):
+            peers.args.seed = first_seed + run
+            for side in sides:
+                if "error" in out[kind][side]:
+                    continue
+                t = time.perf_counter()
+                try:
+                    if side == "cli":
+                        peers.cli(kind, steps, quality=q)
+                    else:
+                        (peers.builtin if side == "built-in" else peers.ours)(kind, steps, quality=q)
+                except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
+                    out[kind][side] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+                    continue
+                seconds = time.perf_counter() - t
+                out[kind][side]["runs"].append({"file": str(peers.files[peers.last]), "seconds": seconds,
+                                                "seed": peers.args.seed})
+                print(f"[quality {kind}] {side} run {run + 1}: trained in {seconds:.0f} s", flush=True)
+    peers.args.seed = first_seed
     return out
+
+
+def summarise(side: dict, key: str, score) -> dict:
+    """A side's row: each run scored (``key``), their mean as the row's ``key``, the spread (sample standard
+    deviation; 0 for one run) and the mean training seconds."""
+    if "error" in side:
+        return dict(side)
+    runs = [dict(r, **{key: score(r["file"])}) for r in side["runs"]]
+    values = [r[key] for r in runs]
+    return {key: statistics.fmean(values), "spread": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "seconds": statistics.fmean(r["seconds"] for r in runs), "steps": side["steps"], "runs": runs}
 
 
 def judge_quality(peers: Peers, trained: dict) -> dict:
@@ -396,8 +418,8 @@ def judge_quality(peers: Peers, trained: dict) -> dict:
         q = QUALITY["ti"]
         rows = {"before": {"colour": accuracy(init_vectors(host, q["init_text"], q["vectors"]))}}
         for side, r in trained["ti"].items():
-            rows[side] = dict(r) if "error" in r else dict(
-                r, colour=accuracy(load_embedding(r["file"]).for_encoders(list(host.widths))))
+            rows[side] = summarise(r, "colour",
+                                   lambda f: accuracy(load_embedding(f).for_encoders(list(host.widths))))
         out["ti"] = rows
     if "hn" in trained:
         held = peers.data_sets["held"]
@@ -406,13 +428,15 @@ def judge_quality(peers: Peers, trained: dict) -> dict:
         latents = torch.cat([ds.next_batch().latents for _ in range(ds.len_epoch)])
         prompts = [p.read_text(encoding="utf-8").strip() for p in sorted(held.glob("*.txt"))]
         rows = {"before": {"loss": heldout_loss(host, latents, prompts)}}
+        def loss_with(file) -> float:
+            apply_hypernetwork(host, file, 1.0)
+            try:
+                return heldout_loss(host, latents, prompts)
+            finally:
+                remove_hypernetwork(host)
+
         for side, r in trained["hn"].items():
-            if "error" in r:
-                rows[side] = dict(r)
-                continue
-            apply_hypernetwork(host, r["file"], 1.0)
-            rows[side] = dict(r, loss=heldout_loss(host, latents, prompts))
-            remove_hypernetwork(host)
+            rows[side] = summarise(r, "loss", loss_with)
         out["hn"] = rows
     return out
 
@@ -424,7 +448,9 @@ def print_quality(results: dict) -> None:
         what = "judge: colour" if kind == "ti" else "held-out loss"
         for side, r in rows.items():
             value = r.get("colour", r.get("loss"))
-            shown = f"failed: {r['error'][:120]}" if "error" in r else f"{what} {value:.3f}"
+            runs = len(r.get("runs", []))
+            spread = f" ± {r['spread']:.3f} ({runs} runs)" if runs > 1 else ""
+            shown = f"failed: {r['error'][:120]}" if "error" in r else f"{what} {value:.3f}{spread}"
             print(f"| {kind} | {side} | {shown} | {r.get('seconds', float('nan')):.0f} |")
 
 

@@ -8,6 +8,7 @@ import random
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -296,3 +297,27 @@ def test_cache_time_failures_and_empty_dataset(tmp_path):
         build(scan_folder(tmp_path))
     with pytest.raises(ValueError, match="cache_mode"):
         build(scan, cache_mode="sometimes")
+
+
+def test_caching_encodes_at_most_one_256px_picture_per_call(tmp_path):
+    """The VAE's activations grow with the pixels of a call (tiny SD1: ~50 MB for one 256 px picture, ~135 MB for
+    four), so caching never sets a run's peak: at 256 px one picture a call, at 64 px four share one; the cache is
+    the same either way."""
+    for i in range(4):
+        save(tmp_path / f"{i}.png", size=(256, 256), color=(40 * i, 30, 200 - 40 * i))
+    calls = []
+
+    def counting(pixels):
+        calls.append(tuple(pixels.shape))
+        return fake_encode(pixels)
+
+    data = build(scan_folder(tmp_path), resolution=256, encode_moments=counting, cache_mode="deterministic", flip=True)
+    assert calls and all(c[0] == 1 and c[2:] == (256, 256) for c in calls) and len(calls) == 8  # 4 pictures + mirrors
+    for entry in data.entries:  # each picture's latents are its own, in their order (plain, mirrored)
+        pixels = torch.from_numpy(np.asarray(Image.open(entry.item.path), dtype=np.float32) / 127.5 - 1.0)
+        expected = fake_encode(pixels.permute(2, 0, 1)[None])[0][0]
+        assert torch.allclose(entry.latents[0], expected, atol=1e-5)
+        assert torch.allclose(entry.latents[1], expected.flip(-1), atol=1e-5)
+    calls.clear()
+    build(scan_folder(tmp_path), resolution=64, encode_moments=counting)
+    assert [c[0] for c in calls] == [4]

@@ -34,6 +34,24 @@ from .images import ImageItem, ScanResult, load_image, load_mask, to_array
 
 CACHE_MODES = ("once", "deterministic", "random")
 EncodeMoments = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
+#: pixels per VAE call while caching: the encoder's activations grow with them (tiny SD1 on the CPU: ~50 MB for one
+#: 256 px picture, ~135 MB for four), and a trainer's peak must not be set by its caching — the WebUI's own trainers
+#: encode one picture at a time. At 64 px four pictures still share a call.
+ENCODE_PIXELS = 256 * 256
+
+
+def encode_in_slices(pixels: torch.Tensor, encode_moments: EncodeMoments, device=None,
+                     budget: int = ENCODE_PIXELS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``encode_moments`` of ``pixels`` [N, 3, H, W], at most ``budget`` pixels (at least one picture) per call."""
+    rows = max(1, budget // (pixels.shape[-2] * pixels.shape[-1]))
+    means, stds = [], []
+    with torch.no_grad():
+        for start in range(0, pixels.shape[0], rows):
+            part = pixels[start:start + rows]
+            mean, std = encode_moments(part if device is None else part.to(device))
+            means.append(mean)
+            stds.append(std.expand_as(mean))
+    return (means[0], stds[0]) if len(means) == 1 else (torch.cat(means), torch.cat(stds))
 
 
 @dataclass
@@ -148,8 +166,7 @@ class LatentDataset:
         pixels = torch.stack([p[a] for a in range(self.augments) for _, _, p, _ in loaded])
         if self.flip:
             pixels = torch.cat([pixels, pixels.flip(-1)])
-        with torch.no_grad():
-            mean, std = encode_moments(pixels if device is None else pixels.to(device))
+        mean, std = encode_in_slices(pixels, encode_moments, device)
         if mean.shape[0] != pixels.shape[0]:
             raise ValueError(f"encode_moments returned {mean.shape[0]} latents for {pixels.shape[0]} images")
         mean = mean.detach().to("cpu", torch.float32).clone()
