@@ -36,3 +36,13 @@ document.addEventListener('keydown', function(e) {
     else if (e.key === 'p' || e.key === 'ArrowLeft') click('prev');
     else if (e.key === 'u') click('untagged');
 });
+
+// The Queue tab follows its runner: while it is shown, its Refresh button is pressed every 3 s. (In the WebUI the
+// Train tab is a Blocks of its own, rendered into the page: Gradio 3 never fires load events (``every=``) inside it,
+// and it has no timer; on the page, Gradio's gr.Timer does the same.)
+setInterval(function() {
+    var root = typeof gradioApp === 'function' ? gradioApp() : document;
+    var tab = root.getElementById('scal_sdt_queue_tab');
+    var button = root.getElementById('scal_sdt_queue_refresh');
+    if (tab && button && tab.offsetParent !== null && !document.hidden) button.click();
+}, 3000);

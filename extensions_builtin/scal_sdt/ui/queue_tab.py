@@ -24,13 +24,14 @@ def status_html(runner: BackgroundRunner) -> str:
 
 def queue_tab(runner: BackgroundRunner) -> dict:
     """Build the tab in the current Blocks context; returns its components by name. The table and the runner's
-    status refresh every few seconds by themselves (Gradio 3's ``every`` in the WebUI, a timer in later ones)."""
+    status refresh every few seconds by themselves: a gr.Timer where Gradio has one (4.40 and later), else (the
+    WebUI's Gradio 3) javascript/scal_sdt.js presses Refresh while the tab is shown."""
     queue = runner.queue
     p = ELEM_PREFIX
     with gr.Row():
         with gr.Column(scale=3):
-            table = gr.HTML(lambda: job_table(queue), every=REFRESH_S, elem_id=f"{p}_table")
-            status = gr.HTML(lambda: status_html(runner), every=REFRESH_S, elem_id=f"{p}_status")
+            table = gr.HTML(job_table(queue), elem_id=f"{p}_table")
+            status = gr.HTML(status_html(runner), elem_id=f"{p}_status")
             note = gr.HTML(elem_id=f"{p}_note")
         with gr.Column(scale=2):
             with gr.Row():
@@ -94,7 +95,7 @@ def queue_tab(runner: BackgroundRunner) -> dict:
     outputs = [table, status, note]
     run.click(act(on_run), inputs=[], outputs=outputs)
     stop.click(act(on_stop), inputs=[], outputs=outputs)
-    refresh.click(act(lambda: ""), inputs=[], outputs=outputs)
+    refresh.click(lambda: (job_table(queue), status_html(runner)), inputs=[], outputs=[table, status])  # keeps the note
     pause.click(act(lambda: queue.pause() or "paused: the job running finishes, no next one starts"), inputs=[],
                 outputs=outputs)
     resume.click(act(lambda: queue.resume() or "resumed"), inputs=[], outputs=outputs)
@@ -105,6 +106,8 @@ def queue_tab(runner: BackgroundRunner) -> dict:
     cancel.click(act(on_cancel), inputs=[job], outputs=outputs)
     remove.click(act(on_remove), inputs=[job], outputs=outputs)
     upload.upload(act(on_upload), inputs=[upload], outputs=outputs)
+    if hasattr(gr, "Timer"):
+        gr.Timer(REFRESH_S).tick(lambda: (job_table(queue), status_html(runner)), inputs=[], outputs=[table, status])
     return {"table": table, "status": status, "note": note, "run": run, "stop": stop, "pause": pause,
             "resume": resume, "job": job, "place": place, "move": move, "pause_job": pause_job,
             "resume_job": resume_job, "cancel": cancel, "remove": remove, "upload": upload}
