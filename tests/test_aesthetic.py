@@ -268,7 +268,7 @@ def test_aesthetic_and_hypernetwork_apply_together(tmp_path):
     assert diff("both", "hn") > 0.5 and diff("both", "ae") > 0.5
 
 
-def original_extension_conditioning(host, tower, row, texts, weight, steps, lr):
+def original_extension_conditioning(host, projection, row, texts, weight, steps, lr):
     """The aesthetic-gradients extension's algorithm (2624e5dd, ``aesthetic_clip.py``) as it was written: a deep
     copy of the CLIP text model, torch's Adam on all its weights towards the embedding, the texts re-encoded by the
     copy and lerped into the plain encoding by ``weight`` — for every text the WebUI encodes, the negative prompt
@@ -287,7 +287,7 @@ def original_extension_conditioning(host, tower, row, texts, weight, steps, lr):
     with torch.enable_grad():
         for _ in range(steps):
             pooled = model(input_ids=ids).pooler_output
-            loss = -(unit(pooled @ tower.projection) @ target.T).mean()
+            loss = -(unit(pooled @ projection) @ target.T).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -307,9 +307,9 @@ def test_ours_moves_the_look_as_far_as_the_original_extension(tmp_path):
     shifted re-encoding alone, with no tuning at all, 0.478 (whatever the embedding); with its 5 steps 0.492; its
     algorithm with the tokens it meant 0.426 (tuning the negative prompt as well takes the look back: positive
     prompt only 0.444); ours 0.444. So it is compared here as written, with the tokens it meant."""
-    from scal_sdt.aesthetic.gradient import AestheticSettings, Tower
+    from scal_sdt.aesthetic.gradient import AestheticSettings
     from scal_sdt.aesthetic.make import mean_embedding
-    from scal_sdt.aesthetic.use import standalone_gradient
+    from scal_sdt.aesthetic.use import projection_for, standalone_gradient
     from scal_sdt.clip_models import load_open_clip
     from scal_sdt.host.base import Conditioning
     from scal_sdt.host.standalone import load_host
@@ -322,16 +322,16 @@ def test_ours_moves_the_look_as_far_as_the_original_extension(tmp_path):
     make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(tmp_path / "checks"), name="checks",
                                                       out=str(tmp_path / "ae")))
     host = load_host("toy", device="cpu")
-    ours, rows = standalone_gradient(host, tmp_path / "ae" / "checks.safetensors", "toy")
-    tower: Tower = ours.towers[0]
-    tower.projection = next(c.cell_contents for c in tower.project.__closure__ if torch.is_tensor(c.cell_contents))
+    path = tmp_path / "ae" / "checks.safetensors"
+    ours, rows = standalone_gradient(host, path, "toy")
+    projection = projection_for("clip_l", load_aesthetic_embedding(path), "", "sd1", toy=True)
     s = AestheticSettings(weight=0.9, steps=5, lr=1e-4)
     triples = prompt_set(4, seed=31)
     prompts = [sentence(*t) for t in triples]
 
     def original(ps, negative, embeddings, size):
         texts = list(ps) + [negative] * len(ps)
-        halves = [original_extension_conditioning(host, tower, rows["clip_l"], half, s.weight, s.steps, s.lr)
+        halves = [original_extension_conditioning(host, projection, rows["clip_l"], half, s.weight, s.steps, s.lr)
                   for half in (texts[:len(ps)], texts[len(ps):])]  # the WebUI encodes each side in its own call
         return Conditioning(torch.cat(halves), None, None)
 
@@ -349,7 +349,6 @@ def test_ours_moves_the_look_as_far_as_the_original_extension(tmp_path):
             feats = torch.cat([mean_embedding(clip, [im], 1, "cpu") for im in images])
         colour = sum(said[1] == t[1] for said, t in zip(judge.predict(images), triples)) / len(triples)
         scores[name] = (float((feats @ style).mean()), colour)
-    print("style cosine, colour:", scores)
     assert scores["ours"][0] > scores["none"][0], scores
     assert scores["ours"][0] >= scores["original"][0], scores
-    assert scores["ours"][1] >= scores["original"][1], scores
+    assert scores["ours"][1] >= scores["original"][1], scores  # measured: style 0.344 / 0.337 / 0.325 (none)
