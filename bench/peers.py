@@ -35,6 +35,8 @@ TI     16 pictures of the held-out colour (pink) captioned with [name] where the
 HN     24 pictures on a checkered background whose captions do not say so (tests/test_hypernetwork.py's style);
        layer structure 1, 2, 1, linear, Normal init, lr 0.001, batch 4, 150 steps; the diffusion loss of 8 held-out
        pictures of the style at fixed timesteps and noises (``heldout_loss``; no hypernetwork: the "before" row).
+``--runs N``: each side trains N times (ours with seeds --seed, --seed + 1, ...; the WebUI's trainers take no seed);
+each row is the mean of its runs with their spread (sample standard deviation), every run kept in the JSON.
 """
 from __future__ import annotations
 

@@ -180,3 +180,23 @@ def test_resume_continues_an_existing_file_with_its_optimizer_state(tmp_path):
     assert not torch.equal(first.parameters()[0], more.parameters()[0])
     optim = load_optimizer_state(tmp_path / "hn" / "more.pt")["optimizer_state_dict"]
     assert int(optim["state"][0]["step"]) == 5  # AdamW's own count went on from the file's
+
+
+def test_gradient_checkpointing_trains_the_same_hypernetwork(tmp_path):
+    """Issue 22: with gradient checkpointing the backward pass runs the UNet's blocks again, and the hypernetwork's
+    hooks must still be on then (they came off after each forward: torch's checkpoint failed, "a different number of
+    tensors was saved"). The WebUI's trainers always checkpoint, so ours do there by default. Same run with and
+    without: the same weights (float noise apart)."""
+    make_dataset(tmp_path / "d", 4, seed=0)
+    weights = []
+    for checkpointing in (False, True):
+        name = f"ck{int(checkpointing)}"
+        assert cli.main(["train-hypernetwork", "--model", "tiny-sd1", "--data", str(tmp_path / "d"), "--name", name,
+                         "--steps", "2", "--lr", "1e-3", "--batch-size", "2", "--out", str(tmp_path / "hn"),
+                         "--log-dir", str(tmp_path / name), "--preview-every", "1", "--preview-steps", "2",
+                         "--save-every", "0", "--device", "cpu", "--seed", "3"]
+                        + (["--gradient-checkpointing"] if checkpointing else [])) == 0
+        weights.append(load_hypernetwork(tmp_path / "hn" / f"{name}.pt").parameters())
+    for plain, checkpointed in zip(*weights):
+        assert (plain - checkpointed).abs().max() < 1e-5
+    assert not any(torch.equal(p, torch.zeros_like(p)) for p in weights[1][1::2])  # trained: the biases moved

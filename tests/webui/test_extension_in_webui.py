@@ -168,6 +168,23 @@ def test_a_json_number_for_the_learning_rate_is_accepted(server, data_dir):
     assert job["step"] == 2
 
 
+def test_runs_in_the_webui_checkpoint_the_unet_as_its_own_trainers_do(server, data_dir):
+    """Issue 22: the WebUI's TI and hypernetwork trainers always recompute the UNet's blocks in the backward pass
+    (``sd_hijack_checkpoint``); without it ours peaked above theirs at 256 px. So our runs in the WebUI checkpoint by
+    default; a preset (or the user) still decides."""
+    import json
+
+    import torch
+
+    for preset, expected in (("", True), ("24gb", False)):  # 24gb on SD1: no checkpointing
+        job = server.wait_job(server.post("/scal-sdt/v1/train/hypernetwork", {
+            "name": f"ckpt{expected}", "data": str(data_dir), "lr": 0.0005, "steps": 1, "resolution": 64,
+            "save_every": 0, "preview_every": 0, "preset": preset}), timeout=240)
+        assert job["status"] == "finished", job
+        saved = torch.load(job["result"]["path"], map_location="cpu", weights_only=True)
+        assert json.loads(saved["optional_info"])["options"]["gradient_checkpointing"] is expected, preset
+
+
 def test_an_empty_dataset_fails_the_job_not_the_webui(server, tmp_path):
     (tmp_path / "empty").mkdir()
     job = train(server, name="nothing", data=str(tmp_path / "empty"), steps=2, resolution=64)

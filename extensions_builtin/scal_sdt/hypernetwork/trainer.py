@@ -96,9 +96,14 @@ class HypernetworkJob(FrozenModelJob):
         return Conditioning.cat(rows)
 
     def loss(self) -> torch.Tensor:
+        """The step's loss. The hypernetwork is left on the model (in training mode) until a preview, a validation
+        or the run's end takes it off: with gradient checkpointing the backward pass runs the blocks' forward again,
+        and that must see the same hooks as the first forward did (or torch's checkpoint fails)."""
         nb = self.noised_batch()
         cond = self.conditioning(self.prompts_for(nb.batch.captions), nb.size)
-        with self.applied(training=True), self.host.on_device("unet"):
+        self.hypernetwork.train(True)
+        self.hooks.set(self.hypernetwork, 1.0)
+        with self.host.on_device("unet"):
             out = self.host.predict(nb.x_t, nb.t, cond)
         return self.objective(nb, out)
 
@@ -214,7 +219,10 @@ def find_learning_rate(cfg: HypernetworkConfig, host: Host, reporter: Reporter |
         with job.applied(training=False):
             return heldout_loss(host, probe_latents, probe_prompts, seed=cfg.seed)
 
-    result = lr_range_test(job.hypernetwork.parameters(), job.loss, probe, steps=steps)
+    try:
+        result = lr_range_test(job.hypernetwork.parameters(), job.loss, probe, steps=steps)
+    finally:
+        job.hooks.unset(cfg.name)
     csv_path, png_path = result.write(job.run_dir)
     reporter.message(f"learning-rate range test over {len(result.lrs)} steps: probe loss {result.start:.5f} before, "
                      f"lowest {min(result.probe):.5f}; proposed lr {result.proposal:.2g} ({csv_path}, {png_path})")

@@ -19,7 +19,7 @@ from ..aesthetic.make import AestheticResult, make_aesthetic_embedding
 from ..audit.config import AuditConfig
 from ..audit.report import AuditReport
 from ..audit.run import audit_folder, check_out
-from ..config import describe, from_dict, speak
+from ..config import changed_options, describe, from_dict, speak
 from ..files import check_confined
 from ..dreambooth.config import ConceptOptions, DreamBoothConfig
 from ..jobs import FanOut, JobRegistry
@@ -66,12 +66,16 @@ def webui_folders() -> list[str]:
 
 
 def webui_defaults(kind: type = EmbeddingConfig) -> dict:
-    """Form defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live."""
+    """Form and API defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live; and,
+    for embeddings and hypernetworks, gradient checkpointing on, as the WebUI's own trainers always have it
+    (``sd_hijack_checkpoint``): without it a run's peak memory was above theirs (tiny SD1 at 256 px: ~50 MB), and
+    on a real model at 512 px far more. A preset or the user's choice still decides (these are not explicit)."""
     if kind is DreamBoothConfig:  # model: a checkpoint of the WebUI's list, by default the loaded one
         return {"out": checkpoints_dir(), "model": LOADED_CHECKPOINT}
     if kind is LoraConfig:  # the WebUI's Lora folder: <lora:NAME:1> works when the run ends
         return {"out": lora_dir(), "embeddings_out": embeddings_dir()}
-    return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
+    return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir(),
+            "gradient_checkpointing": True}
 
 
 def make_aesthetic(cfg: AestheticEmbeddingConfig, reporter=None) -> AestheticResult:
@@ -197,6 +201,9 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
     reporter = FanOut(webui_reporter, extra_reporter) if extra_reporter else webui_reporter
     # presets and the run's model name as everywhere; the WebUI's device flags stay the WebUI's. Forge trains its
     # own copy of the file: nothing of the WebUI's to put back
+    if explicit is None:  # a form sends every field: what differs from the defaults it showed (the WebUI's too)
+        shown = webui_defaults(type(cfg))
+        explicit = frozenset(k for k in changed_options(cfg) if k not in shown or getattr(cfg, k) != shown[k])
     run = runs.prepare(effective_config(cfg), host, explicit, say=reporter.message,
                        host_outlives_run=isinstance(host, WebUIHost))
     cfg = run.cfg
