@@ -64,20 +64,86 @@ def save_webui_pt(obj, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
-    """Write ``tensors`` as a ``.safetensors`` file atomically, with the header's keys in sorted order: the library
-    orders metadata keys by a per-process hash, so the same weights would otherwise give different bytes (and
-    sha256) from run to run."""
+#: torch dtype name -> the safetensors header's name for it
+SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL",
+                      "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
+
+
+def write_safetensors(tensors: dict, f, metadata: dict[str, str] | None = None, dtype=None) -> None:
+    """``tensors`` in the ``.safetensors`` layout into the open binary file ``f``, one tensor at a time: none is
+    copied whole into memory beside the others (a full-size checkpoint is never held twice). ``dtype`` casts the
+    floating-point tensors as they are written. The header's keys are sorted and the data goes widest type first,
+    then by name (every tensor aligned to its element size), so the same weights always give the same bytes."""
     import json
     import struct
 
-    from safetensors.torch import save
+    import torch
 
-    raw = save(tensors, metadata=metadata)
-    n = struct.unpack("<Q", raw[:8])[0]
-    header = json.dumps(json.loads(raw[8:8 + n]), sort_keys=True, separators=(",", ":")).encode()
-    header += b" " * (-len(header) % 8)  # the format aligns the data to 8 bytes
-    atomic_write_bytes(path, struct.pack("<Q", len(header)) + header + raw[8 + n:])
+    def out_dtype(t):
+        return dtype if dtype is not None and t.is_floating_point() else t.dtype
+
+    order = sorted(tensors, key=lambda k: (-out_dtype(tensors[k]).itemsize, k))
+    header: dict = {}
+    offset = 0
+    for key in order:
+        t = tensors[key]
+        kind = str(out_dtype(t)).removeprefix("torch.")
+        if kind not in SAFETENSORS_DTYPES:
+            raise ValueError(f"{key}: tensors of type {kind} cannot be written to a .safetensors file")
+        size = t.numel() * out_dtype(t).itemsize
+        header[key] = {"dtype": SAFETENSORS_DTYPES[kind], "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise ValueError("safetensors metadata must map strings to strings")
+        header["__metadata__"] = dict(metadata)
+    raw = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
+    f.write(struct.pack("<Q", len(raw)) + raw)
+    for key in order:
+        t = tensors[key].detach()
+        t = t.to("cpu", out_dtype(t)).contiguous()
+        f.write(t.reshape(-1).view(torch.uint8).numpy().data)
+
+
+def read_safetensors_into(path: str | os.PathLike, tensors: dict) -> None:
+    """Fill ``tensors`` (CPU tensors, by name) in place from the ``.safetensors`` file at ``path``, reading each
+    straight into its memory: nothing is allocated beside them and nothing is memory-mapped (a mapped file counts
+    in the process's resident memory while it is read). Every name must be in the file with the same dtype and
+    shape."""
+    import json
+    import struct
+
+    import torch
+
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        start = 8 + n
+        for key, t in tensors.items():
+            entry = header.get(key)
+            kind = SAFETENSORS_DTYPES.get(str(t.dtype).removeprefix("torch."))
+            if entry is None or entry["dtype"] != kind or entry["shape"] != list(t.shape):
+                raise ValueError(f"{path}: {key} is {entry and (entry['dtype'], entry['shape'])}, not "
+                                 f"{(kind, list(t.shape))}")
+            begin, end = entry["data_offsets"]
+            target = t if t.is_contiguous() else torch.empty_like(t, memory_format=torch.contiguous_format)
+            f.seek(start + begin)
+            view = memoryview(target.reshape(-1).view(torch.uint8).numpy()).cast("B")
+            if f.readinto(view) != end - begin:
+                raise ValueError(f"{path}: {key} is cut short")
+            if target is not t:
+                t.copy_(target)
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None,
+                     dtype=None) -> Path:
+    """Write ``tensors`` as a ``.safetensors`` file atomically and deterministically (:func:`write_safetensors`;
+    the library itself orders metadata keys by a per-process hash, and serialises the whole file in memory first)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            write_safetensors(tensors, f, metadata, dtype)
     return Path(path)
 
 

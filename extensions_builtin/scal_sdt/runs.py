@@ -17,6 +17,7 @@ from typing import Callable
 
 from .config import changed_options
 from .dreambooth.config import DreamBoothConfig
+from .dreambooth.presets import DREAMBOOTH_PRESETS
 from .dreambooth.trainer import train_dreambooth
 from .host.base import Host
 from .hypernetwork.config import HypernetworkConfig
@@ -46,6 +47,8 @@ class Trainer:
     fine_tunes: Callable[[object], bool] | None = None
     #: the method's own preset, (cfg, options the user gave) -> cfg, applied before the memory preset
     preset: Callable[[object, set], object] | None = None
+    #: the memory presets (card -> family -> options) where the method's memory differs from training/presets.py's
+    memory_presets: dict | None = None
 
 
 #: config type -> its trainer (a subclass of a config finds its base's); a new trainer is one line here
@@ -53,7 +56,7 @@ TRAINERS: dict[type, Trainer] = {
     EmbeddingConfig: Trainer(train_embedding, "train-embedding", "embedding", "embedding", preset=apply_apt_preset),
     HypernetworkConfig: Trainer(train_hypernetwork, "train-hypernetwork", "hypernetwork", "hypernetwork"),
     DreamBoothConfig: Trainer(train_dreambooth, "dreambooth", "checkpoint", "dreambooth",
-                              fine_tunes=lambda cfg: cfg.train_text_encoder),
+                              fine_tunes=lambda cfg: cfg.train_text_encoder, memory_presets=DREAMBOOTH_PRESETS),
     # adapters around the layers: the model's weights are never written
     LoraConfig: Trainer(train_lora, "train-lora", "LoRA", "lora"),
 }
@@ -133,9 +136,13 @@ def resolve(cfg, family: str, device_type: str, given=frozenset(), say: Callable
     if cfg.preset:
         if device_type == "cpu":
             given |= {"precision"}  # reduced precision only slows a CPU down
-        cfg = apply_preset(cfg, family, given)
-        say(f"preset {cfg.preset} for {family}: batch {cfg.batch_size} x {cfg.grad_accum}, {cfg.precision}, "
-            f"memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
+        cfg = apply_preset(cfg, family, given, table=trainer.memory_presets)
+        said = (f"preset {cfg.preset} for {family}: batch {cfg.batch_size} x {cfg.grad_accum}, {cfg.precision}, "
+                f"memory {cfg.memory_mode}, checkpointing {cfg.gradient_checkpointing}")
+        if trainer.memory_presets is not None:  # a fine-tune's presets choose what it holds, too
+            said += (f", optimizer {cfg.optimizer}" + (" stepped in the backward pass" if cfg.fused_backward else "")
+                     + f", {cfg.master_weights} weights")
+        say(said)
     return cfg
 
 
@@ -170,7 +177,8 @@ def train(run: Run, reporter: Reporter | None = None) -> LoopResult:
             reporter.message(f"tomli-w is not installed (pip install tomli-w): the run's options go to {path.name}")
         write_config(path, dataclasses.replace(cfg, resume=False), run.trainer.command)
     fine_tunes = run.trainer.fine_tunes
-    kept = (host.weights_kept(fine_tunes(cfg)) if fine_tunes is not None and run.host_outlives_run
+    kept = (host.weights_kept(fine_tunes(cfg), spill_dir=run_dir_for(cfg))
+            if fine_tunes is not None and run.host_outlives_run
             else contextlib.nullcontext())
     if distributed.current().main:
         write_run_record(cfg, run.trainer.method, host)

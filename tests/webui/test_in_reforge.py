@@ -34,7 +34,7 @@ REFORGE_ARGS = ("--always-cpu", "--use-cpu", "all", "--skip-torch-cuda-test", "-
                 "--server-name", "127.0.0.1", "--api")
 PROMPT = "a red star on a white background"
 AESTHETIC = "scal-sdt aesthetic gradients"
-DREAMBOOTH_GIB = 8  # what a DreamBooth step adds to reForge's process here (its peak was 13.5 GiB, the model 6.8)
+DREAMBOOTH_GIB = 4  # what DreamBooth with the 8gb preset may add to reForge's resident memory at its peak
 
 
 def full_size_sd1(tmp_path_factory) -> Path:
@@ -117,6 +117,49 @@ def test_our_sub_tabs_are_in_reforges_train_tab_once(reforge):
             assert f"scal_sdt_ti_{f.name}" in ids, f.name
 
 
+@pytest.fixture(scope="module")
+def reforge_page(reforge, tmp_path_factory):
+    """reForge's page in a headless Chromium (see browser.py); skipped without one."""
+    from . import browser as br
+
+    if (missing := br.unavailable()) is not None:
+        pytest.skip(f"no headless browser: {missing}")
+    driver = br.launch(tmp_path_factory.mktemp("chromium-profile"))
+    try:
+        yield br.WebUIPage(driver, reforge.base_url).open(timeout=120)
+    finally:
+        driver.quit()
+
+
+def test_a_user_trains_an_embedding_from_reforges_train_tab(reforge_page, reforge, tmp_path):
+    """Clicked as a user would: Train, then our sub-tabs (all four there), the embedding form filled and started;
+    reForge's progress bar comes and goes, the result, the loss plot, and the embedding in reForge's list."""
+    from . import browser as br
+    from .test_browser import fill_and_start, img_src, progress_bar_gone, screenshot_paths, wait_result
+
+    page = reforge_page
+    page.open_tab("Train")
+    labels = [b.text.strip() for b in page.css("#tab_train .tab-nav > button")]
+    assert [label for label in labels if label.startswith("SCAL-SDT")][:4] == [
+        "SCAL-SDT Embedding", "SCAL-SDT Hypernetwork", "SCAL-SDT DreamBooth", "SCAL-SDT LoRA"], labels
+    for label, tab in (("SCAL-SDT DreamBooth", "scal_sdt_db_tab"), ("SCAL-SDT LoRA", "scal_sdt_lora_tab")):
+        page.open_tab(label, nav="#tab_train .tab-nav")
+        br.wait_for(lambda: page.visible(tab), 10, f"{label} visible")
+    t0 = time.monotonic()
+    fill_and_start(page, "rfbrowser", images(tmp_path / "data"), steps=8)
+    try:
+        result = wait_result(page, reforge, timeout=900)
+        assert "rfbrowser" in result and "finished at step 8" in result, f"{result}\n{reforge.log_tail()}"
+        print(f"reForge's Train tab: click -> result {time.monotonic() - t0:.1f} s: {result!r}")
+        assert br.wait_for(lambda: img_src(page, "scal_sdt_ti_plot"), 10, "the loss plot")
+        seen = progress_bar_gone(page)
+        assert seen["bar"], seen  # reForge's own progress bar ran for our job
+    finally:
+        page.screenshot(*screenshot_paths(tmp_path, "reforge-train-tab.png"))
+    assert page.console_errors(ours_only=True) == []
+    assert "rfbrowser" in reforge.get("/sdapi/v1/embeddings")["loaded"]
+
+
 def test_an_embedding_trained_in_place_is_used_by_name(reforge, tmp_path):
     before, _ = pixels(reforge, "a photo of rfpink")
     train(reforge, "embedding", name="rfpink", data=str(images(tmp_path / "data")), lr="0.05")
@@ -190,19 +233,33 @@ def available_gib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2 ** 20
 
 
-def test_dreambooth_on_the_loaded_model_writes_a_checkpoint_reforge_lists(reforge, tmp_path, request):
-    """The full-size UNet trained in place in fp32 (a CPU WebUI refuses bf16 weights), with a CPU copy to put
-    reForge's model back afterwards: about 7 GiB on top of reForge's own 7."""
+def peak_rss_gib(pid: int, reset: bool = False) -> float:
+    """The process's peak resident memory (VmHWM); ``reset`` starts a new peak from now (clear_refs 5)."""
+    if reset:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+)", status).group(1)) / 2 ** 20
+
+
+def test_dreambooth_with_the_8gb_preset_fits_beside_reforges_model(reforge, tmp_path, request):
+    """The full-size UNet fine-tuned in place (fp32 weights: a CPU WebUI computes in fp32) with the preset an 8 GB
+    user picks: Adafactor stepped in the backward pass, checkpointing, prompts encoded once. Nothing is copied in
+    RAM: the weights to put back are kept in a file in the run folder, the checkpoint is written a tensor at a time.
+    Afterwards reForge's model gives the plain image again, and the new checkpoint, picked in txt2img, another."""
     from safetensors import safe_open
 
     if available_gib() < DREAMBOOTH_GIB:
         pytest.skip(f"DreamBooth on a full-size SD1 inside reForge needs about {DREAMBOOTH_GIB} GiB free besides "
-                    f"reForge (this box has {available_gib():.1f} GiB free; reForge was killed for memory at 13.5 GiB)")
-
+                    f"reForge (this box has {available_gib():.1f} GiB free)")
     plain, _ = pixels(reforge)
+    pid = reforge.process.pid
+    before = peak_rss_gib(pid, reset=True)
     job = train(reforge, "dreambooth", name="rfdb", instance_data=str(images(tmp_path / "inst", 2)),
-                instance_prompt="a photo of sks", steps=1, lr="1e-6", optimizer="adafactor", fused_backward=True,
-                gradient_checkpointing=True, keep_checkpoints=1, overwrite=True)
+                instance_prompt="a photo of sks", steps=1, lr="1e-3", preset="8gb", overwrite=True)
+    added = peak_rss_gib(pid) - before
+    print(f"DreamBooth (8gb preset, SD1, 64 px) raised reForge's resident memory by {added:.2f} GiB at its peak")
+    assert "preset 8gb for sd1" in reforge.log and "optimizer adafactor stepped in the backward pass" in reforge.log
+    assert added < DREAMBOOTH_GIB, added
     trained = Path(job["result"]["path"])
     request.addfinalizer(lambda: [p.unlink(missing_ok=True) for p in trained.parent.glob("rfdb.*")])
     keys = []
@@ -210,9 +267,12 @@ def test_dreambooth_on_the_loaded_model_writes_a_checkpoint_reforge_lists(reforg
         with safe_open(str(path), framework="pt") as f:
             keys.append(set(f.keys()))
     assert keys[0] == keys[1]
+    assert pixels(reforge)[0] == plain  # reForge's model is put back as it was loaded
     reforge.post("/sdapi/v1/refresh-checkpoints")
     assert "rfdb" in {m["model_name"] for m in reforge.get("/sdapi/v1/sd-models")}
-    assert pixels(reforge)[0] == plain  # reForge's model is put back as it was loaded
+    tuned, info = pixels(reforge, override_settings={"sd_model_checkpoint": "rfdb"})
+    assert tuned != plain and "rfdb" in info["infotexts"][0], info["infotexts"][0]
+    assert pixels(reforge)[0] == plain  # the loaded model again after the override
 
 
 def test_aesthetic_gradients_tune_reforges_text_encoder(reforge):

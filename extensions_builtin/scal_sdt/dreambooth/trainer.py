@@ -320,7 +320,7 @@ def preflight(cfg: DreamBoothConfig, host: Host, reporter: Reporter) -> None:
 
 def train_dreambooth(cfg: DreamBoothConfig, host: Host, reporter: Reporter | None = None) -> LoopResult:
     """Fine-tune ``host``'s model on the concepts; the host's weights are trained in place (the caller gives a host
-    it owns, or keeps them with ``host.weights_kept``) and left as trained, in the host's dtype. Out of memory before
+    it owns, or keeps them with ``host.weights_kept``) and left as trained, in the dtype they had. Out of memory before
     the first step is applied, it steps down (:func:`step_down`) and starts again instead of failing."""
     reporter = reporter or ConsoleReporter()
     if cfg.master_weights == "bf16" and cfg.precision != "bf16":  # bf16 weights compute in bf16
@@ -358,6 +358,9 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
     resolution = cfg.resolution or host.native_resolution
     concepts = prepare_concepts(cfg, host, reporter, resolution)
     trained = host.trainable_modules(cfg.train_text_encoder)
+    # put back in the dtype they had: a WebUI's nominal dtype (reForge's dtype_unet) may not be its weights' own,
+    # and casting to it and back would make two more copies of the model
+    dtypes = [next(m.parameters()).dtype for m in trained]
     master = torch.bfloat16 if cfg.master_weights == "bf16" else torch.float32
     for module in trained:  # fp32 master weights (autocast runs the maths in fp16/bf16), or full bf16
         module.to(master).requires_grad_(True)
@@ -373,5 +376,5 @@ def _train(cfg: DreamBoothConfig, host: Host, reporter: Reporter, box: dict) -> 
     try:
         return run_on_host(cfg, job, run_dir, reporter, host)
     finally:
-        for module in trained:
-            module.requires_grad_(False).to(host.dtype)
+        for module, dtype in zip(trained, dtypes):
+            module.requires_grad_(False).to(dtype)

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
 from PIL import Image
 
+from ..files import read_safetensors_into, write_safetensors
 from .families import Family
 from .schedule import NoiseSchedule
 
@@ -132,18 +135,36 @@ class Host(abc.ABC):
         raise NotImplementedError(f"{type(self).__name__} cannot be fine-tuned")
 
     @contextlib.contextmanager
-    def weights_kept(self, text: bool = False) -> Iterator[None]:
+    def weights_kept(self, text: bool = False, spill_dir=None) -> Iterator[None]:
         """Inside, the UNet (and text encoders) may be trained in place; on leaving they are exactly as loaded
-        again (a CPU copy of their weights is put back, in their dtype): the WebUI's model, or the page's, is as it
-        was."""
+        again (their weights put back bit for bit, in their dtype): the WebUI's model, or the page's, is as it was.
+
+        Weights on an accelerator are kept as a copy in RAM. Weights that already live in RAM (a CPU WebUI) are
+        kept in a file under ``spill_dir`` (default: the system's temporary folder) instead, written and read back
+        one tensor at a time: a second copy of a full-size UNet in RAM (SD1 3.2 GiB in fp32) is what does not fit
+        beside the model and its training."""
         modules = self.trainable_modules(text)
-        saved = [({k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()},
-                  next(m.parameters()).dtype) for m in modules]
+        dtypes = [next(m.parameters()).dtype for m in modules]
+        if all(t.device.type == "cpu" for m in modules for t in m.state_dict().values()):
+            with tempfile.TemporaryDirectory(prefix="scal-sdt-kept-", dir=spill_dir) as folder:
+                files = [Path(folder) / f"{i}.safetensors" for i in range(len(modules))]
+                for m, path in zip(modules, files):
+                    with open(path, "wb") as f:
+                        write_safetensors(m.state_dict(), f)
+                try:
+                    yield
+                finally:
+                    with torch.no_grad():
+                        for m, dtype, path in zip(modules, dtypes, files):
+                            m.requires_grad_(False).to(dtype)
+                            read_safetensors_into(path, m.state_dict())
+            return
+        saved = [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules]
         try:
             yield
         finally:
             with torch.no_grad():
-                for m, (sd, dtype) in zip(modules, saved):
+                for m, dtype, sd in zip(modules, dtypes, saved):
                     m.requires_grad_(False).to(dtype)
                     m.load_state_dict(sd)
 

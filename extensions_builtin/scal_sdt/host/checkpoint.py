@@ -175,14 +175,8 @@ def save_checkpoint(components: Components, path, dtype: torch.dtype | None = No
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise ValueError(f"{path}: checkpoints are written as .safetensors")
-    sd = {}
-    for key, value in components_to_original(components).items():
-        value = value.detach().to("cpu")
-        if dtype is not None and value.is_floating_point():
-            value = value.to(dtype)
-        sd[key] = value.contiguous()
     metadata = {METADATA_KEY: json.dumps(architecture_record(components)), "format": "pt"}
-    save_safetensors(sd, path, metadata)
+    save_safetensors(components_to_original(components), path, metadata, dtype=dtype)  # cast as each is written
     if with_yaml:
         write_yaml(components, path.with_suffix(".yaml"))
     return path

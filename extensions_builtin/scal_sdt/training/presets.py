@@ -77,18 +77,21 @@ def preset_names() -> tuple[str, ...]:
     return tuple(PRESETS)
 
 
-def preset_overrides(preset: str, family: str) -> dict:
-    """The option values ``preset`` sets for ``family``; raises naming the choices for an unknown one."""
-    if preset not in PRESETS:
-        raise ValueError(f"preset must be one of {', '.join(preset_names())}, not {preset!r}")
-    if family not in PRESETS[preset]:
+def preset_overrides(preset: str, family: str, table: dict | None = None) -> dict:
+    """The option values ``preset`` sets for ``family`` (in ``table``, default :data:`PRESETS`; a method whose memory
+    differs has its own, as DreamBooth); raises naming the choices for an unknown one."""
+    table = PRESETS if table is None else table
+    if preset not in table:
+        raise ValueError(f"preset must be one of {', '.join(table)}, not {preset!r}")
+    if family not in table[preset]:
         raise ValueError(f"preset {preset!r} has no settings for model family {family!r}; families are "
-                         f"{', '.join(PRESETS[preset])}")
-    return dict(PRESETS[preset][family])
+                         f"{', '.join(table[preset])}")
+    return dict(table[preset][family])
 
 
-def apply_preset(cfg, family: str, explicit=frozenset(), preset: str | None = None):
-    """``cfg`` with the options of ``preset`` (default ``cfg.preset``) for ``family`` filled in.
+def apply_preset(cfg, family: str, explicit=frozenset(), preset: str | None = None, table: dict | None = None):
+    """``cfg`` with the options of ``preset`` (default ``cfg.preset``) for ``family`` filled in, from ``table``
+    (default :data:`PRESETS`).
 
     Options named in ``explicit`` (those the user gave) keep their value. An empty preset returns ``cfg`` as is.
     The result is built with ``dataclasses.replace``, so the config validates it again.
@@ -96,5 +99,5 @@ def apply_preset(cfg, family: str, explicit=frozenset(), preset: str | None = No
     name = cfg.preset if preset is None else preset
     if name == NO_PRESET:
         return cfg
-    overrides = {k: v for k, v in preset_overrides(name, family).items() if k not in explicit}
+    overrides = {k: v for k, v in preset_overrides(name, family, table).items() if k not in explicit}
     return dataclasses.replace(cfg, **overrides)

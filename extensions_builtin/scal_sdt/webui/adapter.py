@@ -228,9 +228,8 @@ class WebUIHost(Host):
             if keep is not None and k not in keep:
                 continue
             if k.startswith(("model.diffusion_model.", "first_stage_model.", "cond_stage_model.", "conditioner.")):
-                v = v.detach().to("cpu")
-                sd[k] = (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-        save_safetensors(sd, path, metadata={"format": "pt"})
+                sd[k] = v  # moved and cast one at a time as it is written: the model is never held twice
+        save_safetensors(sd, path, metadata={"format": "pt"}, dtype=dtype)
         source_yaml = source.with_suffix(".yaml") if source is not None else None
         if source_yaml is not None and source_yaml.is_file():
             shutil.copyfile(source_yaml, path.with_suffix(".yaml"))
