@@ -111,7 +111,6 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
     settings)`` gives the keywords of ``host.sample`` that apply an aesthetic embedding (the WebUI has its own)."""
     run_dir = Path(cfg.run_dir)
     record = read_run_record(run_dir)
-    from ..host.standalone import load_host  # the models' libraries, once there is a run to compare
     method, tcfg = record["method"], record["config"]
     name = tcfg["name"]
     steps = saved_steps(run_dir, method, tcfg)
@@ -121,9 +120,11 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
     if not steps:
         raise ValueError(f"{run_dir}: no saved steps to compare (train with save_every N; the run saves its steps "
                          f"into {run_dir}/…)")
-    if host is None:
-        host = load_host(cfg.model or tcfg["model"], cfg.device, cfg.memory_mode)
-    load_model = load_model or (lambda path: load_host(str(path), str(host.device), cfg.memory_mode))
+    if host is None or load_model is None:  # diffusers, which a WebUI (which gives both) may not have
+        from ..host.standalone import load_host
+
+        host = host or load_host(cfg.model or tcfg["model"], cfg.device, cfg.memory_mode)
+        load_model = load_model or (lambda path: load_host(str(path), str(host.device), cfg.memory_mode))
     size = cfg.size or int(record.get("resolution") or host.native_resolution)
     prompts = grid_prompts(cfg, method, tcfg, run_dir)
     neutral = class_prompts(cfg, tcfg, prompts)
