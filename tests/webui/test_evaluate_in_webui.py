@@ -85,8 +85,8 @@ def test_audit_through_the_api_finds_a_planted_duplicate_and_a_missing_caption(s
     assert job["status"] == "finished", job
     counts = job["result"]["problem_counts"]
     assert counts.get("duplicate") == 1 and counts.get("no caption") == 1, counts
-    assert "copy.png" in json.dumps(job["result"]["problems"])
-    assert sorted(counts) == ["duplicate", "no caption"], counts  # nothing else in a clean folder
+    # the uncaptioned copy lacks the trigger too; the training pictures themselves have no problem
+    assert all("copy.png" in json.dumps(found) for found in job["result"]["problems"]), job["result"]["problems"]
 
 
 def test_every_training_tab_has_check_data_and_the_evaluate_panel(server):
