@@ -50,6 +50,7 @@ CASES = [
     (["evaluate", "empty"], "run.json"),
     (["evaluate", "empty", "--strengths", "strong"], "comma-separated numbers"),
     (["evaluate", "empty", "--keep", "best"], "keep 'best'"),
+    (["evaluate", "empty", "--aesthetic-weights", "0,2"], "between 0 and 1"),
 ]
 
 

@@ -128,3 +128,48 @@ def test_on_the_toy_world_the_suggested_step_is_within_005_of_the_best_held_out_
                                                    colour_words={HELD_OUT["colour"]: "toypink"})["colour"]
     assert len(accuracy) == 4 and result.suggested in accuracy
     assert max(accuracy.values()) - accuracy[result.suggested] <= 0.05, (result.suggested, accuracy, result.reason)
+
+
+def test_an_aesthetic_embedding_is_a_grid_axis_over_its_weights(tmp_path):
+    """`--aesthetic NAME --aesthetic-weights 0,0.5`: every saved step is drawn at each weight (a grid row each);
+    weight 0 draws the step's own pictures, pixel for pixel, and the scores are measured there; 0.5 changes them."""
+    import numpy as np
+    from PIL import Image
+
+    from scal_sdt import runs
+    from scal_sdt.aesthetic.config import AestheticEmbeddingConfig
+    from scal_sdt.aesthetic.make import make_aesthetic_embedding
+    from scal_sdt.evaluate.config import EvaluateConfig
+    from scal_sdt.evaluate.run import evaluate_run
+    from scal_sdt.host.standalone import load_host
+    from scal_sdt.textual_inversion.config import EmbeddingConfig
+    from scal_sdt.toy_world.concepts import make_held_out_colour_set
+    from scal_sdt.training.report import Reporter
+
+    make_held_out_colour_set(tmp_path / "pink", 4, seed=5)
+    make_held_out_colour_set(tmp_path / "look", 4, seed=6)
+    make_aesthetic_embedding(AestheticEmbeddingConfig(images=str(tmp_path / "look"), name="look",
+                                                      out=str(tmp_path / "ae")))
+    host = load_host("toy", device="cpu")
+    runs.train(runs.prepare(EmbeddingConfig(model="toy", data=str(tmp_path / "pink"), name="toypink", steps=4,
+                                            save_every=2, batch_size=2, out=str(tmp_path / "out"),
+                                            log_dir=str(tmp_path / "run"), preview_every=0, device="cpu", seed=1),
+                            host), Reporter())
+    options = dict(run_dir=str(tmp_path / "run"), prompts="a large [name] star on a white background", images=1,
+                   sample_steps=4)
+    plain = evaluate_run(EvaluateConfig(**options, out=str(tmp_path / "plain")), host, say=lambda _: None)
+    looked = evaluate_run(EvaluateConfig(**options, out=str(tmp_path / "looked"), aesthetic="look",
+                                         aesthetic_dir=str(tmp_path / "ae"), aesthetic_weights="0,0.5",
+                                         aesthetic_steps=10, aesthetic_lr=1e-3), host, say=lambda _: None)
+    assert looked.rows == plain.rows and [r["step"] for r in plain.rows] == [2, 4]  # measured at weight 0
+    saved = json.loads(looked.files["scores"].read_text())
+    assert saved["aesthetic"] == "look" and saved["aesthetic_weights"] == [0.0, 0.5]
+
+    def cells(result, n_rows):  # the grid's picture rows, labels left out (120 px), 64 px pictures shown at 128
+        grid = np.asarray(Image.open(result.files["grid"]).convert("RGB"), dtype=np.float32)
+        top = grid.shape[0] - 128 * n_rows
+        return [grid[top + 128 * i:top + 128 * (i + 1), 120:] for i in range(n_rows)]
+
+    mine, theirs = cells(plain, 2), cells(looked, 4)  # step 2; step 2 at 0.5; step 4; step 4 at 0.5
+    assert np.array_equal(mine[0], theirs[0]) and np.array_equal(mine[1], theirs[2])
+    assert np.abs(theirs[1] - theirs[0]).mean() > 0.5 and np.abs(theirs[3] - theirs[2]).mean() > 0.5

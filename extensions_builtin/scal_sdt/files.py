@@ -148,7 +148,7 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
 
 
 #: config fields a job writes into (results, run folders, generated class images)
-WRITTEN_FIELDS = ("out", "log_dir", "lora_out", "embeddings_out", "class_data")
+WRITTEN_FIELDS = ("out", "log_dir", "lora_out", "embeddings_out", "class_data", "run_dir")
 
 
 def check_confined(cfg, roots: list[str | os.PathLike]) -> None:

@@ -28,6 +28,16 @@ class EvaluateConfig:
                                "base model's); '' = the run's class prompt, else the prompts with [name] left out")
     strengths: str = option("1", "strengths to compare, comma-separated (LoRA, hypernetwork; an embedding and a "
                             "DreamBooth checkpoint have none)")
+    aesthetic: str = option("", "an aesthetic embedding (a file, or a name in " + mention("aesthetic_dir") + ") to "
+                            "compare over " + mention("aesthetic_weights") + " on top of every step; '' = none",
+                            group="aesthetic")
+    aesthetic_dir: str = option("models/aesthetic_embeddings", "where aesthetic embeddings are found by name",
+                                group="aesthetic", folder=True)
+    aesthetic_weights: str = option("0,0.2", "aesthetic weights to compare, comma-separated (0 = without it; the "
+                                    "scores are measured at the one nearest 0)", group="aesthetic")
+    aesthetic_steps: int = option(5, "the aesthetic embedding's optimisation steps of the text encoder", min=0,
+                                  max=100, group="aesthetic")
+    aesthetic_lr: float = option(1e-4, "their learning rate", min=0.0, group="aesthetic")
     images: int = option(2, "images per prompt and step (seeds seed, seed+1, ...), the same for every step", min=1,
                          max=16)
     seed: int = option(0, "the first seed")
@@ -51,6 +61,8 @@ class EvaluateConfig:
         if not self.run_dir:
             raise ValueError("run_dir is required: the run's log folder, e.g. scal-sdt-runs/NAME")
         number_list(self.strengths, "strengths")
+        if any(not 0 <= w <= 1 for w in number_list(self.aesthetic_weights, "aesthetic_weights")):
+            raise ValueError(f"aesthetic_weights {self.aesthetic_weights!r}: each between 0 and 1")
         if self.steps:
             number_list(self.steps, "steps")
         if self.keep not in ("", "suggested") and not self.keep.isdigit():

@@ -13,13 +13,15 @@ from typing import Callable
 
 from PIL import Image
 
+from ..aesthetic.gradient import AestheticSettings
+from ..aesthetic.use import find_embedding
 from ..files import atomic_path, atomic_write_text
 from ..host.base import Host
 from ..training.images import load_image, scan_folder
 from ..training.run_log import RunLog
 from ..training.run_setup import read_run_record
 from ..training.templates import load_template, render
-from .apply import STRENGTHS, step_applied
+from .apply import STRENGTHS, standalone_aesthetic, step_applied
 from .config import EvaluateConfig, number_list
 from .grid import labelled_grid, scores_plot, write_page
 from .scores import ClipScorer, family_clip, fidelity, leakage, prompt_match
@@ -82,13 +84,15 @@ def class_prompts(cfg: EvaluateConfig, tcfg: dict, prompts: list[str]) -> list[s
     return [given] if given else [_without(p, tcfg["name"]) for p in prompts]
 
 
-def _sample(host: Host, prompts: list[str], cfg: EvaluateConfig, size: int, embeddings: dict) -> list[Image.Image]:
-    """Each prompt with seeds seed.. (picture i of the whole list with seed + i, batch by batch), as every step."""
+def _sample(host: Host, prompts: list[str], cfg: EvaluateConfig, size: int, embeddings: dict,
+            extra: dict | None = None) -> list[Image.Image]:
+    """Each prompt with seeds seed.. (picture i of the whole list with seed + i, batch by batch), as every step.
+    ``extra``: more keywords for ``host.sample`` (an aesthetic embedding's)."""
     wanted = [p for p in prompts for _ in range(cfg.images)]
     out = []
     for i in range(0, len(wanted), BATCH):
         out += host.sample(wanted[i:i + BATCH], steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale, seed=cfg.seed + i,
-                           width=size, height=size, embeddings=embeddings or None)
+                           width=size, height=size, embeddings=embeddings or None, **(extra or {}))
     return out
 
 
@@ -100,12 +104,13 @@ def _val_loss(run_dir: Path, step: int) -> float | None:
 
 
 def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[str], None] = print,
-                 load_model: Callable[[Path], Host] | None = None) -> Evaluation:
+                 load_model: Callable[[Path], Host] | None = None,
+                 aesthetic: Callable[[Host, Path, AestheticSettings], dict] = standalone_aesthetic) -> Evaluation:
     """Compare the saved steps of ``cfg.run_dir`` on ``host`` (None: the run's model loaded here); ``load_model``
-    loads a DreamBooth step's checkpoint (default: a standalone host on the same device)."""
+    loads a DreamBooth step's checkpoint (default: a standalone host on the same device); ``aesthetic(host, path,
+    settings)`` gives the keywords of ``host.sample`` that apply an aesthetic embedding (the WebUI has its own)."""
     run_dir = Path(cfg.run_dir)
     record = read_run_record(run_dir)
-    from ..host.standalone import load_host  # the models' libraries, once there is a run to compare
     method, tcfg = record["method"], record["config"]
     name = tcfg["name"]
     steps = saved_steps(run_dir, method, tcfg)
@@ -115,33 +120,43 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
     if not steps:
         raise ValueError(f"{run_dir}: no saved steps to compare (train with save_every N; the run saves its steps "
                          f"into {run_dir}/…)")
-    if host is None:
-        host = load_host(cfg.model or tcfg["model"], cfg.device, cfg.memory_mode)
-    load_model = load_model or (lambda path: load_host(str(path), str(host.device), cfg.memory_mode))
+    if host is None or load_model is None:  # diffusers, which a WebUI (which gives both) may not have
+        from ..host.standalone import load_host
+
+        host = host or load_host(cfg.model or tcfg["model"], cfg.device, cfg.memory_mode)
+        load_model = load_model or (lambda path: load_host(str(path), str(host.device), cfg.memory_mode))
     size = cfg.size or int(record.get("resolution") or host.native_resolution)
     prompts = grid_prompts(cfg, method, tcfg, run_dir)
     neutral = class_prompts(cfg, tcfg, prompts)
     strengths = number_list(cfg.strengths, "strengths") if method in STRENGTHS else [1.0]
     scored = min(strengths, key=lambda s: abs(s - 1.0))  # the strength the scores are measured at
+    look = find_embedding(cfg.aesthetic, cfg.aesthetic_dir) if cfg.aesthetic else None
+    weights = number_list(cfg.aesthetic_weights, "aesthetic_weights") if look else [0.0]
+    plain = min(weights)  # ... and the aesthetic weight
     scorer, training = _scorer(cfg, record, tcfg, run_dir, say)
     texts = scorer.texts([_without(p, name) for p in prompts for _ in range(cfg.images)]) if scorer else None
     base = scorer.images(_sample(host, neutral, cfg, size, {})) if scorer else None
-    say(f"evaluating {len(steps)} saved step(s) x {len(strengths)} strength(s) x {len(prompts)} prompt(s) x "
-        f"{cfg.images} seed(s)")
+    say(f"evaluating {len(steps)} saved step(s) x {len(strengths)} strength(s) x "
+        + (f"{len(weights)} aesthetic weight(s) x " if look else "")
+        + f"{len(prompts)} prompt(s) x {cfg.images} seed(s)")
     grid_rows, rows = [], []
     for saved in steps:
         row = {"step": saved.step, "val_loss": _val_loss(run_dir, saved.step), "fidelity": None, "prompt": None,
                "leakage": None}
         for strength in strengths:
             with step_applied(method, saved, host, name, strength, load_model) as (model, embeddings):
-                pictures = _sample(model, prompts, cfg, size, embeddings)
-                if scorer and strength == scored:
-                    shown = scorer.images(pictures)
-                    row["fidelity"] = fidelity(shown, training) if training is not None else None
-                    row["prompt"] = prompt_match(shown, texts)
-                    row["leakage"] = leakage(scorer.images(_sample(model, neutral, cfg, size, embeddings)), base)
-            label = f"step {saved.step}" + (" (final)" if saved.final else "")
-            grid_rows.append((label + (f"\nstrength {strength:g}" if method in STRENGTHS else ""), pictures))
+                for weight in weights:
+                    nudged = aesthetic(model, look, AestheticSettings(weight, cfg.aesthetic_steps, cfg.aesthetic_lr)
+                                       ) if look else None
+                    pictures = _sample(model, prompts, cfg, size, embeddings, nudged)
+                    if scorer and strength == scored and weight == plain:
+                        shown = scorer.images(pictures)
+                        row["fidelity"] = fidelity(shown, training) if training is not None else None
+                        row["prompt"] = prompt_match(shown, texts)
+                        row["leakage"] = leakage(scorer.images(_sample(model, neutral, cfg, size, embeddings)), base)
+                    label = f"step {saved.step}" + (" (final)" if saved.final else "")
+                    label += f"\nstrength {strength:g}" if method in STRENGTHS else ""
+                    grid_rows.append((label + (f"\naesthetic {weight:g}" if look else ""), pictures))
         rows.append(row)
         say(f"step {saved.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "step" and v is not None))
     suggested, reason = suggest(rows)
@@ -157,7 +172,9 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
     write_page(files["page"], f"{name}: saved steps compared", rows, suggested, reason, "grid.png", "scores.png")
     atomic_write_text(files["scores"], json.dumps({"method": method, "name": name, "rows": rows,
                                                    "suggested": suggested, "reason": reason, "prompts": prompts,
-                                                   "class_prompts": neutral, "strengths": strengths}, indent=1))
+                                                   "class_prompts": neutral, "strengths": strengths,
+                                                   "aesthetic": look.stem if look else None,
+                                                   "aesthetic_weights": weights if look else []}, indent=1))
     result = Evaluation(rows, suggested, reason, files)
     say(f"suggested step {suggested}: {reason}")
     if cfg.keep:

@@ -11,7 +11,7 @@ from ..evaluate.run import Evaluation
 from .form import error_html
 
 #: the EvaluateConfig fields the panel offers (the run folder comes from the form's name and log folder)
-PANEL_FIELDS = ("prompts", "strengths", "images")
+PANEL_FIELDS = ("prompts", "strengths", "images", "aesthetic", "aesthetic_weights")
 
 
 def evaluation_html(result: Evaluation) -> str:
@@ -40,6 +40,12 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
             images = gr.Number(label="images per prompt", value=2, precision=0,
                                elem_id=f"{elem_prefix}_evaluate_images")
         with gr.Row():
+            aesthetic = gr.Textbox(label="aesthetic embedding", info="a name from the aesthetic embeddings folder, "
+                                   "compared over its weights on every step; empty = none",
+                                   elem_id=f"{elem_prefix}_evaluate_aesthetic")
+            weights = gr.Textbox(label="aesthetic weights", value="0,0.2", info="e.g. 0,0.1,0.2",
+                                 elem_id=f"{elem_prefix}_evaluate_aesthetic_weights")
+        with gr.Row():
             run = gr.Button("Evaluate", elem_id=f"{elem_prefix}_evaluate")
             step = gr.Number(label="step to keep", value=None, precision=0, elem_id=f"{elem_prefix}_keep_step")
             keep_button = gr.Button("Keep this one", elem_id=f"{elem_prefix}_keep")
@@ -51,7 +57,8 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
 
     def on_evaluate(*values):
         try:
-            options = {"prompts": values[n] or "", "strengths": values[n + 1] or "1", "images": int(values[n + 2] or 2)}
+            options = {"prompts": values[n] or "", "strengths": values[n + 1] or "1", "images": int(values[n + 2] or 2),
+                       "aesthetic": (values[n + 3] or "").strip(), "aesthetic_weights": values[n + 4] or "0,0.2"}
             result = evaluate(form_config(list(values[:n])), options)
             return evaluation_html(result), str(result.files["grid"]), str(result.files["plot"]), result.suggested
         except (ValueError, OSError, RuntimeError) as e:
@@ -66,5 +73,6 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
         except (ValueError, OSError, RuntimeError) as e:
             return error_html(e)
 
-    run.click(on_evaluate, inputs=form_inputs + [prompts, strengths, images], outputs=[report, grid, plot, step])
+    run.click(on_evaluate, inputs=form_inputs + [prompts, strengths, images, aesthetic, weights],
+              outputs=[report, grid, plot, step])
     keep_button.click(on_keep, inputs=form_inputs + [step], outputs=[report])

@@ -294,8 +294,9 @@ class WebUIHost(Host):
 
     # -- previews ---------------------------------------------------------------------------------------------
     def sample(self, prompts, negative="", steps=20, cfg_scale=7.0, seed=0, width=None, height=None,
-               embeddings=None) -> list[Image.Image]:
-        """The WebUI's own txt2img pipeline, so previews look like what the user will get; RNG state is kept."""
+               embeddings=None, aesthetic=None) -> list[Image.Image]:
+        """The WebUI's own txt2img pipeline, so previews look like what the user will get; RNG state is kept.
+        ``aesthetic``: (an aesthetic embedding's path, its AestheticSettings), applied as the txt2img accordion does."""
         width = width or self.native_resolution
         height = height or self.native_resolution
         rng = (torch.get_rng_state(), random.getstate())
@@ -308,6 +309,10 @@ class WebUIHost(Host):
                     do_not_save_grid=True, do_not_save_samples=True, do_not_reload_embeddings=True)
                 p.disable_extra_networks = True
                 p.cached_c, p.cached_uc = empty_cond_cache(), empty_cond_cache()  # the vectors change, the text not
+                if aesthetic is not None:
+                    from .aesthetic import apply_to
+
+                    apply_to(p, *aesthetic)
                 with contextlib.closing(p):
                     processed = processing.process_images(p)
             return processed.images[:len(prompts)]

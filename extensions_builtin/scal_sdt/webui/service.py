@@ -22,6 +22,7 @@ from ..audit.run import audit_folder, check_out
 from ..config import changed_options, describe, from_dict, speak
 from ..files import check_confined
 from ..dreambooth.config import ConceptOptions, DreamBoothConfig
+from ..evaluate.config import EvaluateConfig
 from ..jobs import FanOut, JobRegistry
 from ..hypernetwork.config import HypernetworkConfig
 from ..lora.config import LoraConfig
@@ -34,7 +35,7 @@ from ..tagging.run import tag_folder
 from ..training import control
 from ..ui.loss_svg import loss_svg
 from ..host.families import family
-from .aesthetic import family_name
+from .aesthetic import aesthetic_dir, family_name
 from .queue_api import add_queue_routes
 from ..run_queue.background import BackgroundRunner, each_job_holding, start_on_launch
 from ..run_queue.store import QueueFolder
@@ -94,21 +95,31 @@ def audit(cfg: AuditConfig, reporter=None) -> AuditReport:
 def evaluate(cfg, options: dict):
     """The training tab's "Evaluate": the saved steps of the run of ``cfg`` (its log folder as the WebUI puts it)
     drawn by the WebUI's own txt2img on the loaded model, one generation at a time in the WebUI's queue."""
-    from ..evaluate.config import EvaluateConfig
+    ecfg = EvaluateConfig(run_dir=effective_config(cfg).log_dir, **{"aesthetic_dir": aesthetic_dir(), **options})
+    with call_queue.queue_lock:
+        return evaluate_in_webui(ecfg)
+
+
+def evaluate_in_webui(cfg):
+    """``scal-sdt evaluate`` on the WebUI's loaded model (the caller holds the WebUI's queue): only the step under
+    test applies (the WebUI's loaded hypernetworks are set aside meanwhile); a DreamBooth run is refused."""
     from ..evaluate.run import evaluate_run
 
     def refuse(path):
         raise ValueError("a DreamBooth run's steps are whole checkpoints: compare them with scal-sdt evaluate on the "
                          "command line or the standalone page")
 
-    run_dir = effective_config(cfg).log_dir
-    with call_queue.queue_lock:
-        loaded = list(getattr(shared, "loaded_hypernetworks", []))
-        shared.loaded_hypernetworks.clear()  # only the step under test applies
-        try:
-            return evaluate_run(EvaluateConfig(run_dir=run_dir, **options), WebUIHost(), say=print, load_model=refuse)
-        finally:
-            shared.loaded_hypernetworks[:] = loaded
+    loaded = list(getattr(shared, "loaded_hypernetworks", []))
+    shared.loaded_hypernetworks.clear()
+    try:
+        return evaluate_run(cfg, WebUIHost(), say=print, load_model=refuse, aesthetic=webui_aesthetic)
+    finally:
+        shared.loaded_hypernetworks[:] = loaded
+
+
+def webui_aesthetic(host, path: Path, settings) -> dict:
+    """An evaluation's aesthetic embedding, applied to its txt2img as the aesthetic accordion does."""
+    return {"aesthetic": (path, settings)} if settings.active else {}
 
 
 def keep(cfg, step: int):
@@ -248,7 +259,7 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
             + "".join(f"<p>{html.escape(speak(m, 'page'))}</p>" for m in webui_reporter.lines[-8:]))
     return {"text": text, "plot": str(run_dir / "loss.png") if (run_dir / "loss.png").exists() else None,
             "preview": str(previews[-1]) if previews else None, "path": str(result.final_path),
-            "step": result.step, "interrupted": result.interrupted}
+            "step": result.step, "interrupted": result.interrupted, "run_dir": str(run_dir)}
 
 
 def check_runnable(cfg) -> None:
@@ -477,12 +488,35 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
             raise HTTPException(status_code=422, detail=str(e)) from None
         return registry.start("audit", lambda reporter: audit(cfg, reporter).to_dict(), locked=False).to_dict()
 
+    def start_evaluate(body: dict = Body(...)):
+        from ..training.run_setup import read_run_record
+
+        try:
+            cfg = from_dict(EvaluateConfig, {"aesthetic_dir": aesthetic_dir(), **body})
+            cfg = dataclasses.replace(cfg, run_dir=os.path.join(paths.data_path, cfg.run_dir),
+                                      out=os.path.join(paths.data_path, cfg.out) if cfg.out else "")
+            check_confined(cfg, webui_folders())
+            if read_run_record(Path(cfg.run_dir))["method"] == "dreambooth":
+                raise ValueError("run_dir: a DreamBooth run's steps are whole checkpoints: compare them with scal-sdt "
+                                 "evaluate on the command line or the standalone page")
+        except (TypeError, ValueError, OSError) as e:
+            raise HTTPException(status_code=422, detail=speak(str(e), "api")) from None
+
+        def work(reporter):
+            result = evaluate_in_webui(cfg)
+            return {"suggested": result.suggested, "reason": result.reason, "rows": result.rows,
+                    "files": {k: str(v) for k, v in result.files.items()},
+                    "kept": str(result.kept) if result.kept else None}
+
+        return registry.start("evaluate", work, request=body).to_dict()
+
     def unload_taggers():
         return {"unloaded": TAGGERS.unload()}
 
     def options():
         return {"train-embedding": describe(EmbeddingConfig), "train-hypernetwork": describe(HypernetworkConfig),
                 "tag": describe(TagConfig), "clean": describe(CleanConfig), "audit": describe(AuditConfig),
+                "evaluate": describe(EvaluateConfig),
                 "make-aesthetic-embedding": describe(AestheticEmbeddingConfig),
                 "dreambooth": describe(DreamBoothConfig), "train-lora": describe(LoraConfig)}
 
@@ -497,6 +531,7 @@ def add_api_routes(app: FastAPI) -> JobRegistry:
     app.add_api_route(f"{API_PREFIX}/tag", start_tagging, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/clean", start_cleaning, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/audit", start_audit, methods=["POST"], dependencies=deps)
+    app.add_api_route(f"{API_PREFIX}/evaluate", start_evaluate, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/aesthetic-embedding", start_aesthetic, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/tag/unload", unload_taggers, methods=["POST"], dependencies=deps)
     app.add_api_route(f"{API_PREFIX}/hypernetworks", list_hypernetworks, methods=["GET"], dependencies=deps)
