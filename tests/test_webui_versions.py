@@ -248,13 +248,18 @@ def test_a_lora_written_again_is_read_again_by_forges_lora(adapter, monkeypatch)
     networks = types.SimpleNamespace(load_lora_state_dict=load_lora_state_dict,
                                      list_available_networks=lambda: listed.append(1))
     monkeypatch.setitem(sys.modules, "networks", networks)
-    model = types.SimpleNamespace(current_lora_hash=str([["/loras/x.safetensors", 1.0, 1.0, False]]))
+    merged = str([("/loras/x.safetensors", 1.0, 1.0, False)])  # Forge's LoraLoader: the patches last merged
+    unet = types.SimpleNamespace(lora_loader=types.SimpleNamespace(loaded_hash=merged))
+    clip = types.SimpleNamespace(patcher=types.SimpleNamespace(lora_loader=types.SimpleNamespace(loaded_hash=merged)))
+    model = types.SimpleNamespace(current_lora_hash=str([["/loras/x.safetensors", 1.0, 1.0, False]]),
+                                  forge_objects=types.SimpleNamespace(unet=unet, clip=clip))
     monkeypatch.setattr(sys.modules["modules.shared"], "sd_model", model)
     assert load_lora_state_dict("/loras/x.safetensors") == {"read": 1}
     adapter.reload_loras()
     assert listed == [1]
     assert load_lora_state_dict("/loras/x.safetensors") == {"read": 2}  # read from the disk again
     assert model.current_lora_hash == adapter.STALE_LORA_HASH != str([])  # no generation's hash matches it
+    assert unet.lora_loader.loaded_hash == clip.patcher.lora_loader.loaded_hash == adapter.STALE_LORA_HASH  # merged anew
     a1111_model = types.SimpleNamespace()
     monkeypatch.setattr(sys.modules["modules.shared"], "sd_model", a1111_model)
     monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(list_available_networks=lambda: None))

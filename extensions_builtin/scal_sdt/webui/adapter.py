@@ -421,13 +421,22 @@ def forget_forge_loras(networks) -> None:
     """Forge's Lora (and reForge's) keeps each file's tensors by file name (``load_lora_state_dict``, an
     lru_cache) and skips the patching when a generation names the same files at the same strengths as the last
     one: a LoRA written again under its name (a run with overwrite) would keep being applied as it was until a
-    restart. Drop both, so the next generation reads the files again. A1111 (no such cache) is left alone."""
+    restart. Forge's patchers also skip merging when the same (file, strength) patches come again
+    (``LoraLoader.loaded_hash``, on the UNet's and the CLIP's patcher). Drop all three, so the next generation reads
+    the files again and merges them anew (the loader restores its backed-up weights first). A1111 (no such caches) is
+    left alone."""
     cache = getattr(networks, "load_lora_state_dict", None)
     if callable(getattr(cache, "cache_clear", None)):
         cache.cache_clear()
     model = shared.sd_model
     if isinstance(getattr(model, "current_lora_hash", None), str):
         model.current_lora_hash = STALE_LORA_HASH
+    parts = getattr(model, "forge_objects", None)
+    for part in (getattr(parts, "unet", None), getattr(parts, "clip", None)):
+        patcher = getattr(part, "patcher", part)  # Forge's CLIP holds its ModelPatcher as .patcher
+        loader = getattr(patcher, "lora_loader", None)
+        if isinstance(getattr(loader, "loaded_hash", None), str):
+            loader.loaded_hash = STALE_LORA_HASH
 
 
 #: what the DreamBooth form's checkpoint list shows first: train the model the WebUI has loaded now
