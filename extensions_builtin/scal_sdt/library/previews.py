@@ -140,7 +140,8 @@ def previews(item: Item, host, settings: PreviewSettings, cache_dir: str | Path,
             with open_checkpoint(item.path) as other:
                 return _render(other, settings, settings.prompt, {})
 
-        path, hit = _cached(cache / sha[:24] / f"{_key(settings.common(), 'checkpoint', type(host).__name__)}.png", make)
+        key = _key(settings.common(), "checkpoint", type(host).__name__)  # not the loaded model's: only the sampler's
+        path, hit = _cached(cache / sha[:24] / f"{key}.png", make)
         out["this checkpoint"], rendered = path, rendered + (not hit)
         item.previews = out
         return out, rendered
