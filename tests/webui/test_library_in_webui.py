@@ -164,7 +164,7 @@ def generate(page, wait_for_text: str) -> str:
     page.set_value("txt2img_width", 64)
     page.set_value("txt2img_height", 64)
     page.set_value("txt2img_steps", 3)
-    page.js("document.querySelector('#html_info_txt2img').innerHTML = ''")
+    # (not cleared by hand first: Gradio's HTML component then no longer renders the new value)
     page.click("txt2img_generate")
     return br.wait_for(lambda: (lambda t: t if wait_for_text in t and "Steps:" in t else None)(
         page.text("html_info_txt2img")), RENDER_TIMEOUT_S, f"the infotext with {wait_for_text!r}")
