@@ -86,3 +86,21 @@ def test_the_wizard_fills_the_chosen_form():
     by_id = {getattr(b, "elem_id", None): b for b in app.blocks.values()}
     assert {"scal_sdt_choose_goal", "scal_sdt_choose_go", "scal_sdt_choose_answer"} <= set(by_id)
     assert by_id["scal_sdt_choose_family"].value == "sd2"
+
+
+def test_each_answer_says_which_numbers_are_measured_and_which_scaled():
+    from scal_sdt.library.chooser import choose
+    from scal_sdt.ui.chooser_tab import answer_html
+
+    sd1 = choose("concept", 20, 24, "sd1")  # DreamBooth, fp32 AdamW: a measured row
+    assert sd1.method == "dreambooth" and sd1.scaled == [] and "17.4 GB, 0.136 s" in sd1.measured[0]
+    sd2 = choose("concept", 20, 12, "sd2")  # SD2 DreamBooth: scaled from SD1's row, never run on a GPU
+    assert sd2.method == "dreambooth" and "SD1's" in sd2.measured[0]
+    assert any("SD2 DreamBooth was never measured" in m for m in sd2.scaled)
+    assert "scaled, not measured: SD2 (768 px)" in sd2.text()
+    low = choose("subject", 10, 6, "sdxl")  # the 6gb preset streams SDXL's UNet: lowvram
+    assert any("lowvram" in m and "never measured" in m for m in low.scaled)
+    assert any("sdxl from SD1 by the pixel count" in m for m in low.scaled)
+    plain = choose("subject", 10, 12, "sd1")  # 12gb on SD1: batch 4, no checkpointing
+    assert not any("lowvram" in m or "checkpointing" in m for m in plain.scaled + plain.measured)
+    assert "scaled, not measured" in answer_html(low) and "measured: a Textual Inversion step" in answer_html(low)

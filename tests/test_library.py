@@ -1,6 +1,7 @@
 """The library on tiny-sd1: every kind listed with its fit (a mismatch with the reason), search and filter, and the
 A/B previews of a trained embedding, a hypernetwork and a LoRA: different from the plain image, and read back from
 the cache the second time."""
+import dataclasses
 import json
 
 import numpy as np
@@ -154,3 +155,74 @@ def test_the_page_has_a_library_tab():
     ids = {getattr(b, "elem_id", None) for b in app.blocks.values()}
     assert {"scal_sdt_lib_folders", "scal_sdt_lib_table", "scal_sdt_lib_render", "scal_sdt_lib_use",
             "scal_sdt_lib_search", "scal_sdt_lib_kind", "scal_sdt_lib_gallery"} <= ids
+
+
+@pytest.fixture(scope="module")
+def more(tmp_path_factory, tiny_hosts):
+    """A checkpoint of the same family with other weights, and an aesthetic embedding for tiny-sd1's text encoder
+    (a random CLIP image-space row and its text projection, as ours are stored)."""
+    from scal_sdt.files import save_safetensors
+    from scal_sdt.host.checkpoint import save_checkpoint
+    from scal_sdt.host.standalone import load_components
+
+    root = tmp_path_factory.mktemp("more")
+    host = tiny_hosts("tiny-sd1")
+    other = load_components("tiny-sd1")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in other.unet.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    save_checkpoint(other, root / "other.safetensors")
+    width = host.components.text_encoders[0].config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    row = torch.randn(1, 24, generator=g)
+    save_safetensors({"clip_l": row / row.norm(), "clip_l.text_projection": torch.randn(width, 24, generator=g)},
+                     root / "look.safetensors", metadata={"trainer": "scal-sdt aesthetic embedding"})
+    return root, host
+
+
+def test_checkpoint_and_aesthetic_previews_differ_and_come_from_the_cache(more, cache, monkeypatch):
+    from scal_sdt.library.previews import standalone_checkpoint
+
+    root, host = more
+    items = {i.name: i for i in scan([root], host)}
+    assert items["other"].kind == "checkpoint" and items["look"].kind == "aesthetic-embedding"
+    with pytest.raises(ValueError, match="ask for checkpoint previews"):
+        previews(items["other"], host, SETTINGS, cache)
+    opened = []
+
+    def opener(path):
+        opened.append(path)
+        return standalone_checkpoint(path, "cpu")
+
+    got, rendered = previews(items["other"], host, SETTINGS, cache, opener)
+    assert list(got) == ["loaded model", "this checkpoint"] and opened == [root / "other.safetensors"]
+    loaded, other = (np.asarray(Image.open(got[k]), dtype=float) for k in got)
+    assert loaded.shape == other.shape == (32, 32, 3) and np.abs(loaded - other).mean() > 1.0
+
+    settings = PreviewSettings(prompt="a picture", seed=3, steps=2, size=32, aesthetic_weight=0.5, aesthetic_steps=10,
+                               aesthetic_lr=1e-3)
+    ae, rendered = previews(items["look"], host, settings, cache)
+    assert list(ae) == ["without", "with weight 0.5"] and ae["without"] == got["loaded model"]  # the same plain one
+    assert rendered == 1  # the plain picture came from the cache: other settings only key the aesthetic one
+    plain, tuned = (np.asarray(Image.open(ae[k]), dtype=float) for k in ae)
+    assert np.abs(plain - tuned).mean() > 0.5  # the aesthetic weight changes the picture
+
+    monkeypatch.setattr(host, "sample", lambda *a, **k: pytest.fail("sampled again"))
+    assert previews(items["other"], host, SETTINGS, cache, opener) == (got, 0) and len(opened) == 1
+    assert previews(items["look"], host, settings, cache) == (ae, 0)
+
+
+def test_the_tab_asks_before_loading_a_checkpoint(more, cache):
+    from scal_sdt.library.config import LibraryConfig
+    from scal_sdt.ui.library_tab import LibraryView
+
+    root, host = more
+    view = LibraryView(lambda: [str(root)], lambda: host)
+    cfg = LibraryConfig(folders=view.folders(), kind="checkpoint", steps=2, size=32, seed=3, cache=str(cache))
+    view.refresh(cfg)
+    assert view.choices() == ["other (checkpoint)"]
+    with pytest.raises(ValueError, match="tick 'checkpoint previews'"):
+        view.render("other (checkpoint)", cfg)
+    images, note = view.render("other (checkpoint)", dataclasses.replace(cfg, checkpoint_previews=True))
+    assert [label for _, label in images] == ["loaded model", "this checkpoint"]

@@ -240,12 +240,14 @@ def _library(cfg, explicit: set[str]) -> int:
         host = load_host(cfg.model, cfg.device)
     items = select(scan(cfg.folders, host), cfg.search, cfg.kind, cfg.fits_only)
     if cfg.previews:
-        from .library.previews import PREVIEWED, previews
+        from .library.previews import PREVIEWED, previews, standalone_checkpoint
 
         settings = cfg.preview_settings()
         for item in items:
-            if item.kind in PREVIEWED and item.fit is not False:
-                _, rendered = previews(item, host, settings, cfg.cache)
+            if item.kind in PREVIEWED and item.fit is not False and (item.kind != "checkpoint"
+                                                                       or cfg.checkpoint_previews):
+                _, rendered = previews(item, host, settings, cfg.cache,
+                                       lambda path: standalone_checkpoint(path, cfg.device))
                 print(f"{item.name}: {'rendered' if rendered else 'from the cache'}", file=sys.stderr)
     for item in items:
         if cfg.json:

@@ -67,7 +67,7 @@ def launch(user_data_dir: Path | None = None, window: tuple[int, int] = WINDOW):
     options.add_argument(f"--user-data-dir={user_data_dir or tempfile.mkdtemp(prefix='chromium-profile-')}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(chromedriver_binary()), options=options)
-    driver.set_page_load_timeout(60)
+    driver.set_page_load_timeout(180)  # a loaded 2-CPU box has taken over 60 s
     return driver
 
 
@@ -97,7 +97,7 @@ class WebUIPage:
         self.console: list[dict] = []  # every console message seen so far (get_log drains the browser's buffer)
 
     # -- page --------------------------------------------------------------------------------------------------
-    def open(self, timeout: float = 60) -> "WebUIPage":
+    def open(self, timeout: float = 120) -> "WebUIPage":
         assert self.base_url.startswith("http://127.0.0.1:"), self.base_url  # only ever the local WebUI
         self.driver.get(self.base_url)
         # Gradio has built the tabs and the WebUI's scripts (ours among them) have run
@@ -165,6 +165,24 @@ class WebUIPage:
         field.send_keys(Keys.BACKSPACE)
         field.send_keys(str(value))
         wait_for(lambda: field.get_attribute("value") == str(value), 5, f"{elem_id} = {value!r}")
+
+    def choose(self, elem_id: str, value: str, timeout: float = 10) -> None:
+        """Pick ``value`` in the Gradio 3 dropdown ``elem_id`` as a user does: open its list, click the option."""
+        field = self.field(elem_id)
+        self.js("arguments[0].scrollIntoView({block: 'center'})", field)
+        field.click()
+        option = wait_for(lambda: next(li for li in self.css(f"#{elem_id} ul.options li")
+                                       if li.get_attribute("data-value") == value), timeout, f"{value!r} in {elem_id}")
+        option.click()
+        wait_for(lambda: field.get_attribute("value") == value, timeout, f"{elem_id} = {value!r}")
+
+    def click_checkbox(self, elem_id: str) -> None:
+        box = self.css("input[type=checkbox]", within=self.by_id(elem_id))[0]
+        self.js("arguments[0].scrollIntoView({block: 'center'})", box)
+        box.click()
+
+    def text(self, elem_id: str) -> str:
+        return self.by_id(elem_id).text
 
     def click(self, elem_id: str) -> None:
         button = self.by_id(elem_id)

@@ -94,3 +94,20 @@ def standalone_gradient(host, path: Path, model_name: str, clip_spec: str = "") 
     with host.on_device("text"):
         check_widths(towers, rows, path.stem)
     return AestheticGradient(host, towers), rows
+
+
+def sampling_keywords(host, path: Path, settings) -> dict:
+    """The ``host.sample`` keywords that apply the aesthetic embedding ``path`` with ``settings`` ({} at weight 0):
+    the host's own way where it has one (the WebUI's: as txt2img's aesthetic accordion), else our text-encoder tuning
+    on a standalone host. The library's previews and the evaluation grid both draw through it."""
+    if not settings.active:
+        return {}
+    own = getattr(host, "aesthetic_sampling", None)
+    if own is not None:
+        return own(path, settings)
+    gradient, rows = standalone_gradient(host, path, host.model_name)
+
+    def encode(prompts, negative, embeddings, size):
+        return gradient.conditioning(prompts, rows, settings, size, negative=negative, embeddings=embeddings)
+
+    return {"encode": encode}

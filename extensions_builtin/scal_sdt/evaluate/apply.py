@@ -8,7 +8,6 @@ from typing import Callable, Iterator
 
 import torch
 
-from ..aesthetic.gradient import AestheticSettings
 from ..host.base import Host
 from ..textual_inversion.format import Embedding, load_embedding
 from .steps import SavedStep
@@ -68,17 +67,3 @@ def step_applied(method: str, saved: SavedStep, host: Host, name: str, strength:
     else:
         raise ValueError(f"cannot evaluate a {method} run; methods: embedding, hypernetwork, lora, dreambooth")
 
-
-def standalone_aesthetic(host: Host, path: Path, settings: AestheticSettings) -> dict:
-    """The keywords of ``host.sample`` (a standalone host) that nudge its pictures towards the aesthetic embedding
-    ``path`` with ``settings``; {} when they do nothing (weight 0)."""
-    if not settings.active:
-        return {}
-    from ..aesthetic.use import standalone_gradient
-
-    gradient, rows = standalone_gradient(host, path, host.model_name)
-
-    def encode(prompts, negative, embeddings, size):
-        return gradient.conditioning(prompts, rows, settings, size, negative=negative, embeddings=embeddings)
-
-    return {"encode": encode}

@@ -14,14 +14,14 @@ from typing import Callable
 from PIL import Image
 
 from ..aesthetic.gradient import AestheticSettings
-from ..aesthetic.use import find_embedding
+from ..aesthetic.use import find_embedding, sampling_keywords
 from ..files import atomic_path, atomic_write_text
 from ..host.base import Host
 from ..training.images import load_image, scan_folder
 from ..training.run_log import RunLog
 from ..training.run_setup import read_run_record
 from ..training.templates import load_template, render
-from .apply import STRENGTHS, standalone_aesthetic, step_applied
+from .apply import STRENGTHS, step_applied
 from .config import EvaluateConfig, number_list
 from .grid import labelled_grid, scores_plot, write_page
 from .scores import ClipScorer, family_clip, fidelity, leakage, prompt_match
@@ -104,11 +104,10 @@ def _val_loss(run_dir: Path, step: int) -> float | None:
 
 
 def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[str], None] = print,
-                 load_model: Callable[[Path], Host] | None = None,
-                 aesthetic: Callable[[Host, Path, AestheticSettings], dict] = standalone_aesthetic) -> Evaluation:
+                 load_model: Callable[[Path], Host] | None = None) -> Evaluation:
     """Compare the saved steps of ``cfg.run_dir`` on ``host`` (None: the run's model loaded here); ``load_model``
-    loads a DreamBooth step's checkpoint (default: a standalone host on the same device); ``aesthetic(host, path,
-    settings)`` gives the keywords of ``host.sample`` that apply an aesthetic embedding (the WebUI has its own)."""
+    loads a DreamBooth step's checkpoint (default: a standalone host on the same device); an aesthetic embedding is
+    applied the host's way (the WebUI's as txt2img's accordion, else our text-encoder tuning)."""
     run_dir = Path(cfg.run_dir)
     record = read_run_record(run_dir)
     method, tcfg = record["method"], record["config"]
@@ -146,8 +145,8 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
         for strength in strengths:
             with step_applied(method, saved, host, name, strength, load_model) as (model, embeddings):
                 for weight in weights:
-                    nudged = aesthetic(model, look, AestheticSettings(weight, cfg.aesthetic_steps, cfg.aesthetic_lr)
-                                       ) if look else None
+                    settings = AestheticSettings(weight, cfg.aesthetic_steps, cfg.aesthetic_lr)
+                    nudged = sampling_keywords(model, look, settings) if look else None
                     pictures = _sample(model, prompts, cfg, size, embeddings, nudged)
                     if scorer and strength == scored and weight == plain:
                         shown = scorer.images(pictures)

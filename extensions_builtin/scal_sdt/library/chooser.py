@@ -16,6 +16,8 @@ DreamBooth on SD1 0.439 s and 5.7 GB with bf16 weights, checkpointing and Adafac
 AdamW, 0.136 s and 17.4 GB in plain fp32; on SDXL at 1024 px 1.97 s and 7.0 GB, 0.69 s and 15.4 GB. Other cells
 are scaled from these by the pixel count (SD2 768 px, SDXL 1024 px) and the UNet's size; hypernetworks and LoRAs
 are a TI step plus their small trained state. A consumer card is slower than an H200, so the minutes are a floor.
+Each answer lists which of its numbers were measured and which are scaled (SD2 DreamBooth and lowvram never ran
+on a GPU: there is none here).
 """
 from __future__ import annotations
 
@@ -70,6 +72,9 @@ class Choice:
     warnings: list[str] = field(default_factory=list)
     also: str = ""  # a companion method (aesthetics: a hypernetwork for an artist's look)
     alternatives: list[str] = field(default_factory=list)
+    # where the memory and time come from: measured on a GPU (bench/README.md), or scaled / estimated from those
+    measured: list[str] = field(default_factory=list)
+    scaled: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +87,8 @@ class Choice:
                  f"  train it: {self.tab}, or scal-sdt {self.command} {opts}".rstrip()]
         if self.also:
             lines.append(f"  also: {self.also}")
+        lines += [f"  measured: {m}" for m in self.measured]
+        lines += [f"  scaled, not measured: {m}" for m in self.scaled]
         lines += [f"  note: {w}" for w in self.warnings]
         lines += [f"  instead: {a}" for a in self.alternatives]
         return "\n".join(lines)
@@ -110,10 +117,50 @@ def _ti_step(family: str, preset: str) -> tuple[float, float]:
     return memory + CUDA_CONTEXT_GB, seconds
 
 
+def _ti_basis(family: str, preset: str, method: str) -> tuple[list[str], list[str]]:
+    """(measured, scaled): where a Textual-Inversion-based estimate's numbers come from."""
+    from ..training.presets import PRESETS
+
+    p = PRESETS[preset][family]
+    measured = ["a Textual Inversion step on SD1 at 512 px, batch 1, fp16: 0.098 s and 2.96 GB (H200)"]
+    scaled = []
+    if family != "sd1":
+        scaled.append(f"{family} from SD1 by the pixel count ({ {'sd2': '768', 'sdxl': '1024'}[family]} px)"
+                      + (" and SDXL's 3x larger UNet" if family == "sdxl" else ""))
+    if p["batch_size"] > 1 or p["grad_accum"] > 1:
+        scaled.append(f"batch {p['batch_size']} x {p['grad_accum']} accumulation from the batch-1 step")
+    if p["gradient_checkpointing"]:
+        measured.append("gradient checkpointing's cost: 1.55x the time (0.259 vs 0.167 s, the DreamBooth bench)")
+        scaled.append("checkpointing keeping 30% of the activations (an estimate)")
+    if p["memory_mode"] == "lowvram":
+        scaled.append("lowvram (the UNet streamed block by block): half the weights on the card and twice the time — "
+                      "an estimate; lowvram was never measured on a GPU")
+    elif p["memory_mode"] == "medvram":
+        scaled.append("medvram taken as normal for the step (its saving is between steps): an estimate")
+    if method == "apt":
+        measured.append("APT with reconstruction on SD1: 0.216 s and 3.15 GB (H200), the 2.2x time")
+    elif method in ("hypernetwork", "lora"):
+        scaled.append(f"the {method}'s own state and time on top of a TI step (+{EXTRA[method][0]} GB, "
+                      f"{EXTRA[method][1]}x): estimates")
+    return measured, scaled
+
+
 def _dreambooth(family: str, vram_gb: float) -> tuple[str, float, float] | None:
     """The fastest measured DreamBooth setting that fits the card, or None."""
     fits = [row for row in DREAMBOOTH[family] if row[1] + CUDA_CONTEXT_GB <= vram_gb]
     return min(fits, key=lambda r: r[2]) if fits else None
+
+
+def _dreambooth_basis(family: str, name: str) -> tuple[list[str], list[str]]:
+    """(measured, scaled) for a DreamBooth row: SD1's and SDXL's rows were measured on an H200, SD2's were not."""
+    if family == "sd2":
+        sd1 = next(r for r in DREAMBOOTH["sd1"] if r[0] == name)
+        return [f"SD1's {name}: {sd1[1]} GB, {sd1[2]} s a step (H200)"], [
+            "SD2 (768 px) from SD1's row by its larger weights and activations: an estimate; SD2 DreamBooth was "
+            "never measured on a GPU"]
+    size = "512 px" if family == "sd1" else "1024 px"
+    row = next(r for r in DREAMBOOTH[family] if r[0] == name)
+    return [f"{family.upper()} DreamBooth at {size}, batch 1, {name}: {row[1]} GB, {row[2]} s a step (H200)"], []
 
 
 def _steps(images: int) -> int:
@@ -138,8 +185,9 @@ def choose(goal: str, images: int, vram_gb: float, family: str) -> Choice:
     def network(method: str, steps: int, options: dict, reason: str, alternatives: list[str], also: str = "") -> Choice:
         extra_gb, factor = EXTRA.get(method, (0.0, 1.0))
         tab, command, _ = METHODS[method]
+        measured, scaled = _ti_basis(family, preset, method)
         return Choice(method, {"preset": preset, **options, "steps": steps}, ti_gb + extra_gb,
-                      ti_s * factor * steps / 60, reason, tab, command, warnings, also, alternatives)
+                      ti_s * factor * steps / 60, reason, tab, command, warnings, also, alternatives, measured, scaled)
 
     if goal == "subject" and images == 1:
         return network("apt", 1500, {"mode": "apt", "apt_preset": "dreamartist"},
@@ -165,7 +213,8 @@ def choose(goal: str, images: int, vram_gb: float, family: str) -> Choice:
                       "make, a few words suffice, the content stays (weight under ~0.25); every generation gets "
                       "slower", tab, command, warnings,
                       "for an artist's look, train a hypernetwork on the same pictures and use both: the aesthetic "
-                      "weight alone does not carry a style", ["hypernetwork for a style the pictures share"])
+                      "weight alone does not carry a style", ["hypernetwork for a style the pictures share"], [],
+                      ["1.5 GB for a CLIP image encoder in fp16 and 0.05 s a picture (estimates)"])
     # goal == "concept": what the model cannot draw
     steps = _steps(images)
     db = _dreambooth(family, vram_gb)
@@ -175,7 +224,7 @@ def choose(goal: str, images: int, vram_gb: float, family: str) -> Choice:
         return Choice("dreambooth", {"preset": preset, "steps": steps}, gb + CUDA_CONTEXT_GB, seconds * steps / 60,
                       "DreamBooth fine-tunes the model itself and adds what it cannot draw (a new checkpoint; its "
                       f"strength cannot be turned down; here with {name})", tab, command, warnings, "",
-                      ["lora for the same at a few MB and an adjustable strength"])
+                      ["lora for the same at a few MB and an adjustable strength"], *_dreambooth_basis(family, name))
     need = DREAMBOOTH[family][0][1] + CUDA_CONTEXT_GB
     return network("lora", steps, {"network": "lora", "rank": 16},
                    f"a LoRA adds new weights to the model, as DreamBooth does, in a small file with an adjustable "

@@ -37,6 +37,16 @@ class LibraryConfig:
     steps: int = option(20, "the previews' sampling steps", min=1, group="previews")
     cfg_scale: float = option(7.0, "the previews' guidance scale", min=0.0, group="previews")
     size: int = option(0, "the previews' size in pixels (0 = the model's native size)", min=0, group="previews")
+    aesthetic_weight: float = option(0.2, "an aesthetic embedding's preview: how much of the tuned conditioning",
+                                     min=0.0, max=1.0, group="previews")
+    aesthetic_steps: int = option(5, "an aesthetic embedding's preview: text-encoder tuning steps", min=1,
+                                  group="previews")
+    aesthetic_lr: float = option(1e-4, "an aesthetic embedding's preview: the tuning's learning rate", min=0.0,
+                                 group="previews")
+    checkpoint_previews: bool = option(False, "render checkpoints too: the same prompt and seed on the loaded model "
+                                              "and on each checkpoint, which is loaded for it (in the WebUI in place "
+                                              "of the current model, which is loaded back afterwards: slow)",
+                                       group="previews")
     cache: str = option("~/.cache/scal-sdt/library", "where previews and file hashes are kept", folder=True,
                         group="previews")
     device: str = option("auto", "cuda, cpu or auto")
@@ -52,7 +62,8 @@ class LibraryConfig:
     def preview_settings(self):
         from .previews import PreviewSettings
 
-        return PreviewSettings(self.prompt, self.negative, self.seed, self.steps, self.cfg_scale, self.size)
+        return PreviewSettings(self.prompt, self.negative, self.seed, self.steps, self.cfg_scale, self.size,
+                               self.aesthetic_weight, self.aesthetic_steps, self.aesthetic_lr)
 
 
 @dataclass(kw_only=True)

@@ -16,6 +16,9 @@ MODEL_CLASSES = {
     "florence2": "Florence2ForConditionalGeneration",
 }
 FLORENCE_TASK = "<DETAILED_CAPTION>"
+#: what to use instead of a remote-code model
+REMOTE_HINT = ("BLIP, BLIP-2, GIT or Florence-2 (for Florence-2 the florence-community/Florence-2-base or -large "
+               "conversion, not microsoft/Florence-2-*)")
 MODES = ("prefix", "suffix", "replace")
 
 
@@ -24,19 +27,32 @@ class CaptionerError(ValueError):
 
 
 def _config(model: str):
-    """The model's transformers config from a folder or the hub cache (local files only)."""
-    from transformers import AutoConfig
+    """The model's transformers config from a folder or the hub cache (local files only). Refused: a config that
+    asks for the model's own code (``auto_map``: microsoft/Florence-2-* and other remote-code repositories), and a
+    captioner whose class this transformers lacks (Florence-2 before transformers had it natively)."""
+    import transformers
+    from transformers import AutoConfig, PretrainedConfig
 
     try:
-        return AutoConfig.from_pretrained(model, local_files_only=True)
-    except ValueError as e:  # a model_type transformers does not know: its code would have to come from the hub
-        raise CaptionerError(f"captioner {model}: {str(e).splitlines()[0][:160]} (SCAL-SDT never runs a model's "
-                             "remote code: use a transformers-native BLIP, BLIP-2, GIT or Florence-2)") from None
+        raw, _ = PretrainedConfig.get_config_dict(model, local_files_only=True)
     except OSError:
         where = "no such folder" if ("/" not in model or Path(model).is_absolute()) and not Path(model).exists() \
             else "not a model folder and not in your Hugging Face hub cache"
         raise CaptionerError(f"captioner {model}: {where} (models are never downloaded here: "
                              "`huggingface-cli download REPO` first, or give a folder)") from None
+    kind = raw.get("model_type", "")
+    if raw.get("auto_map"):
+        raise CaptionerError(f"captioner {model}: its config.json asks for the model's own code (auto_map); "
+                             f"SCAL-SDT never runs a model's remote code: use a transformers-native {REMOTE_HINT}")
+    if kind in MODEL_CLASSES and not hasattr(transformers, MODEL_CLASSES[kind]):
+        raise CaptionerError(f"captioner {model}: this transformers ({transformers.__version__}) has no "
+                             f"{MODEL_CLASSES[kind]} (older releases ran it only as remote code, which SCAL-SDT "
+                             "never does): upgrade transformers")
+    try:
+        return AutoConfig.from_pretrained(model, local_files_only=True)
+    except ValueError as e:  # a model_type transformers does not know: its code would have to come from the hub
+        raise CaptionerError(f"captioner {model}: {str(e).splitlines()[0][:160]} (SCAL-SDT never runs a model's "
+                             f"remote code: use a transformers-native {REMOTE_HINT})") from None
 
 
 @dataclass
@@ -60,10 +76,7 @@ class Captioner:
         if kind not in MODEL_CLASSES:
             raise CaptionerError(f"captioner {model}: a {kind!r} model; captioners are "
                                  f"{', '.join(MODEL_CLASSES)} (transformers-native)")
-        model_class = getattr(transformers, MODEL_CLASSES[kind], None)
-        if model_class is None:
-            raise CaptionerError(f"captioner {model}: this transformers ({transformers.__version__}) has no "
-                                 f"{MODEL_CLASSES[kind]}; upgrade transformers")
+        model_class = getattr(transformers, MODEL_CLASSES[kind])
         dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
         net = model_class.from_pretrained(model, local_files_only=True, dtype=dtype).to(device).eval()
         processor = transformers.AutoProcessor.from_pretrained(model, local_files_only=True)

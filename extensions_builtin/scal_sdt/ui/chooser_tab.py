@@ -39,6 +39,10 @@ def answer_html(choice) -> str:
         lines.append(f"<p>also: {html.escape(choice.also)}</p>")
     lines += [f"<p class='scal-sdt-error'>{html.escape(w)}</p>" for w in choice.warnings]
     lines += [f"<p>instead: {html.escape(a)}</p>" for a in choice.alternatives]
+    basis = [f"<li>measured: {html.escape(m)}</li>" for m in choice.measured]
+    basis += [f"<li>scaled, not measured: {html.escape(m)}</li>" for m in choice.scaled]
+    if basis:
+        lines.append("<p>where the numbers come from:</p><ul>" + "".join(basis) + "</ul>")
     return "".join(lines)
 
 

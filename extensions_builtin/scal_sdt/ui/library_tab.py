@@ -14,12 +14,13 @@ from PIL import Image
 from ..library.catalogue import Item, scan, select
 from ..library.config import LibraryConfig
 from ..library.identify import summary
-from ..library.previews import PREVIEWED, previews
+from ..library.previews import PREVIEWED, CheckpointOpener, previews, standalone_checkpoint
 from .form import build_form, error_html, values_to_config
 
 COLUMNS = ["name", "kind", "family", "fit", "details", "file"]
 #: the options the tab shows (the folders, the model and the device are the host's; json is the command line's)
-SHOWN = ("search", "kind", "fits_only", "prompt", "negative", "seed", "steps", "cfg_scale", "size", "cache")
+SHOWN = ("search", "kind", "fits_only", "prompt", "negative", "seed", "steps", "cfg_scale", "size", "aesthetic_weight",
+         "aesthetic_steps", "aesthetic_lr", "checkpoint_previews", "cache")
 
 
 def use_on_page(item: Item, prompt: str, hypernetwork: str, lora: str) -> tuple[str, str, str, str]:
@@ -56,10 +57,13 @@ def add_to_prompt(prompt: str, token: str) -> str:
 class LibraryView:
     """The tab's state and actions, apart from Gradio (tests drive these): the items listed, by file."""
 
-    def __init__(self, folders: Callable[[], list[str]], host: Callable[[], object | None]):
+    def __init__(self, folders: Callable[[], list[str]], host: Callable[[], object | None],
+                 open_checkpoint: CheckpointOpener | None = None):
         self.folders = folders
         self.host = host
+        self.open_checkpoint = open_checkpoint  # a checkpoint's preview: how to sample on it
         self.items: dict[str, Item] = {}
+        self.labels: dict[str, str] = {}  # list entry -> file
 
     def refresh(self, cfg: LibraryConfig) -> list[list]:
         host = self.host()
@@ -68,13 +72,29 @@ class LibraryView:
         return [[i.name, i.kind, i.info["family"], {True: "fits", False: f"no: {i.why}", None: i.why}[i.fit],
                  summary(i.info).split(": ", 1)[-1].split("\n")[0], str(i.path)] for i in items]
 
-    def item(self, file: str) -> Item:
+    def choices(self) -> list[str]:
+        """The item list's entries, ``NAME (KIND)`` (with the file where two share that): plain strings, as Gradio 3
+        (the WebUI's) takes no (label, value) pairs."""
+        labels = [f"{i.name} ({i.kind})" for i in self.items.values()]
+        self.labels = {(label if labels.count(label) == 1 else f"{label} {file}"): file
+                       for label, file in zip(labels, self.items)}
+        return list(self.labels)
+
+    def item(self, choice: str) -> Item:
+        """The item of a list entry (or of its file)."""
+        file = self.labels.get(choice, choice)
         if file not in self.items:
             raise ValueError("pick an item of the list first (refresh the list if the file is new)")
         return self.items[file]
 
-    def details_html(self, file: str) -> str:
-        item = self.item(file)
+    def opener(self, host) -> CheckpointOpener:
+        """How a checkpoint is sampled for its preview: the given way, else loaded beside ``host`` on its device."""
+        if self.open_checkpoint is not None:
+            return self.open_checkpoint
+        return lambda path: standalone_checkpoint(path, getattr(host, "device", "auto"))
+
+    def details_html(self, choice: str) -> str:
+        item = self.item(choice)
         from ..library.catalogue import USE
 
         fit = {True: "fits the loaded model", False: f"does not fit: {item.why}", None: item.why}[item.fit]
@@ -83,14 +103,17 @@ class LibraryView:
                 f"<p>{html.escape(fit)}</p><p>use: {html.escape(USE.get(item.kind, ''))}</p>"
                 f"<pre>{html.escape(json.dumps(info, indent=1, default=str))}</pre>")
 
-    def render(self, file: str, cfg: LibraryConfig) -> tuple[list[tuple[str, str]], str]:
-        item = self.item(file)
+    def render(self, choice: str, cfg: LibraryConfig) -> tuple[list[tuple[str, str]], str]:
+        item = self.item(choice)
         host = self.host()
         if host is None:
             raise ValueError("previews need a loaded model")
         if item.kind not in PREVIEWED:
             raise ValueError(f"{item.name}: a {item.kind} has no A/B preview")
-        got, rendered = previews(item, host, cfg.preview_settings(), cfg.cache)
+        if item.kind == "checkpoint" and not cfg.checkpoint_previews:
+            raise ValueError(f"{item.name}: tick 'checkpoint previews' to render it — it loads the checkpoint "
+                             "(in the WebUI in place of the current model, loaded back afterwards)")
+        got, rendered = previews(item, host, cfg.preview_settings(), cfg.cache, self.opener(host))
         note = f"rendered {rendered} image(s)" if rendered else "all from the cache"
         images = []
         for label, path in got.items():  # as pictures: a cache folder the page does not serve still shows
@@ -106,7 +129,8 @@ def library_tab(view: LibraryView, elem_prefix: str = "scal_sdt_lib", defaults: 
     runs in the browser after it (the WebUI's switch to txt2img)."""
     with gr.Row():
         with gr.Column(scale=2):
-            folders = gr.Textbox(label="folders", lines=3, value="\n".join(view.folders()),
+            # read at each page load: a folder made after start-up (the first embedding trained) is listed
+            folders = gr.Textbox(label="folders", lines=3, value=lambda: "\n".join(view.folders()),
                                  info="one folder a line, searched recursively", elem_id=f"{elem_prefix}_folders")
             form = build_form(LibraryConfig, elem_prefix, exclude=[f.name for f in dataclasses.fields(LibraryConfig)
                                                                    if f.name not in SHOWN],
@@ -130,8 +154,8 @@ def library_tab(view: LibraryView, elem_prefix: str = "scal_sdt_lib", defaults: 
     def on_refresh(folder_text, *values):
         try:
             rows = view.refresh(config(folder_text, values))
-            choices = [(f"{r[0]} ({r[1]})", r[5]) for r in rows]
-            return rows, gr.update(choices=choices, value=choices[0][1] if choices else None), f"{len(rows)} item(s)"
+            choices = view.choices()
+            return rows, gr.update(choices=choices, value=choices[0] if choices else None), f"{len(rows)} item(s)"
         except (ValueError, OSError, RuntimeError) as e:
             return [], gr.update(choices=[], value=None), error_html(e)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -293,10 +294,16 @@ class WebUIHost(Host):
         return kv_projections(self.sd_model.model.diffusion_model)
 
     # -- previews ---------------------------------------------------------------------------------------------
+    def aesthetic_sampling(self, path, settings) -> dict:
+        """The :meth:`sample` arguments that apply an aesthetic embedding the WebUI's way (as txt2img's accordion)."""
+        from .aesthetic import apply_to
+
+        return {"prepare": lambda p: apply_to(p, Path(path), settings)}
+
     def sample(self, prompts, negative="", steps=20, cfg_scale=7.0, seed=0, width=None, height=None,
-               embeddings=None, aesthetic=None) -> list[Image.Image]:
+               embeddings=None, prepare=None) -> list[Image.Image]:
         """The WebUI's own txt2img pipeline, so previews look like what the user will get; RNG state is kept.
-        ``aesthetic``: (an aesthetic embedding's path, its AestheticSettings), applied as the txt2img accordion does."""
+        ``prepare(p)`` may change the processing object first (an aesthetic embedding's conditioning)."""
         width = width or self.native_resolution
         height = height or self.native_resolution
         rng = (torch.get_rng_state(), random.getstate())
@@ -309,10 +316,8 @@ class WebUIHost(Host):
                     do_not_save_grid=True, do_not_save_samples=True, do_not_reload_embeddings=True)
                 p.disable_extra_networks = True
                 p.cached_c, p.cached_uc = empty_cond_cache(), empty_cond_cache()  # the vectors change, the text not
-                if aesthetic is not None:
-                    from .aesthetic import apply_to
-
-                    apply_to(p, *aesthetic)
+                if prepare is not None:
+                    prepare(p)
                 with contextlib.closing(p):
                     processed = processing.process_images(p)
             return processed.images[:len(prompts)]

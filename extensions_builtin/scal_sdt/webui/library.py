@@ -2,6 +2,7 @@
 Settings' hypernetwork."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from modules import call_queue, shared  # noqa: the WebUI
@@ -24,9 +25,27 @@ def library_host():
     return None if is_forge() else WebUIHost()
 
 
+@contextlib.contextmanager
+def swapped_to(path: Path):
+    """The WebUI's model switched to the checkpoint file ``path`` for a checkpoint's preview, and the one loaded before
+    loaded back afterwards."""
+    from modules import sd_models
+
+    from .adapter import checkpoint_loaded, reload_checkpoints
+
+    reload_checkpoints()  # a file put there after start-up
+    info = next((i for i in sd_models.checkpoints_list.values()
+                 if Path(i.filename).resolve() == Path(path).resolve()), None)
+    if info is None:
+        raise ValueError(f"{Path(path).name} is not in the WebUI's checkpoint list ({checkpoints_dir()}): "
+                         "only those can be loaded for a preview")
+    with checkpoint_loaded(info.title):
+        yield WebUIHost()
+
+
 class WebUILibrary(LibraryView):
     def __init__(self):
-        super().__init__(library_folders, library_host)
+        super().__init__(library_folders, library_host, swapped_to)
 
     def render(self, file, cfg):
         with call_queue.queue_lock:  # one generation at a time, as the WebUI's own buttons

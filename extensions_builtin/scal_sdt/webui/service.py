@@ -112,14 +112,9 @@ def evaluate_in_webui(cfg):
     loaded = list(getattr(shared, "loaded_hypernetworks", []))
     shared.loaded_hypernetworks.clear()
     try:
-        return evaluate_run(cfg, WebUIHost(), say=print, load_model=refuse, aesthetic=webui_aesthetic)
+        return evaluate_run(cfg, WebUIHost(), say=print, load_model=refuse)
     finally:
         shared.loaded_hypernetworks[:] = loaded
-
-
-def webui_aesthetic(host, path: Path, settings) -> dict:
-    """An evaluation's aesthetic embedding, applied to its txt2img as the aesthetic accordion does."""
-    return {"aesthetic": (path, settings)} if settings.active else {}
 
 
 def keep(cfg, step: int):
