@@ -193,6 +193,7 @@ class PauseAt(Reporter):
     def step(self, info):
         if info["step"] == self.at:
             self.queue.pause_job(self.job_id)
+            time.sleep(1.1)  # the runner reads the job file at most once a second: a quiet box's steps are faster
 
 
 def test_pausing_the_running_job_runs_the_next_and_resumes_from_its_checkpoint(tmp_path):

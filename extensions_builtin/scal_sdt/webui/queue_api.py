@@ -83,26 +83,21 @@ def add_queue_routes(app: FastAPI, prefix: str, runner: BackgroundRunner, depend
     def get(job_id: str):
         return job_dict(find(job_id))
 
-    def cancel(job_id: str):
+    def acted(job_id: str, action):  # a job's state change; one its state does not allow is a 409 with the reason
         job = find(job_id)
         try:
-            return job_dict(queue.cancel(job.id))
+            return job_dict(action(job.id))
         except ValueError as e:
             raise HTTPException(status_code=409, detail=str(e)) from None
+
+    def cancel(job_id: str):
+        return acted(job_id, queue.cancel)
 
     def pause_job(job_id: str):
-        job = find(job_id)
-        try:
-            return job_dict(queue.pause_job(job.id))
-        except ValueError as e:
-            raise HTTPException(status_code=409, detail=str(e)) from None
+        return acted(job_id, queue.pause_job)
 
     def resume_job(job_id: str):
-        job = find(job_id)
-        try:
-            return job_dict(queue.resume_job(job.id))
-        except ValueError as e:
-            raise HTTPException(status_code=409, detail=str(e)) from None
+        return acted(job_id, queue.resume_job)
 
     def move(job_id: str, body: dict = Body(...)):
         job = find(job_id)
