@@ -126,6 +126,29 @@ def test_a_full_disk_stops_the_save_and_keeps_the_previous_checkpoint(tmp_path, 
     assert latest_state(tmp_path)["step"] == 4
 
 
+def test_a_checkpoint_is_written_straight_to_its_file_not_held_in_memory_first(tmp_path):
+    """A full fine-tune's state (weights and optimizer state: 5 GB for SD1) is serialized into the file as it goes,
+    so it is never held a second time in memory; the marker's size and hash are the file's, and it loads back."""
+    import hashlib
+    import tracemalloc
+
+    state = {"step": 3, "params": [torch.full((1 << 20,), float(i)) for i in range(8)],  # 32 MiB of tensors
+             "optimizer": {"state": {0: {"exp_avg_sq_row": torch.ones(1 << 18)}}}}
+    assert ckpts.state_bytes(state) == 8 * 4 * (1 << 20) + 4 * (1 << 18)
+    tracemalloc.start()
+    try:
+        folder = CheckpointStore(tmp_path).save(3, state)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * (1 << 20), peak  # an in-memory buffer would have taken all 33 MiB
+    data = (folder / ckpts.STATE).read_bytes()
+    marker = json.loads((folder / ckpts.MARKER).read_text())["files"][ckpts.STATE]
+    assert marker == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    loaded = CheckpointStore(tmp_path).load_latest()[1]
+    assert all(torch.equal(a, b) for a, b in zip(loaded["params"], state["params"]))
+
+
 @pytest.mark.parametrize("how", ["file", "in-process"])
 def test_each_control_request_is_honoured_within_one_step(tmp_path, how):
     class Steered(RegressionJob):

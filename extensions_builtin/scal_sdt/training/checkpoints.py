@@ -9,7 +9,6 @@ message. Rotation keeps the newest ``keep_last`` plus the ones marked ``keep`` (
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -59,6 +58,40 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _HashingWriter:
+    """A binary file that torch.save writes into (it writes front to back), hashing and counting the bytes."""
+
+    def __init__(self, f):
+        self.f, self.digest, self.size = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def state_bytes(state) -> int:
+    """The tensor bytes in ``state`` (nested dicts, lists and tuples; each storage counted once): about what
+    torch.save writes."""
+    seen, total, todo = set(), 0, [state]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, torch.Tensor):
+            storage = x.untyped_storage()
+            key = (x.device, storage.data_ptr())
+            if key not in seen:
+                seen.add(key)
+                total += storage.nbytes()
+        elif isinstance(x, dict):
+            todo.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            todo.extend(x)
+    return total
+
+
 class CheckpointStore:
     def __init__(self, run_dir: Path, keep_last: int = 3, keep_every_minutes: float = 0.0, report=print):
         self.root = Path(run_dir) / "checkpoints"
@@ -68,12 +101,11 @@ class CheckpointStore:
     # -- writing ----------------------------------------------------------------------------------------------
     def save(self, step: int, state: dict, keep: bool = False) -> Path:
         """Write a checkpoint; raises :class:`CheckpointError` (naming sizes) when the disk cannot hold it,
-        leaving every earlier checkpoint untouched."""
-        buffer = io.BytesIO()
-        torch.save(state, buffer)  # our own resume state, read back with weights_only=True; never a WebUI file
-        data = buffer.getbuffer()
+        leaving every earlier checkpoint untouched. The state is serialized straight into the file (hashed as it
+        goes), never into memory first: a full fine-tune's state (SD1's UNet and its optimizer: 5 GB) would
+        otherwise be held twice at once."""
         self.root.mkdir(parents=True, exist_ok=True)
-        need = len(data) + (1 << 20)
+        need = state_bytes(state) + (1 << 20)
         free = shutil.disk_usage(self.root).free
         if free < need:
             raise CheckpointError(f"not enough free disk to save the checkpoint of step {step}: it needs "
@@ -89,11 +121,12 @@ class CheckpointStore:
         try:
             tmp.mkdir()
             with open(tmp / STATE, "wb") as f:
-                f.write(data)
+                out = _HashingWriter(f)
+                torch.save(state, out)  # our own resume state, read back with weights_only=True; never a WebUI file
                 f.flush()
                 os.fsync(f.fileno())
             marker = {"step": step, "time": now, "keep": keep,
-                      "files": {STATE: {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}}}
+                      "files": {STATE: {"size": out.size, "sha256": out.digest.hexdigest()}}}
             with open(tmp / MARKER, "w") as f:
                 json.dump(marker, f)
                 f.flush()
