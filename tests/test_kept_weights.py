@@ -26,3 +26,22 @@ def test_weights_in_ram_are_kept_in_a_file_and_put_back_bit_for_bit(tmp_path):
         assert all(now[k].dtype == v.dtype and torch.equal(now[k], v) for k, v in before[name].items()), name
         assert not any(p.requires_grad for p in m.parameters())
     assert list(tmp_path.iterdir()) == []  # the file is gone
+
+
+def test_weights_on_an_accelerator_are_kept_as_a_ram_copy_and_put_back(tmp_path, monkeypatch):
+    """The other branch (weights on a GPU: a copy in RAM, no file), taken here on the CPU by saying the weights are
+    not in RAM: the same put-back, in the same dtype."""
+    from scal_sdt.host import base
+
+    monkeypatch.setattr(base, "live_in_ram", lambda modules: False)
+    host = load_host("toy", device="cpu")
+    (unet,) = host.trainable_modules()
+    before = {k: v.clone() for k, v in unet.state_dict().items()}
+    with host.weights_kept(spill_dir=tmp_path):
+        with torch.no_grad():
+            unet.to(torch.float64)
+            for p in unet.parameters():
+                p.mul_(2.0)
+        assert list(tmp_path.iterdir()) == []  # nothing spilled to a file
+    now = unet.state_dict()
+    assert all(now[k].dtype == v.dtype and torch.equal(now[k], v) for k, v in before.items())

@@ -145,28 +145,24 @@ class Host(abc.ABC):
         beside the model and its training."""
         modules = self.trainable_modules(text)
         dtypes = [next(m.parameters()).dtype for m in modules]
-        if all(t.device.type == "cpu" for m in modules for t in m.state_dict().values()):
-            with tempfile.TemporaryDirectory(prefix="scal-sdt-kept-", dir=spill_dir) as folder:
-                files = [Path(folder) / f"{i}.safetensors" for i in range(len(modules))]
-                for m, path in zip(modules, files):
+        with contextlib.ExitStack() as stack:
+            if live_in_ram(modules):
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="scal-sdt-kept-", dir=spill_dir)))
+                kept = [folder / f"{i}.safetensors" for i in range(len(modules))]
+                for m, path in zip(modules, kept):
                     with open(path, "wb") as f:
                         write_safetensors(m.state_dict(), f)
-                try:
-                    yield
-                finally:
-                    with torch.no_grad():
-                        for m, dtype, path in zip(modules, dtypes, files):
-                            m.requires_grad_(False).to(dtype)
-                            read_safetensors_into(path, m.state_dict())
-            return
-        saved = [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules]
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for m, dtype, sd in zip(modules, dtypes, saved):
-                    m.requires_grad_(False).to(dtype)
-                    m.load_state_dict(sd)
+                put_back = lambda m, path: read_safetensors_into(path, m.state_dict())  # noqa: E731
+            else:
+                kept = [{k: v.detach().to("cpu", copy=True) for k, v in m.state_dict().items()} for m in modules]
+                put_back = lambda m, sd: m.load_state_dict(sd)  # noqa: E731
+            try:
+                yield
+            finally:
+                with torch.no_grad():
+                    for m, dtype, saved in zip(modules, dtypes, kept):
+                        m.requires_grad_(False).to(dtype)
+                        put_back(m, saved)
 
     def save_checkpoint(self, path, dtype=None):
         """The model as an original-layout single-file ``.safetensors`` (with the yaml the WebUI needs), written
@@ -194,6 +190,11 @@ class Host(abc.ABC):
             return contextlib.nullcontext()
         dtype = torch.float16 if precision == "fp16" else torch.bfloat16
         return torch.autocast(self.device.type, dtype=dtype)
+
+
+def live_in_ram(modules) -> bool:
+    """Whether every weight and buffer of ``modules`` is in RAM (a CPU WebUI), not on an accelerator."""
+    return all(t.device.type == "cpu" for m in modules for t in m.state_dict().values())
 
 
 def to_pil(pixels: torch.Tensor) -> list[Image.Image]:
