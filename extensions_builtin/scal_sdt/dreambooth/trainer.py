@@ -310,6 +310,8 @@ def preflight(cfg: DreamBoothConfig, host: Host, reporter: Reporter) -> None:
     if not budget and host.device.type == "cuda":
         budget = torch.cuda.get_device_properties(host.device).total_memory / 2 ** 30
     resolution = cfg.resolution or host.native_resolution
+    if cfg.precision == "auto" and host.device.type == "cpu":  # a CPU computes in fp32: no autocast copies
+        cfg = dataclasses.replace(cfg, precision="fp32")
     estimate, advice = advise(cfg, ModelSize.of(host), resolution, budget or float("inf"))
     fits = not budget or estimate.peak_mib <= budget * 1024
     reporter.message(estimate.describe() + ("" if fits else f"; more than {budget:g} GiB — to fit: " + "; ".join(advice)))
