@@ -19,6 +19,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -252,6 +253,8 @@ def test_dreambooth_on_forge_writes_a_checkpoint_forge_lists(forge, tmp_path, re
     if available_gib() < DREAMBOOTH_GIB:
         pytest.skip(f"DreamBooth on a full-size SD1 inside Forge needs about {DREAMBOOTH_GIB} GiB free besides Forge "
                     f"(this box has {available_gib():.1f} GiB free; Forge was killed for memory at 12.6 GiB)")
+    # the run's folder goes too: its resume checkpoint holds the UNet and the optimizer's state (GBs)
+    request.addfinalizer(lambda: [shutil.rmtree(d) for d in forge.data_dir.glob("*/scal-sdt/forgedb")])
     job = forge.wait_job(forge.post("/scal-sdt/v1/train/dreambooth", {
         "name": "forgedb", "instance_data": str(images(tmp_path / "inst", 2)), "instance_prompt": "a photo of sks",
         "steps": 1, "resolution": 64, "lr": "1e-6", "preview_every": 0, "master_weights": "bf16",

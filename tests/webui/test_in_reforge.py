@@ -20,6 +20,7 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -254,6 +255,8 @@ def test_dreambooth_with_the_8gb_preset_fits_beside_reforges_model(reforge, tmp_
     plain, _ = pixels(reforge)
     pid = reforge.process.pid
     before = peak_rss_gib(pid, reset=True)
+    # the run's folder goes too: its resume checkpoint holds the UNet and the optimizer's state (5 GB)
+    request.addfinalizer(lambda: [shutil.rmtree(d) for d in reforge.data_dir.glob("*/scal-sdt/rfdb")])
     job = train(reforge, "dreambooth", name="rfdb", instance_data=str(images(tmp_path / "inst", 2)),
                 instance_prompt="a photo of sks", steps=1, lr="1e-3", preset="8gb", overwrite=True)
     added = peak_rss_gib(pid) - before
