@@ -93,6 +93,21 @@ def test_training_uses_the_models_schedule_not_the_last_generations_override(ada
     assert torch.equal(host.schedule.alphas_cumprod, original)
 
 
+def test_reforges_sd2_is_known_by_its_text_encoder(adapter):
+    """reForge flags its SD2 ``is_sd2 = False`` (it looks for ``model`` on its own CLIP wrapper, which has none):
+    the OpenCLIP text encoder inside the wrapper says SD2; SD1 in the same wrapper stays SD1."""
+    from scal_sdt.host.families import SD1, SD2
+
+    def wrapper(inner: str):
+        return types.SimpleNamespace(wrapped=type(inner, (), {})())
+
+    sd2 = sd1_model(is_sd1=True, is_sd2=False, parameterization="v",
+                    cond_stage_model=wrapper("FrozenOpenCLIPEmbedder"))  # reForge's flags for 768-v
+    assert adapter.WebUIHost(sd2).family is SD2
+    assert adapter.WebUIHost(sd1_model(cond_stage_model=wrapper("FrozenCLIPEmbedder"))).family is SD1
+    assert adapter.WebUIHost(sd1_model(is_sd2=True)).family is SD2  # A1111's own flag
+
+
 def test_an_sd3_model_is_refused_with_the_reason(adapter):
     with pytest.raises(RuntimeError, match="Stable Diffusion 3: SCAL-SDT trains SD1, SD2 and SDXL"):
         adapter.WebUIHost(sd1_model(is_sd3=True, is_sd1=False))

@@ -37,7 +37,7 @@ class WebUIHost(Host):
         if getattr(m, "is_sd3", False):  # A1111 1.10 (and reForge) load SD3, whose text side is not CLIP-shaped
             raise RuntimeError("the loaded model is Stable Diffusion 3: SCAL-SDT trains SD1, SD2 and SDXL models; "
                                "choose one of those in the checkpoint list")
-        self.family = SDXL if getattr(m, "is_sdxl", False) else SD2 if getattr(m, "is_sd2", False) else SD1
+        self.family = SDXL if getattr(m, "is_sdxl", False) else SD2 if is_sd2(m) else SD1
         prediction = "v_prediction" if getattr(m, "parameterization", "eps") == "v" else "epsilon"
         self.schedule = NoiseSchedule(model_alphas_cumprod(m), prediction)
         # reForge: an ldm model whose UNet and VAE are its Forge-style backend's (``forge_objects``); its
@@ -324,6 +324,13 @@ class WebUIHost(Host):
         finally:
             torch.set_rng_state(rng[0])
             random.setstate(rng[1])
+
+
+def is_sd2(sd_model) -> bool:
+    """An SD2 model: the WebUI's flag, or its text encoder OpenCLIP's (reForge sets ``is_sd2`` from the text model's
+    ``model`` attribute after wrapping it in its own class, which has none: SD2 is flagged False there)."""
+    wrapped = getattr(getattr(sd_model, "cond_stage_model", None), "wrapped", None)
+    return bool(getattr(sd_model, "is_sd2", False)) or type(wrapped).__name__ == "FrozenOpenCLIPEmbedder"
 
 
 def model_alphas_cumprod(sd_model) -> torch.Tensor:
