@@ -2,27 +2,34 @@
 
 kohya   ``train_network.py --network_module networks.lora`` and ``train_textual_inversion.py`` from a checkout of
         kohya-ss/sd-scripts (``--sd-scripts``), run with its own python (``--kohya-python``: a venv with its
-        requirements); nothing of it is in this repository.
+        requirements); nothing of it is in this repository. On the toy model the scripts run through
+        ``bench/peer_drivers/kohya_sd1_sizes.py``, which lends sd-scripts the file's sizes (its loader builds SD1's)
+        and then runs the script's own main with the same arguments; on ``real-sd1`` they run as they are.
 ours    ``scal-sdt train-lora --network lora`` and ``scal-sdt train-embedding``, in this python.
 
 Both sides: the same checkpoint file, the same pictures and captions (16 pictures of the toy world's held-out
-colour in a kohya ``1_toypink`` folder, captioned "a large toypink star on a ..."), 64 px (``--resolution``), batch
-``--batch-size``, seed 1, fp32 on the CPU, latents cached; LoRA rank 8 / alpha 8 on the UNet only at lr 1e-3, AdamW;
-TI one vector from "red" at lr 0.02, AdamW, the caption as the prompt. Each side runs ``--warmup`` steps and then
-``--warmup + --steps`` steps in a fresh process; seconds per step = the difference of the two wall times / --steps
-(model loading, caching and saving cancel out); peak memory = the larger peak RSS of the two processes (GNU time's
-%M). Sides take turns.
+colour in a kohya ``1_toypink`` folder, captioned "a large toypink star on a ..."), ``--resolution`` px, seed 1,
+fp32 on the CPU, latents cached, SDPA attention; LoRA rank 8 / alpha 8 on the UNet only at lr 1e-3, AdamW; TI one
+vector from "red" at lr 0.02, AdamW, the caption as the prompt.
 
-kohya builds its UNet, VAE and text encoder at SD1's sizes whatever the file holds (``library/model_util.py`` and
-``library/original_unet.py`` hard-code 320/640/1280 channels, CLIP-L's 768 width and 12 layers), so it cannot load
-the toy model or any smaller SD1-layout checkpoint: ``--model toy`` records the error it gives. ``--model real-sd1``
-writes a full-size SD1 checkpoint (UNet, CLIP-L text encoder and SD VAE shapes; random weights, stored in fp16),
-which it loads;
-the toy judge cannot score a random-weight model, so those rows are time and memory only.
+Speed (the default): each side runs ``--warmup`` steps and then ``--warmup + --steps`` steps in a fresh process at
+batch ``--batch-size``; seconds per step = the difference of the two wall times / --steps (model loading, caching
+and saving cancel out); peak memory = the larger peak RSS of the two processes (GNU time's %M). Sides take turns,
+``--repeats`` times (medians reported); the load average is recorded around every run.
+
+``--quality``: each side trains once with :data:`QUALITY`'s settings (batch 8, 400 steps) and the toy judge scores
+the results on our standalone host (``common.HeldOutColourJudge``: 32 "a large toypink SHAPE on a ... background"
+pictures, the fraction it calls pink; chance 1/12): kohya's LoRA file through our LoRA loader, its embedding
+through our embedding reader, the same prompts and seeds for both sides; "before" = no LoRA / the init vector.
+
+``--check-load``: what sd-scripts builds from the file (through the driver) against our host's models, on fixed
+inputs: the largest difference of the text encoder's, the UNet's and the VAE encoder's outputs.
 
     PYTHONPATH=$PWD/extensions_builtin python bench/kohya.py --sd-scripts /work/hosts/sd-scripts \\
-        --kohya-python /work/hosts/kohya-venv/bin/python --model real-sd1 --threads 1 --json kohya.json
-    ... python bench/kohya.py ... --model toy --steps 1 --warmup 1       # what breaks on the toy model
+        --kohya-python /work/hosts/kohya-venv/bin/python --threads 1 --repeats 2 --json kohya.json
+    ... python bench/kohya.py ... --quality --threads 1 --json kohya-quality.json
+    ... python bench/kohya.py ... --check-load
+    ... python bench/kohya.py ... --model real-sd1 --threads 1      # full-size SD1, random weights: bighost lock
 """
 from __future__ import annotations
 
@@ -30,16 +37,23 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ti_step.build_components
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ti_step.build_components, common
+from common import (HeldOutColourJudge, add_report_args, load_average, table, use_threads,  # noqa: E402
+                    write_json, write_model)
+
+DRIVER = REPO / "bench" / "peer_drivers" / "kohya_sd1_sizes.py"
 NAME = "toypink"
 LORA = dict(rank=8, alpha=8, lr="1e-3")
 TI = dict(vectors=1, init_text="red", lr="0.02")
+#: --quality: both kinds, both sides
+QUALITY = dict(batch_size=8, steps=400)
 
 
 def write_checkpoint(model: str, folder: Path) -> Path:
@@ -61,9 +75,7 @@ def write_checkpoint(model: str, folder: Path) -> Path:
         for module in (comps.unet, comps.vae, *comps.text_encoders):
             module.half()
         return save_checkpoint(comps, folder / f"{model}.safetensors")
-    from scal_sdt.host.standalone import load_components
-
-    return save_checkpoint(load_components(model), folder / f"{model}.safetensors")
+    return write_model(model, folder)
 
 
 def make_data(root: Path) -> Path:
@@ -90,84 +102,201 @@ def tokenizer_cache(folder: Path) -> Path:
 
 
 class Sides:
+    """Runs one side's trainer in a process of its own: its command, wall time, peak RSS and result file."""
+
     def __init__(self, a, ckpt: Path, data: Path, work: Path):
         self.a, self.ckpt, self.data, self.work = a, ckpt, data, work
         self.tok = tokenizer_cache(work / "tokenizers")
+        self.threads = use_threads(a.threads)
         self.count = 0
 
     def env(self, kohya: bool) -> dict:
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+        env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", CUDA_VISIBLE_DEVICES="", **self.threads)
         if not kohya:
             env["PYTHONPATH"] = str(REPO / "extensions_builtin")
-        if self.a.threads:
-            env.update(OMP_NUM_THREADS=str(self.a.threads), MKL_NUM_THREADS=str(self.a.threads))
         return env
 
-    def command(self, side: str, kind: str, steps: int, out: Path) -> list[str]:
+    def command(self, side: str, kind: str, steps: int, batch: int, out: Path) -> list[str]:
         a = self.a
+        settings = LORA if kind == "lora" else TI
         if side == "kohya":
             script = "train_network.py" if kind == "lora" else "train_textual_inversion.py"
-            cmd = [a.kohya_python, str(Path(a.sd_scripts) / script), "--pretrained_model_name_or_path", str(self.ckpt),
+            # through the driver: it lends sd-scripts the file's sizes (SD1's own on real-sd1) and starts the clock
+            cmd = [a.kohya_python, str(DRIVER), a.sd_scripts, script, "--pretrained_model_name_or_path", str(self.ckpt),
                    "--train_data_dir", str(self.data / "kohya"), "--caption_extension", ".txt", "--resolution",
-                   str(a.resolution), "--train_batch_size", str(a.batch_size), "--max_train_steps", str(steps),
+                   str(a.resolution), "--train_batch_size", str(batch), "--max_train_steps", str(steps),
                    "--output_dir", str(out), "--output_name", NAME, "--save_model_as", "safetensors",
                    "--optimizer_type", "AdamW", "--lr_scheduler", "constant", "--mixed_precision", "no",
-                   "--seed", "1", "--cache_latents", "--tokenizer_cache_dir", str(self.tok),
-                   "--max_data_loader_n_workers", "0"]
+                   "--seed", "1", "--cache_latents", "--sdpa", "--tokenizer_cache_dir", str(self.tok),
+                   "--max_data_loader_n_workers", "0", "--learning_rate", settings["lr"]]
             if kind == "lora":
-                cmd += ["--network_module", "networks.lora", "--network_dim", str(LORA["rank"]), "--network_alpha",
-                        str(LORA["alpha"]), "--network_train_unet_only", "--learning_rate", LORA["lr"]]
-            else:
-                cmd += ["--token_string", NAME, "--init_word", TI["init_text"], "--num_vectors_per_token",
-                        str(TI["vectors"]), "--learning_rate", TI["lr"]]
-            return cmd
+                return cmd + ["--network_module", "networks.lora", "--network_dim", str(LORA["rank"]),
+                              "--network_alpha", str(LORA["alpha"]), "--network_train_unet_only"]
+            return cmd + ["--token_string", NAME, "--init_word", TI["init_text"], "--num_vectors_per_token",
+                          str(TI["vectors"])]
         common = ["--model", str(self.ckpt), "--data", str(self.data / "ours"), "--name", NAME,
-                  "--resolution", str(a.resolution), "--batch-size", str(a.batch_size), "--steps", str(steps),
+                  "--resolution", str(a.resolution), "--batch-size", str(batch), "--steps", str(steps),
                   "--out", str(out), "--log-dir", str(out / "run"), "--seed", "1", "--device", "cpu",
-                  "--preview-every", "0", "--save-every", "0"]
+                  "--preview-every", "0", "--save-every", "0", "--lr", settings["lr"]]
+        # our command line, with the same step clock installed first
+        ours = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); import step_clock; "
+                "step_clock.install_from_env(); from scal_sdt.cli import main; main(sys.argv[1:])", str(DRIVER.parent)]
         if kind == "lora":
-            return [sys.executable, "-m", "scal_sdt.cli", "train-lora", *common, "--network", "lora", "--rank",
-                    str(LORA["rank"]), "--alpha", str(LORA["alpha"]), "--lr", LORA["lr"]]
-        return [sys.executable, "-m", "scal_sdt.cli", "train-embedding", *common, "--template", "filewords",
-                "--vectors", str(TI["vectors"]), "--init-text", TI["init_text"], "--lr", TI["lr"]]
+            return [*ours, "train-lora", *common, "--network", "lora", "--rank", str(LORA["rank"]), "--alpha",
+                    str(LORA["alpha"])]
+        return [*ours, "train-embedding", *common, "--template", "filewords", "--vectors", str(TI["vectors"]),
+                "--init-text", TI["init_text"]]
 
-    def run(self, side: str, kind: str, steps: int) -> dict:
+    def run(self, side: str, kind: str, steps: int, batch: int) -> dict:
         self.count += 1
         out = self.work / "out" / f"{side}-{kind}-{self.count}"
         out.mkdir(parents=True)
-        cmd = self.command(side, kind, steps, out)
-        timing = out / "time.txt"
+        cmd = self.command(side, kind, steps, batch, out)
+        timing, clock = out / "time.txt", out / "steps.txt"
         cwd = self.a.sd_scripts if side == "kohya" else str(REPO)
+        load = load_average()
         proc = subprocess.run(["/usr/bin/time", "-o", str(timing), "-f", "%e %M", *cmd], cwd=cwd,
-                              env=self.env(side == "kohya"), capture_output=True, text=True, timeout=7200)
+                              env=dict(self.env(side == "kohya"), STEP_CLOCK=str(clock)), capture_output=True,
+                              text=True, timeout=7200)
         if proc.returncode != 0:
             lines = (proc.stdout + proc.stderr).splitlines()
             first = next((i for i, line in enumerate(lines) if "Error" in line and "Traceback" not in line), None)
             head = "\n".join(lines[first:first + 4]) if first is not None else ""
             raise RuntimeError(f"{side} {kind} exited {proc.returncode}: {head}\n...\n" + "\n".join(lines)[-2000:])
         seconds, peak_kb = timing.read_text().split()[-2:]
-        return {"wall_s": float(seconds), "peak_mb": int(peak_kb) / 1024, "command": cmd, "out": str(out)}
+        stamps = [float(line) for line in clock.read_text().split()]
+        if len(stamps) != steps:
+            raise RuntimeError(f"{side} {kind}: {len(stamps)} optimiser steps timed for {steps} steps")
+        return {"wall_s": float(seconds), "peak_mb": int(peak_kb) / 1024, "command": cmd, "stamps": stamps,
+                "file": str(out / f"{NAME}.safetensors"), "load": [load, load_average()]}
+
+
+def measure_speed(runner: Sides, kind: str, sides: list[str]) -> dict:
+    """Each side's s/step over the steps after --warmup (from the step clock: the time from the end of step
+    --warmup to the end of the last, over --steps) and its process's peak RSS; medians of --repeats, the sides
+    taking turns."""
+    a = runner.a
+    rows: dict = {s: [] for s in sides}
+    errors: dict = {}
+    for rep in range(a.repeats):
+        for side in sides if rep % 2 == 0 else sides[::-1]:
+            if side in errors:
+                continue
+            try:
+                r = runner.run(side, kind, a.warmup + a.steps, a.batch_size)
+            except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
+                errors[side] = f"{type(e).__name__}: {e}"
+                print(f"[{kind}] {side} failed: {errors[side][:1500]}", flush=True)
+                continue
+            stamps = r["stamps"]
+            row = {"s_step": (stamps[-1] - stamps[a.warmup - 1]) / a.steps, "peak_mb": r["peak_mb"],
+                   "wall_s": r["wall_s"], "load": r["load"], "command": r["command"]}
+            rows[side].append(row)
+            print(f"[{kind} {rep + 1}] {side}: {row['s_step']:.3f} s/step, peak {row['peak_mb']:.0f} MB, load "
+                  f"{min(row['load']):.1f}-{max(row['load']):.1f}", flush=True)
+    summary = {}
+    for side in sides:
+        if side in errors:
+            summary[side] = {"error": errors[side][:3000]}
+        elif rows[side]:
+            summary[side] = dict(s_step=statistics.median(r["s_step"] for r in rows[side]),
+                                 peak_mb=statistics.median(r["peak_mb"] for r in rows[side]),
+                                 command=rows[side][-1]["command"], runs=rows[side])
+    if "s_step" in summary.get("ours", {}) and "s_step" in summary.get("kohya", {}):
+        summary["ours"]["time_ratio"] = summary["ours"]["s_step"] / summary["kohya"]["s_step"]
+        summary["ours"]["peak_ratio"] = summary["ours"]["peak_mb"] / summary["kohya"]["peak_mb"]
+    return summary
+
+
+def train_and_judge(runner: Sides, kinds: list[str], sides: list[str]) -> dict:
+    """--quality: each side trains each kind once with :data:`QUALITY`'s settings; then the toy judge scores every
+    result and the "before" row on our host."""
+    trained: dict = {}
+    for kind in kinds:
+        for side in sides:
+            try:
+                trained[(kind, side)] = runner.run(side, kind, QUALITY["steps"], QUALITY["batch_size"])
+            except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
+                trained[(kind, side)] = {"error": f"{type(e).__name__}: {str(e)[:1500]}"}
+            print(f"[quality {kind}] {side}: {trained[(kind, side)].get('wall_s', 'failed')} s", flush=True)
+    from scal_sdt.lora.adapters import load_lora
+    from scal_sdt.textual_inversion.create import init_vectors
+
+    judge = HeldOutColourJudge()
+    out: dict = {}
+    for kind in kinds:
+        if kind == "ti":  # the vectors under one name for every side: the same prompts, tokens and seeds
+            out[kind] = {"before": {"colour": judge.colour("toy-pink", {"toy-pink": init_vectors(
+                judge.host, TI["init_text"], TI["vectors"])})}}
+        else:
+            out[kind] = {"before": {"colour": judge.colour(NAME)}}
+        for side in sides:
+            r = trained[(kind, side)]
+            if "error" in r:
+                out[kind][side] = r
+                continue
+            if kind == "ti":
+                colour = judge.colour("toy-pink", {"toy-pink": judge.vectors(r["file"])})
+            else:
+                lora = load_lora(r["file"], judge.host.lora_targets(), "sd1").attach(1.0)
+                try:
+                    colour = judge.colour(NAME)
+                finally:
+                    lora.detach()
+            out[kind][side] = {"colour": colour, "wall_s": r["wall_s"], "peak_mb": r["peak_mb"], "load": r["load"],
+                               "command": r["command"]}
+    return out
+
+
+def check_load(a, ckpt: Path) -> dict:
+    """The largest difference between what sd-scripts' loader builds from ``ckpt`` (through the driver) and our
+    host's models compute on the driver's fixed inputs."""
+    import torch
+    from safetensors.torch import load_file
+
+    from scal_sdt.host.standalone import load_components
+
+    sys.path.insert(0, str(DRIVER.parent))
+    from kohya_sd1_sizes import fixed_inputs
+
+    out = ckpt.with_name("kohya-outputs.safetensors")
+    subprocess.run([a.kohya_python, str(DRIVER), a.sd_scripts, "--outputs", str(ckpt), str(out)], cwd=a.sd_scripts,
+                   env={k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")},
+                   check=True, capture_output=True)
+    theirs = load_file(str(out))
+    comps = load_components(str(ckpt))
+    ids, x, t, image = fixed_inputs(torch)
+    with torch.no_grad():
+        context = comps.text_encoders[0](ids).last_hidden_state
+        ours = {"context": context, "eps": comps.unet(x, t, encoder_hidden_states=context).sample,
+                "latent": comps.vae.encode(image).latent_dist.mean}
+    return {k: {"max_abs_diff": float((theirs[k] - v).abs().max()), "max_abs": float(v.abs().max())}
+            for k, v in ours.items()}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sd-scripts", required=True, help="a checkout of kohya-ss/sd-scripts")
     ap.add_argument("--kohya-python", required=True, help="the python of a venv with sd-scripts' requirements")
-    ap.add_argument("--model", default="real-sd1", help="real-sd1 (full-size SD1, random weights) or toy")
+    ap.add_argument("--model", default="toy", help="toy (the toy world's model, through the driver) or real-sd1 "
+                    "(full-size SD1, random weights; sd-scripts as it is)")
     ap.add_argument("--kinds", default="lora,ti")
     ap.add_argument("--sides", default="kohya,ours")
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=40, help="timed steps, after --warmup untimed ones")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json")
+    ap.add_argument("--quality", action="store_true", help="train once per side (batch 8, 400 steps) and judge")
+    ap.add_argument("--check-load", action="store_true",
+                    help="only compare what sd-scripts builds from the file with our host's models")
+    add_report_args(ap)
     a = ap.parse_args(argv)
     commit = subprocess.run(["git", "-C", a.sd_scripts, "rev-parse", "HEAD"], capture_output=True, text=True).stdout
     results: dict = {"args": vars(a), "sd_scripts_commit": commit.strip(), "rows": {}}
     sides = [s for s in a.sides.split(",") if s]
+    kinds = [k for k in a.kinds.split(",") if k]
     with tempfile.TemporaryDirectory(prefix="scal-kohya-") as tmp:
         work = Path(tmp)
         (work / "models").mkdir()
@@ -175,51 +304,40 @@ def main(argv=None) -> dict:
         subprocess.run([sys.executable, __file__, "--write-checkpoint", a.model, str(work / "models")], check=True,
                        env={**os.environ, "PYTHONPATH": str(REPO / "extensions_builtin")})
         ckpt = work / "models" / f"{a.model}.safetensors"
-        data = make_data(work / "data")
-        runner = Sides(a, ckpt, data, work)
-        for kind in [k for k in a.kinds.split(",") if k]:
-            rows: dict = {s: [] for s in sides}
-            errors: dict = {}
-            for rep in range(a.repeats):
-                for side in sides if rep % 2 == 0 else sides[::-1]:
-                    if side in errors:
-                        continue
-                    try:
-                        short = runner.run(side, kind, a.warmup)
-                        long = runner.run(side, kind, a.warmup + a.steps)
-                    except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
-                        errors[side] = f"{type(e).__name__}: {e}"
-                        print(f"[{kind}] {side} failed: {errors[side][:1500]}", flush=True)
-                        continue
-                    row = {"s_step": (long["wall_s"] - short["wall_s"]) / a.steps,
-                           "peak_mb": max(short["peak_mb"], long["peak_mb"]), "command": long["command"]}
-                    rows[side].append(row)
-                    print(f"[{kind} {rep + 1}] {side}: {row['s_step']:.3f} s/step, peak {row['peak_mb']:.0f} MB",
-                          flush=True)
-            summary = {}
-            for side in sides:
-                if side in errors:
-                    summary[side] = {"error": errors[side][:3000]}
-                elif rows[side]:
-                    ordered = sorted(rows[side], key=lambda r: r["s_step"])
-                    summary[side] = dict(ordered[len(ordered) // 2], runs=rows[side])
-            if "s_step" in summary.get("ours", {}) and "s_step" in summary.get("kohya", {}):
-                summary["ours"]["time_ratio"] = summary["ours"]["s_step"] / summary["kohya"]["s_step"]
-                summary["ours"]["peak_ratio"] = summary["ours"]["peak_mb"] / summary["kohya"]["peak_mb"]
-            results["rows"][kind] = summary
-    print("\n| trainer | side | s/step | peak MB | ours / kohya |")
-    print("|---|---|---|---|---|")
+        if a.check_load:
+            results["check_load"] = check_load(a, ckpt)
+            print(json.dumps(results["check_load"], indent=1))
+            write_json(a.json, results)
+            return results
+        runner = Sides(a, ckpt, make_data(work / "data"), work)
+        if a.quality:
+            results["quality"] = train_and_judge(runner, kinds, sides)
+        else:
+            for kind in kinds:
+                results["rows"][kind] = measure_speed(runner, kind, sides)
+    print_report(results)
+    write_json(a.json, results)
+    return results
+
+
+def print_report(results: dict) -> None:
+    rows = []
+    if "quality" in results:
+        for kind, by_side in results["quality"].items():
+            for side, r in by_side.items():
+                shown = f"failed: {r['error'][:300]!r}" if "error" in r else f"{r['colour']:.2f}"
+                rows.append([kind, side, shown, f"{r['wall_s']:.0f}" if "wall_s" in r else "",
+                             f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""])
+        print("\n" + table(["trainer", "side", "judge: pink", "wall s", "peak MB"], rows))
+        return
     for kind, summary in results["rows"].items():
         for side, r in summary.items():
             if "error" in r:
-                print(f"| {kind} | {side} | failed: {r['error'][:300]!r} | | |")
+                rows.append([kind, side, f"failed: {r['error'][:300]!r}", "", ""])
             else:
                 ratio = f"time {r['time_ratio']:.2f}, peak {r['peak_ratio']:.2f}" if "time_ratio" in r else ""
-                print(f"| {kind} | {side} | {r['s_step']:.3f} | {r['peak_mb']:.0f} | {ratio} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2))
-    return results
-
+                rows.append([kind, side, f"{r['s_step']:.3f}", f"{r['peak_mb']:.0f}", ratio])
+    print("\n" + table(["trainer", "side", "s/step", "peak MB", "ours / kohya"], rows))
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--write-checkpoint"]:
