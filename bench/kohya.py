@@ -2,19 +2,22 @@
 
 kohya   ``train_network.py --network_module networks.lora`` and ``train_textual_inversion.py`` from a checkout of
         kohya-ss/sd-scripts (``--sd-scripts``), run with its own python (``--kohya-python``: a venv with its
-        requirements); nothing of it is in this repository. On the toy model the scripts run through
-        ``bench/peer_drivers/kohya_sd1_sizes.py``, which lends sd-scripts the file's sizes (its loader builds SD1's)
-        and then runs the script's own main with the same arguments; on ``real-sd1`` they run as they are.
+        requirements); nothing of it is in this repository. The scripts run through
+        ``bench/peer_drivers/kohya_sd1_sizes.py``, which lends sd-scripts the file's sizes (its loader builds SD1's;
+        on ``real-sd1`` they are SD1's own) and then runs the script's own main with the arguments below.
 ours    ``scal-sdt train-lora --network lora`` and ``scal-sdt train-embedding``, in this python.
 
 Both sides: the same checkpoint file, the same pictures and captions (16 pictures of the toy world's held-out
-colour in a kohya ``1_toypink`` folder, captioned "a large toypink star on a ..."), ``--resolution`` px, seed 1,
-fp32 on the CPU, latents cached, SDPA attention; LoRA rank 8 / alpha 8 on the UNet only at lr 1e-3, AdamW; TI one
-vector from "red" at lr 0.02, AdamW, the caption as the prompt.
+colour in a kohya ``1_toypink`` folder, captioned "a large toypink star on a ..."; ours the same captions with
+[name], filled with the same name), ``--resolution`` px, seed 1, fp32 on the CPU, latents cached, kohya with
+``--sdpa``; LoRA rank 8 / alpha 8 on the UNet only at lr 1e-3, AdamW, constant rate; TI one vector from "red" at
+lr 0.02, AdamW, the caption as the prompt.
 
-Speed (the default): each side runs ``--warmup`` steps and then ``--warmup + --steps`` steps in a fresh process at
-batch ``--batch-size``; seconds per step = the difference of the two wall times / --steps (model loading, caching
-and saving cancel out); peak memory = the larger peak RSS of the two processes (GNU time's %M). Sides take turns,
+Speed (the default): each side trains ``--warmup + --steps`` steps at batch ``--batch-size`` in a fresh process,
+with ``bench/peer_drivers/step_clock.py`` stamping the wall and CPU clocks after every optimiser step (a global
+torch hook, the same on both sides): s/step = the wall time from the end of step --warmup to the end of the last
+over --steps; also the median step's wall time and the CPU seconds per step (on a shared CPU the CPU time is what
+other programs disturb least). Peak memory = the process's peak RSS (GNU time's %M). Sides take turns,
 ``--repeats`` times (medians reported); the load average is recorded around every run.
 
 ``--quality``: each side trains once with :data:`QUALITY`'s settings (batch 8, 400 steps) and the toy judge scores
@@ -165,7 +168,7 @@ class Sides:
             head = "\n".join(lines[first:first + 4]) if first is not None else ""
             raise RuntimeError(f"{side} {kind} exited {proc.returncode}: {head}\n...\n" + "\n".join(lines)[-2000:])
         seconds, peak_kb = timing.read_text().split()[-2:]
-        stamps = [float(line) for line in clock.read_text().split()]
+        stamps = [tuple(map(float, line.split())) for line in clock.read_text().splitlines()]
         if len(stamps) != steps:
             raise RuntimeError(f"{side} {kind}: {len(stamps)} optimiser steps timed for {steps} steps")
         return {"wall_s": float(seconds), "peak_mb": int(peak_kb) / 1024, "command": cmd, "stamps": stamps,
@@ -174,8 +177,8 @@ class Sides:
 
 def measure_speed(runner: Sides, kind: str, sides: list[str]) -> dict:
     """Each side's s/step over the steps after --warmup (from the step clock: the time from the end of step
-    --warmup to the end of the last, over --steps) and its process's peak RSS; medians of --repeats, the sides
-    taking turns."""
+    --warmup to the end of the last, over --steps), the median step's wall time, the CPU seconds per step, and its
+    process's peak RSS; medians of --repeats, the sides taking turns."""
     a = runner.a
     rows: dict = {s: [] for s in sides}
     errors: dict = {}
@@ -189,23 +192,26 @@ def measure_speed(runner: Sides, kind: str, sides: list[str]) -> dict:
                 errors[side] = f"{type(e).__name__}: {e}"
                 print(f"[{kind}] {side} failed: {errors[side][:1500]}", flush=True)
                 continue
-            stamps = r["stamps"]
-            row = {"s_step": (stamps[-1] - stamps[a.warmup - 1]) / a.steps, "peak_mb": r["peak_mb"],
+            timed = r["stamps"][a.warmup - 1:]
+            walls = [b[0] - e[0] for e, b in zip(timed, timed[1:])]
+            row = {"s_step": (timed[-1][0] - timed[0][0]) / a.steps, "median_step": statistics.median(walls),
+                   "cpu_step": (timed[-1][1] - timed[0][1]) / a.steps, "peak_mb": r["peak_mb"],
                    "wall_s": r["wall_s"], "load": r["load"], "command": r["command"]}
             rows[side].append(row)
-            print(f"[{kind} {rep + 1}] {side}: {row['s_step']:.3f} s/step, peak {row['peak_mb']:.0f} MB, load "
-                  f"{min(row['load']):.1f}-{max(row['load']):.1f}", flush=True)
+            print(f"[{kind} {rep + 1}] {side}: {row['s_step']:.3f} s/step (median {row['median_step']:.3f}, CPU "
+                  f"{row['cpu_step']:.3f}), peak {row['peak_mb']:.0f} MB, load {min(row['load']):.1f}-"
+                  f"{max(row['load']):.1f}", flush=True)
     summary = {}
     for side in sides:
         if side in errors:
             summary[side] = {"error": errors[side][:3000]}
         elif rows[side]:
-            summary[side] = dict(s_step=statistics.median(r["s_step"] for r in rows[side]),
-                                 peak_mb=statistics.median(r["peak_mb"] for r in rows[side]),
-                                 command=rows[side][-1]["command"], runs=rows[side])
-    if "s_step" in summary.get("ours", {}) and "s_step" in summary.get("kohya", {}):
-        summary["ours"]["time_ratio"] = summary["ours"]["s_step"] / summary["kohya"]["s_step"]
-        summary["ours"]["peak_ratio"] = summary["ours"]["peak_mb"] / summary["kohya"]["peak_mb"]
+            summary[side] = {k: statistics.median(r[k] for r in rows[side])
+                             for k in ("s_step", "median_step", "cpu_step", "peak_mb")}
+            summary[side].update(command=rows[side][-1]["command"], runs=rows[side])
+    ours, theirs = summary.get("ours", {}), summary.get("kohya", {})
+    if "s_step" in ours and "s_step" in theirs:
+        ours["ratios"] = {k: ours[k] / theirs[k] for k in ("s_step", "median_step", "cpu_step", "peak_mb")}
     return summary
 
 
@@ -335,9 +341,11 @@ def print_report(results: dict) -> None:
             if "error" in r:
                 rows.append([kind, side, f"failed: {r['error'][:300]!r}", "", ""])
             else:
-                ratio = f"time {r['time_ratio']:.2f}, peak {r['peak_ratio']:.2f}" if "time_ratio" in r else ""
-                rows.append([kind, side, f"{r['s_step']:.3f}", f"{r['peak_mb']:.0f}", ratio])
-    print("\n" + table(["trainer", "side", "s/step", "peak MB", "ours / kohya"], rows))
+                ratio = " / ".join(f"{v:.2f}" for v in r["ratios"].values()) if "ratios" in r else ""
+                rows.append([kind, side, f"{r['s_step']:.3f}", f"{r['median_step']:.3f}", f"{r['cpu_step']:.3f}",
+                             f"{r['peak_mb']:.0f}", ratio])
+    print("\n" + table(["trainer", "side", "s/step", "median step s", "CPU s/step", "peak MB",
+                         "ours / kohya (the four)"], rows))
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--write-checkpoint"]:

@@ -32,7 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.webui.conftest: the WebUI launcher the tests use
-sys.path.insert(0, str(REPO / "bench"))  # hf_clip
+sys.path.insert(0, str(REPO / "bench"))  # hf_clip, common
+from common import HeldOutColourJudge, add_report_args, use_threads, write_json, write_model  # noqa: E402
+
 DRIVER = REPO / "bench" / "peer_drivers" / "dreamartist"
 
 
@@ -55,17 +57,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--cfg-scale", default="1.5-3.0", help="training CFG, lo-hi (linear in t on both sides)")
     ap.add_argument("--sides", default="dreamartist,ours")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json")
+    add_report_args(ap)
     a = ap.parse_args(argv)
     if not a.webui_dir or not a.webui_python:
         ap.error("--webui-dir and --webui-python (or WEBUI_DIR and WEBUI_PYTHON) are needed")
-    if a.threads:  # the judging in this process too: two threads on a busy 2-core CPU ran 20x slower than one
-        import torch
-
-        torch.set_num_threads(a.threads)
-    from scal_sdt.host.checkpoint import save_checkpoint
-    from scal_sdt.host.standalone import load_components
+    threads = use_threads(a.threads)  # the WebUI's and the judging's
     from scal_sdt.toy_world.concepts import make_held_out_colour_set
     from tests.webui.conftest import start_webui
 
@@ -74,8 +70,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="scal-originals-") as tmp:
         work = Path(tmp)
         models = work / "models"
-        models.mkdir()
-        ckpt = save_checkpoint(load_components("toy"), models / "toy.safetensors")
+        ckpt = write_model("toy", models)
         data = work / "data" / "pink"
         make_held_out_colour_set(data, 16, seed=5)
         for extra in sorted(data.glob("*"))[2 * a.images:]:  # an image and its caption per index
@@ -89,9 +84,7 @@ def main(argv=None) -> dict:
         if a.aesthetic_dir:
             style = prepare_aesthetic(ckpt, work, Path(a.aesthetic_dir), work / "webui" / "data")
             extensions.append(Path(a.aesthetic_dir))
-        env = {"DA_EXT_DIR": str(Path(a.dreamartist_dir).absolute())}
-        if a.threads:
-            env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+        env = {"DA_EXT_DIR": str(Path(a.dreamartist_dir).absolute()), **threads}
         server = start_webui(Path(a.webui_dir), Path(a.webui_python), work / "webui", models, ckpt,
                              extra_args=["--disable-safe-unpickle"],
                              extensions=extensions, env=env)
@@ -150,8 +143,7 @@ def main(argv=None) -> dict:
         results["judged"] = judge(results["trained"]) if results["trained"] else {}  # the files are in `work`
     for side, r in results["judged"].items():
         print(f"| {side} | {r} |")
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
+    write_json(a.json, results)
     return results
 
 
@@ -263,27 +255,16 @@ def score_aesthetic(run: dict) -> dict:
 
 
 def judge(trained: dict) -> dict:
-    from scal_sdt.host.standalone import load_host
-    from scal_sdt.textual_inversion.format import load_embedding
-    from scal_sdt.toy_world.build import JUDGE, PRETRAINED
-    from scal_sdt.toy_world.judge import Judge
-    from scal_sdt.toy_world.quality import prompt_accuracy, prompt_set
-    from scal_sdt.toy_world.world import HELD_OUT, SHAPES
-
-    host = load_host("toy", device="cpu")
-    judge_ = Judge.load(PRETRAINED / JUDGE)
-    triples = prompt_set(32, seed=77, shapes=[s for s in SHAPES if s != HELD_OUT["shape"]],
-                         colours=[HELD_OUT["colour"]])
+    judge_ = HeldOutColourJudge()
     out = {}
     for side, r in trained.items():
         if "error" in r:
             out[side] = {"error": r["error"][:300]}
             continue
-        pos, neg = (load_embedding(f).for_encoders(list(host.widths)) for f in r["files"])
+        pos, neg = (judge_.vectors(f) for f in r["files"])
         emb = {"toypink": pos, "toypink-neg": neg}
-        out[side] = {f"cfg{cfg:g}": prompt_accuracy(host, judge_, triples, seed=9, cfg_scale=cfg,
-                                                    colour_words={HELD_OUT["colour"]: "toypink"}, embeddings=emb,
-                                                    negative="toypink-neg")["colour"] for cfg in (2.0, 5.0)}
+        out[side] = {f"cfg{cfg:g}": judge_.colour("toypink", emb, negative="toypink-neg", cfg_scale=cfg)
+                     for cfg in (2.0, 5.0)}
         out[side]["seconds"] = r["seconds"]
     return out
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -56,6 +55,8 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # tests.webui.conftest: the WebUI launcher the tests use
+sys.path.insert(0, str(REPO / "bench"))  # common
+from common import HeldOutColourJudge, add_report_args, table, use_threads, write_json, write_model  # noqa: E402
 TI_LR, HN_LR = "0.005", "0.0005"
 #: --quality: the settings every side trains with (see the module's docstring)
 QUALITY = {"ti": dict(vectors=1, init_text="red", lr="0.02", batch_size=8, steps=400, template="filewords"),
@@ -79,8 +80,8 @@ def reset_peak(pid: int) -> bool:
 
 
 class Peers:
-    def __init__(self, args, server, ckpt: Path, data: Path, work: Path):
-        self.args, self.server, self.ckpt, self.work = args, server, ckpt, work
+    def __init__(self, args, server, ckpt: Path, data: Path, work: Path, env: dict | None = None):
+        self.args, self.server, self.ckpt, self.work, self.env = args, server, ckpt, work, env or {}
         self.data_sets = data if isinstance(data, dict) else {"ti": data, "hn": data}
         self.data = self.data_sets["ti"]
         self.pid = server.process.pid
@@ -180,7 +181,6 @@ class Peers:
     def cli(self, kind: str, steps: int, quality: dict | None = None) -> tuple[Path, float]:
         """Our command line on the same checkpoint file: (its run log folder, its peak RSS in MB); the file it wrote
         is ``self.files[name]``."""
-        a = self.args
         opts = self.ours_options(kind, steps, side="cli", quality=quality)
         log_dir = self.work / "cli" / opts["name"]
         cmd = ["train-embedding" if kind == "ti" else "train-hypernetwork", "--model", str(self.ckpt),
@@ -189,9 +189,7 @@ class Peers:
             cmd += [f"--{k.replace('_', '-')}", str(v)]
         code = ("import resource, sys\nfrom scal_sdt.cli import main\ntry:\n    main(sys.argv[1:])\nfinally:\n"
                 "    print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\n")
-        env = {**os.environ, "PYTHONPATH": str(REPO / "extensions_builtin")}
-        if a.threads:
-            env.update(OMP_NUM_THREADS=str(a.threads), MKL_NUM_THREADS=str(a.threads))
+        env = {**os.environ, "PYTHONPATH": str(REPO / "extensions_builtin"), **self.env}
         out = subprocess.run([sys.executable, "-c", code, *cmd], env=env, capture_output=True, text=True,
                              timeout=3600)
         if out.returncode != 0:
@@ -228,27 +226,20 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="OMP/MKL threads for the WebUI and the CLI (0: torch's default); on a shared CPU 1 is steadier")
     ap.add_argument("--quick", action="store_true", help="runs of 2 and 5 steps, one repeat (a smoke run)")
     ap.add_argument("--quality", action="store_true",
                     help="train once per side on the toy checkpoint and judge the results instead of timing steps")
     ap.add_argument("--runs", type=int, default=1,
                     help="--quality: trainings per side (ours with seeds --seed, --seed + 1, ...; the WebUI's trainer "
                          "takes no seed, each run draws its own); each row is the mean, with the spread")
-    ap.add_argument("--json", help="write the results here")
+    add_report_args(ap)
     a = ap.parse_args(argv)
     if a.quick:
         a.steps, a.warmup, a.repeats = 3, 2, 1
     if not a.webui_dir or not a.webui_python:
         ap.error("--webui-dir and --webui-python (or WEBUI_DIR and WEBUI_PYTHON) are needed")
-    if a.threads:  # the judging in this process too: two threads on a busy 2-core CPU ran 20x slower than one
-        import torch
-
-        torch.set_num_threads(a.threads)
+    env = use_threads(a.threads)  # the WebUI's, the CLI's and the judging's
     from scal_sdt.demo_data import make_concept_folder
-    from scal_sdt.host.checkpoint import save_checkpoint
-    from scal_sdt.host.standalone import load_components
     from scal_sdt.toy_world.concepts import make_held_out_colour_set, make_unnamed_style_set
     from tests.webui.conftest import start_webui
 
@@ -258,9 +249,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory(prefix="scal-peers-") as tmp:
         work = Path(tmp)
         models = work / "models"
-        models.mkdir()
-        model = "toy" if a.quality else "tiny-sd1"
-        ckpt = save_checkpoint(load_components(model), models / f"{model}.safetensors")
+        ckpt = write_model("toy" if a.quality else "tiny-sd1", models)
         if a.quality:
             data = {"ti": work / "data" / "pink", "hn": work / "data" / "checks", "held": work / "data" / "held"}
             make_held_out_colour_set(data["ti"], 16, seed=5)
@@ -268,13 +257,12 @@ def main(argv=None) -> dict:
             make_unnamed_style_set(data["held"], 8, seed=2)
         else:
             data = make_concept_folder(work / "data" / "stars", count=4)
-        env = {"OMP_NUM_THREADS": str(a.threads), "MKL_NUM_THREADS": str(a.threads)} if a.threads else {}
         server = start_webui(Path(a.webui_dir), Path(a.webui_python), work / "webui", models, ckpt,
                              extra_args=["--disable-safe-unpickle", "--textual-inversion-templates-dir",
                                          str(templates_with_filewords(Path(a.webui_dir), work / "templates"))],
                              extensions=[REPO], env=env)
         try:
-            peers = Peers(a, server, ckpt, data, work)
+            peers = Peers(a, server, ckpt, data, work, env)
             if a.quality:
                 trained = train_for_quality(peers, kinds, sides)
             else:
@@ -288,8 +276,7 @@ def main(argv=None) -> dict:
         print_quality(results)
     else:
         print_table(results)
-    if a.json:
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
+    write_json(a.json, results)
     return results
 
 
@@ -393,35 +380,25 @@ def judge_quality(peers: Peers, trained: dict) -> dict:
     """The toy judge's colour accuracy for each side's embedding, and the held-out loss under each side's
     hypernetwork, all on our standalone host with the same sampler and seeds; "before": the init vectors / no
     hypernetwork."""
-    from scal_sdt.host.standalone import load_host
     from scal_sdt.hypernetwork.apply import apply_hypernetwork, remove_hypernetwork
     from scal_sdt.textual_inversion.create import init_vectors
-    from scal_sdt.textual_inversion.format import load_embedding
-    from scal_sdt.toy_world.build import JUDGE, PRETRAINED
-    from scal_sdt.toy_world.judge import Judge
-    from scal_sdt.toy_world.quality import prompt_accuracy, prompt_set
-    from scal_sdt.toy_world.world import HELD_OUT, SHAPES
     from scal_sdt.training.dataset import LatentDataset
     from scal_sdt.training.images import scan_folder
     from scal_sdt.training.validation import heldout_loss
 
-    host = load_host("toy", device="cpu")
+    judge = HeldOutColourJudge()
+    host = judge.host
     out: dict = {}
     if "ti" in trained:
-        judge = Judge.load(PRETRAINED / JUDGE)
         name = "toy-pink"  # every side's vectors under one name: the same prompts, tokens and seeds
-        triples = prompt_set(32, seed=77, shapes=[s for s in SHAPES if s != HELD_OUT["shape"]],
-                             colours=[HELD_OUT["colour"]])
 
         def accuracy(vectors) -> float:
-            return prompt_accuracy(host, judge, triples, seed=9, colour_words={HELD_OUT["colour"]: name},
-                                   embeddings={name: vectors})["colour"]
+            return judge.colour(name, {name: vectors})
 
         q = QUALITY["ti"]
         rows = {"before": {"colour": accuracy(init_vectors(host, q["init_text"], q["vectors"]))}}
         for side, r in trained["ti"].items():
-            rows[side] = summarise(r, "colour",
-                                   lambda f: accuracy(load_embedding(f).for_encoders(list(host.widths))))
+            rows[side] = summarise(r, "colour", lambda f: accuracy(judge.vectors(f)))
         out["ti"] = rows
     if "hn" in trained:
         held = peers.data_sets["held"]
@@ -444,8 +421,7 @@ def judge_quality(peers: Peers, trained: dict) -> dict:
 
 
 def print_quality(results: dict) -> None:
-    print("\n| trainer | side | held-out result | training wall s |")
-    print("|---|---|---|---|")
+    lines = []
     for kind, rows in results["quality"].items():
         what = "judge: colour" if kind == "ti" else "held-out loss"
         for side, r in rows.items():
@@ -453,19 +429,20 @@ def print_quality(results: dict) -> None:
             runs = len(r.get("runs", []))
             spread = f" ± {r['spread']:.3f} ({runs} runs)" if runs > 1 else ""
             shown = f"failed: {r['error'][:120]}" if "error" in r else f"{what} {value:.3f}{spread}"
-            print(f"| {kind} | {side} | {shown} | {r.get('seconds', float('nan')):.0f} |")
+            lines.append([kind, side, shown, f"{r.get('seconds', float('nan')):.0f}"])
+    print("\n" + table(["trainer", "side", "held-out result", "training wall s"], lines))
 
 
 def print_table(results: dict) -> None:
-    print("\n| trainer | side | s/step | ours / built-in | peak MB above idle | held after |")
-    print("|---|---|---|---|---|---|")
+    lines = []
     for kind, summary in results["rows"].items():
         for side, r in summary.items():
             if "error" in r:
-                print(f"| {kind} | {side} | failed: {r['error'][:120]} | | | |")
+                lines.append([kind, side, f"failed: {r['error'][:120]}", "", "", ""])
                 continue
             ratio = f"{r['time_ratio']:.2f}" if "time_ratio" in r else "1.00" if side == "built-in" else ""
-            print(f"| {kind} | {side} | {r['s_step']:.3f} | {ratio} | {r['peak_mb']:.0f} | {r['held_mb']:.0f} |")
+            lines.append([kind, side, f"{r['s_step']:.3f}", ratio, f"{r['peak_mb']:.0f}", f"{r['held_mb']:.0f}"])
+    print("\n" + table(["trainer", "side", "s/step", "ours / built-in", "peak MB above idle", "held after"], lines))
 
 
 if __name__ == "__main__":
