@@ -20,6 +20,8 @@ Reuse (fixtures, all session-scoped):
   written to ``<data-dir>/config.json`` first. The same arguments give the same (already running) server for the
   whole session; every server's process group is killed at the end of the session.
 * ``webui`` -> the WebUI serving tiny-sd1.
+* ``toy_server`` -> the WebUI serving the toy checkpoint with this extension (one process for every module that
+  asks); ``reds`` -> the name of an aesthetic embedding of red pictures made on it through our API.
 
 A :class:`WebUIServer` has ``base_url``, ``port``, ``data_dir``, ``ckpt_dir``, ``log_path``, ``log`` (the log text
 so far), ``args``, ``get(path)``, ``post(path, payload)``, ``txt2img(**payload)`` and ``stop()``.
@@ -312,3 +314,27 @@ def webui_server(webui_install, webui_dir_snapshot, tiny_checkpoint, tmp_path_fa
 def webui(webui_server, tiny_checkpoint) -> WebUIServer:
     """The WebUI serving our tiny-sd1 checkpoint (loaded)."""
     return webui_server(tiny_checkpoint("tiny-sd1"), name="webui-tiny-sd1")
+
+
+@pytest.fixture(scope="session")
+def toy_server(webui_server, tiny_checkpoint) -> WebUIServer:
+    """The WebUI serving the toy checkpoint with this extension (the tests of evaluate, aesthetic gradients …)."""
+    return webui_server(tiny_checkpoint("toy"), extensions=[Path(__file__).resolve().parents[2]],
+                        name="webui-scal-sdt-toy")
+
+
+@pytest.fixture(scope="session")
+def reds(toy_server, tmp_path_factory) -> str:
+    """An aesthetic embedding of red pictures, made on :func:`toy_server` by POST /scal-sdt/v1/aesthetic-embedding."""
+    from scal_sdt.toy_world.world import Scene, render
+
+    folder = tmp_path_factory.mktemp("reds")
+    for i, shape in enumerate(["circle", "square", "star", "triangle"]):
+        render(Scene(shape, "red", "white", "large", (0.5, 0.5))).save(folder / f"{i}.png")
+    job = toy_server.post("/scal-sdt/v1/aesthetic-embedding", {"images": str(folder), "name": "reds", "clip": "toy",
+                                                               "overwrite": True})
+    job = toy_server.wait_job(job)
+    assert job["status"] == "finished", job
+    out = toy_server.data_dir / "models" / "aesthetic_embeddings"
+    assert {p.name for p in out.iterdir()} >= {"reds.pt", "reds.safetensors", "reds.preview.png"}
+    return "reds"

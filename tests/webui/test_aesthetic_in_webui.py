@@ -17,28 +17,6 @@ PROMPT = "a blue star on a white background"
 TITLE = "scal-sdt aesthetic gradients"
 
 
-@pytest.fixture(scope="module")
-def server(webui_server, tiny_checkpoint):
-    return webui_server(tiny_checkpoint("toy"), extensions=[REPO], name="webui-scal-sdt-toy")
-
-
-@pytest.fixture(scope="module")
-def reds(server, tmp_path_factory):
-    """An aesthetic embedding of red pictures, made by POST /scal-sdt/v1/aesthetic-embedding."""
-    from scal_sdt.toy_world.world import Scene, render
-
-    folder = tmp_path_factory.mktemp("reds")
-    for i, shape in enumerate(["circle", "square", "star", "triangle"]):
-        render(Scene(shape, "red", "white", "large", (0.5, 0.5))).save(folder / f"{i}.png")
-    job = server.post("/scal-sdt/v1/aesthetic-embedding", {"images": str(folder), "name": "reds", "clip": "toy",
-                                                           "overwrite": True})
-    job = server.wait_job(job)
-    assert job["status"] == "finished", job
-    out = server.data_dir / "models" / "aesthetic_embeddings"
-    assert {p.name for p in out.iterdir()} >= {"reds.pt", "reds.safetensors", "reds.preview.png"}
-    return "reds"
-
-
 def args(embedding="reds", weight=0.5, steps=10, lr=1e-3, enabled=True, hypernetwork="None", batchwise=True):
     return {TITLE: {"args": [enabled, embedding, weight, steps, lr, False, 0.1, "", False, batchwise, hypernetwork,
                              1.0]}}
@@ -60,12 +38,12 @@ def tunings(server) -> int:
     return server.log.count("[SCAL-SDT] aesthetic embedding reds:")
 
 
-def test_the_accordion_and_the_train_sub_tab_are_there(server):
+def test_the_accordion_and_the_train_sub_tab_are_there(toy_server):
     import dataclasses
 
     from scal_sdt.aesthetic.config import AestheticEmbeddingConfig
 
-    ids = {c.get("props", {}).get("elem_id") for c in server.get("/config")["components"]}
+    ids = {c.get("props", {}).get("elem_id") for c in toy_server.get("/config")["components"]}
     for where in ("txt2img", "img2img"):
         assert f"script_{where}_scalsdt_aesthetic_gradients_embedding" in ids
         assert f"script_{where}_scalsdt_aesthetic_gradients_weight" in ids
@@ -75,44 +53,44 @@ def test_the_accordion_and_the_train_sub_tab_are_there(server):
             assert f"scal_sdt_ae_{f.name}" in ids, f.name
 
 
-def test_it_changes_the_image_holds_on_the_second_one_and_off_restores(server, reds):
-    plain, _ = digests(server, batch_size=2)
-    zero, _ = digests(server, args(weight=0.0), batch_size=2)
-    assert zero == plain, server.log_tail()
-    before = tunings(server)
-    on, info = digests(server, args(), batch_size=2)
-    assert on[0] != plain[0] and on[1] != plain[1], server.log_tail()
+def test_it_changes_the_image_holds_on_the_second_one_and_off_restores(toy_server, reds):
+    plain, _ = digests(toy_server, batch_size=2)
+    zero, _ = digests(toy_server, args(weight=0.0), batch_size=2)
+    assert zero == plain, toy_server.log_tail()
+    before = tunings(toy_server)
+    on, info = digests(toy_server, args(), batch_size=2)
+    assert on[0] != plain[0] and on[1] != plain[1], toy_server.log_tail()
     assert "Aesthetic weight: 0.5" in info["infotexts"][0] and "Aesthetic embedding: reds" in info["infotexts"][0]
-    again, _ = digests(server, args(), batch_size=2)  # the WebUI's persistent cond cache must not undo it
+    again, _ = digests(toy_server, args(), batch_size=2)  # the WebUI's persistent cond cache must not undo it
     assert again == on
-    assert tunings(server) == before + 1  # tuned once: the batch and the second generation reused it
-    off, _ = digests(server, args(enabled=False), batch_size=2)
+    assert tunings(toy_server) == before + 1  # tuned once: the batch and the second generation reused it
+    off, _ = digests(toy_server, args(enabled=False), batch_size=2)
     assert off == plain
-    each, _ = digests(server, args(batchwise=False), batch_size=2)
+    each, _ = digests(toy_server, args(batchwise=False), batch_size=2)
     assert each[0] != plain[0]
 
 
-def test_it_pairs_with_a_hypernetwork(server, reds):
+def test_it_pairs_with_a_hypernetwork(toy_server, reds):
     from scal_sdt.hypernetwork.format import save_hypernetwork
     from scal_sdt.hypernetwork.module import create_hypernetwork
 
-    folder = server.data_dir / "models" / "hypernetworks"
+    folder = toy_server.data_dir / "models" / "hypernetworks"
     folder.mkdir(parents=True, exist_ok=True)
     save_hypernetwork(create_hypernetwork("style", [64], "1, 2, 1", "relu", "XavierNormal", seed=3),
                       folder / "style.pt")
-    server.get("/scal-sdt/v1/hypernetworks")  # rescans the WebUI's folder
-    plain, _ = digests(server)
-    ae, _ = digests(server, args())
-    hn, _ = digests(server, args(weight=0.0, hypernetwork="style"))
-    both, info = digests(server, args(hypernetwork="style"))
-    assert len({plain[0], ae[0], hn[0], both[0]}) == 4, server.log_tail()
+    toy_server.get("/scal-sdt/v1/hypernetworks")  # rescans the WebUI's folder
+    plain, _ = digests(toy_server)
+    ae, _ = digests(toy_server, args())
+    hn, _ = digests(toy_server, args(weight=0.0, hypernetwork="style"))
+    both, info = digests(toy_server, args(hypernetwork="style"))
+    assert len({plain[0], ae[0], hn[0], both[0]}) == 4, toy_server.log_tail()
     assert "Hypernet: style" in info["infotexts"][0] and "Aesthetic embedding: reds" in info["infotexts"][0]
 
 
-def test_a_missing_embedding_is_named_and_the_image_still_made(server, reds):
-    plain, _ = digests(server)
-    missing, _ = digests(server, args(embedding="nothere"))  # the reason is a comment under the image, and logged
-    assert missing == plain and "aesthetic gradients not applied: aesthetic embedding 'nothere'" in server.log
+def test_a_missing_embedding_is_named_and_the_image_still_made(toy_server, reds):
+    plain, _ = digests(toy_server)
+    missing, _ = digests(toy_server, args(embedding="nothere"))  # the reason is a comment under the image, and logged
+    assert missing == plain and "aesthetic gradients not applied: aesthetic embedding 'nothere'" in toy_server.log
 
 
 def random_aesthetic(ckpt: Path, folder: Path, name: str) -> None:
