@@ -159,15 +159,32 @@ def test_ab_previews_are_rendered_by_the_webui_then_come_from_the_cache(page, tr
 
 
 def generate(page, wait_for_text: str) -> str:
-    """Click txt2img's Generate (64 px, 3 steps) and return the infotext once it says ``wait_for_text``."""
+    """Click txt2img's Generate (64 px, 3 steps, seed 1) and return the infotext once it says ``wait_for_text``.
+
+    The size, steps and seed go in as a user pastes parameters (a last prompt line of "Key: value" pairs, then the
+    paste button ↙), not typed into the sliders: every release of txt2img's width or height slider runs the WebUI's
+    own hires-fix preview, a JavaScript-only event (``onCalcResolutionHires``) with no outputs that returns its six
+    inputs, and Gradio 3.41 then throws "Cannot read properties of undefined (reading 'props')" in Blocks-*.js —
+    the WebUI's error, which would hide ours. The line names the server's emphasis: a pasted line without one means
+    "Original" to the WebUI (an override, and NaNs from the tiny text encoder: see conftest.DEFAULT_SETTINGS)."""
     page.open_tab("txt2img")
-    page.set_value("txt2img_width", 64)
-    page.set_value("txt2img_height", 64)
-    page.set_value("txt2img_steps", 3)
-    # (not cleared by hand first: Gradio's HTML component then no longer renders the new value)
+    prompt = page.field("txt2img_prompt").get_attribute("value")
+    page.set_value("txt2img_prompt", f"{prompt}\nSteps: 3, Size: 64x64, Seed: 1, Emphasis: No norm")
+    page.css("#txt2img_tools #paste")[0].click()  # (img2img's paste button has the same id)
+    br.wait_for(lambda: [page.field(f"txt2img_{n}").get_attribute("value") for n in ("width", "height", "steps")]
+                == ["64", "64", "3"] and page.field("txt2img_prompt").get_attribute("value") == prompt, 20,
+                "the pasted size and steps, the prompt as it was")
+    # (the infotext is not cleared by hand first: Gradio's HTML component then no longer renders the new value)
     page.click("txt2img_generate")
-    return br.wait_for(lambda: (lambda t: t if wait_for_text in t and "Steps:" in t else None)(
-        page.text("html_info_txt2img")), RENDER_TIMEOUT_S, f"the infotext with {wait_for_text!r}")
+
+    def ended():  # the infotext, or the WebUI's error message (not a wait to the timeout)
+        error = page.js("return document.querySelector('#html_log_txt2img .error')?.textContent || ''")
+        info = page.text("html_info_txt2img")
+        return ("failed", error) if error else ("done", info) if wait_for_text in info and "Steps: 3" in info else None
+
+    outcome, text = br.wait_for(ended, RENDER_TIMEOUT_S, f"the infotext with {wait_for_text!r}")
+    assert outcome == "done", f"the WebUI's generation failed: {text}"
+    return text
 
 
 @needs_browser
