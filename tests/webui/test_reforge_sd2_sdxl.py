@@ -6,7 +6,8 @@ Needs ``REFORGE_DIR`` and ``REFORGE_PYTHON`` (as test_in_reforge.py) and, per fa
 random weights in ``REFORGE_SD2_CKPT`` / ``REFORGE_SDXL_CKPT`` (2.6 and 6.9 GB, written once by
 ``bench/real_checkpoint.py real-sd2|real-sdxl PATH``; not built here); a family without one is skipped. SDXL runs with
 reForge's ``--unet-in-bf16 --bf16-text-enc`` (in fp32 on the CPU its weights alone take 13.9 GB) and is skipped where
-the box has less than ``SDXL_GIB`` free (its embedding's run peaked at 19.2 GiB). One reForge at a time: each family's is stopped before the next starts.
+the box has less than ``SDXL_GIB`` free (its embedding's run peaked at 19.2 GiB). One reForge at a time: each
+family's is stopped before the next starts.
 
     REFORGE_DIR=… REFORGE_PYTHON=… REFORGE_SD2_CKPT=/work/hosts/reforge-models/realsd2.safetensors \\
         python -m pytest -n 0 tests/webui/test_reforge_sd2_sdxl.py

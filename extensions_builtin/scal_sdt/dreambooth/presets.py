@@ -11,7 +11,8 @@ the family's native size, which a test holds under each card):
 - bf16 weights (``master_weights bf16``: weights and optimizer state in bf16) where fp32 weights do not fit: SD1/SD2
   on 6 GB, SDXL everywhere below 24 GB.
 SD1 on 8 GB: about 7.0 GiB (1.7 of it Adafactor's state: SD1's convolutions keep 2/3 of their size there); SDXL
-needs about 6.9 GiB even in bf16, so no preset makes it fit a 6 GB card (train a LoRA there). 12 and 24 GB cards keep fp32 weights and hold the gradients (no fused step); 24 GB runs AdamW.
+needs about 6.9 GiB even in bf16, so no preset makes it fit a 6 GB card (train a LoRA there). 12 and 24 GB cards
+keep fp32 weights and hold the gradients (no fused step); 24 GB runs AdamW.
 """
 from __future__ import annotations
 
