@@ -92,6 +92,7 @@ def checkpointing_by_size(run: runs.Run, explicit: frozenset, say) -> runs.Run:
         return run
     side = max([cfg.resolution or host.native_resolution] + (size_list(cfg.resolutions) if cfg.resolutions else []))
     kept = host.step_activation_bytes(cfg.batch_size, (side, side), resolve_precision(cfg.precision, host.device))
+    release_memory()  # what the probe's passes took goes back before the run
     held = host.unet_weight_bytes()
     on = kept > held
     say(f"gradient checkpointing {'on' if on else 'off'}: a step at {side} px, batch {cfg.batch_size} keeps about "
