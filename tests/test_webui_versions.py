@@ -280,3 +280,34 @@ def test_a_lora_written_again_is_read_again_by_forges_lora(adapter, monkeypatch)
     monkeypatch.setitem(sys.modules, "networks", types.SimpleNamespace(list_available_networks=lambda: None))
     adapter.reload_loras()
     assert vars(a1111_model) == {}
+
+
+class CrossAttention(torch.nn.Module):
+    """ldm's attention layer as the WebUI patches it: its class's forward is the attention the WebUI chose."""
+
+    def __init__(self):
+        super().__init__()
+        self.to_k = torch.nn.Linear(4, 4)
+
+    def forward(self, x, context=None):
+        return "the WebUI's attention"
+
+
+@pytest.mark.parametrize("chosen, ours", [("InvokeAI", "sdp"), ("Doggettx", "sdp"), ("", "sdp"),
+                                           ("xformers", "the WebUI's attention"), ("sdp", "the WebUI's attention")])
+def test_runs_use_memory_efficient_attention_where_the_webuis_keeps_whole_matrices(adapter, monkeypatch, chosen, ours):
+    """Issue 22: InvokeAI's attention (the WebUI's choice on a CPU) keeps every layer's attention matrix for the
+    backward pass; our runs take the WebUI's own scaled-dot-product forward for the run, and put it back after."""
+    sdp = types.ModuleType("modules.sd_hijack_optimizations")
+    sdp.scaled_dot_product_attention_forward = lambda self, x, context=None, mask=None, **kw: "sdp"
+    monkeypatch.setitem(sys.modules, "modules.sd_hijack_optimizations", sdp)
+    monkeypatch.setattr(sys.modules["modules"], "sd_hijack_optimizations", sdp, raising=False)
+    monkeypatch.setattr(sys.modules["modules.sd_hijack"].model_hijack, "optimization_method", chosen, raising=False)
+    unet = torch.nn.Sequential(CrossAttention(), torch.nn.Sequential(CrossAttention()))
+    host = adapter.WebUIHost(sd1_model(model=types.SimpleNamespace(diffusion_model=unet), parameters=unet.parameters))
+    host.begin_training()
+    assert [m(torch.zeros(1)) for m in (unet[0], unet[1][0])] == [ours, ours]
+    assert all(not p.requires_grad for p in unet.parameters())
+    host.restore()
+    assert [m(torch.zeros(1)) for m in (unet[0], unet[1][0])] == ["the WebUI's attention"] * 2
+    assert all("forward" not in vars(m) for m in unet.modules()) and all(p.requires_grad for p in unet.parameters())

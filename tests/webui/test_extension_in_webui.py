@@ -168,21 +168,29 @@ def test_a_json_number_for_the_learning_rate_is_accepted(server, data_dir):
     assert job["step"] == 2
 
 
-def test_runs_in_the_webui_checkpoint_the_unet_as_its_own_trainers_do(server, data_dir):
+def test_runs_in_the_webui_decide_checkpointing_from_their_size(server, data_dir):
     """Issue 22: the WebUI's TI and hypernetwork trainers always recompute the UNet's blocks in the backward pass
-    (``sd_hijack_checkpoint``); without it ours peaked above theirs at 256 px. So our runs in the WebUI checkpoint by
-    default; a preset (or the user) still decides."""
+    (``sd_hijack_checkpoint``) and hold a gradient for every UNet weight. Ours checkpoints only where the activations
+    a step keeps outweigh those weights (tiny SD1: about 2 MB at 64 px, 21 MB at 256, against 8 MB of weights): off
+    at 64 px, where recomputing had cost half of each step, on at 256; a preset or the user still decides."""
     import json
 
     import torch
 
-    for preset, expected in (("", True), ("24gb", False)):  # 24gb on SD1: no checkpointing
+    for size, extra, expected in ((64, {}, False), (256, {}, True), (256, {"preset": "24gb"}, False),
+                                  (64, {"gradient_checkpointing": True}, True)):
         job = server.wait_job(server.post("/scal-sdt/v1/train/hypernetwork", {
-            "name": f"ckpt{expected}", "data": str(data_dir), "lr": 0.0005, "steps": 1, "resolution": 64,
-            "save_every": 0, "preview_every": 0, "preset": preset}), timeout=240)
+            "name": f"ckpt{size}{expected}{len(extra)}", "data": str(data_dir), "lr": 0.0005, "steps": 1,
+            "resolution": size, "save_every": 0, "preview_every": 0, **extra}), timeout=240)
         assert job["status"] == "finished", job
         saved = torch.load(job["result"]["path"], map_location="cpu", weights_only=True)
-        assert json.loads(saved["optional_info"])["options"]["gradient_checkpointing"] is expected, preset
+        assert json.loads(saved["optional_info"])["options"]["gradient_checkpointing"] is expected, (size, extra)
+        said = [m for m in job["messages"] if m.startswith("gradient checkpointing")]
+        if extra:  # chosen by the preset or the user: nothing to decide
+            assert not said
+        else:
+            assert len(said) == 1 and said[0].startswith(
+                f"gradient checkpointing {'on' if expected else 'off'}: a step at {size} px"), said
 
 
 def test_an_empty_dataset_fails_the_job_not_the_webui(server, tmp_path):

@@ -35,9 +35,9 @@ from .images import ImageItem, ScanResult, load_image, load_mask, to_array
 CACHE_MODES = ("once", "deterministic", "random")
 EncodeMoments = Callable[[torch.Tensor], "tuple[torch.Tensor, torch.Tensor]"]
 #: pixels per VAE call while caching: the encoder's activations grow with them (tiny SD1 on the CPU: ~50 MB for one
-#: 256 px picture, ~135 MB for four), and a trainer's peak must not be set by its caching — the WebUI's own trainers
-#: encode one picture at a time. At 64 px four pictures still share a call.
-ENCODE_PIXELS = 256 * 256
+#: 256 px picture, ~135 MB for four; 3 MB for one 64 px picture, 14 MB for four), and a trainer's peak must not be
+#: set by its caching — the WebUI's own trainers encode one picture at a time, and so does this at every size.
+ENCODE_PIXELS = 64 * 64
 
 
 def encode_in_slices(pixels: torch.Tensor, encode_moments: EncodeMoments, device=None,

@@ -25,6 +25,10 @@ from ..host.schedule import NoiseSchedule
 from ..training.report import Reporter
 
 
+#: the WebUI's attention optimisations whose backward pass keeps no whole attention matrix: kept for our runs
+MEMORY_EFFICIENT_ATTENTION = ("xformers", "sdp", "sdp-no-mem", "sub-quadratic")
+
+
 class WebUIHost(Host):
     def __init__(self, sd_model=None):
         self.sd_model = sd_model or shared.sd_model
@@ -54,6 +58,7 @@ class WebUIHost(Host):
         self._parked: set[str] = set()
         self._ldm_checkpoint: list[tuple] = []  # (module, flag) switched off while we train
         self._checkpointed: list = []  # blocks whose forward is torch's checkpoint while we train
+        self._sdp_attention: list = []  # attention layers given torch's scaled-dot-product attention while we train
         self._frozen: list[tuple[torch.nn.Parameter, bool]] = []  # (weight, its requires_grad) frozen while we train
 
     # -- identity ---------------------------------------------------------------------------------------------
@@ -243,7 +248,8 @@ class WebUIHost(Host):
         switched off while we train; :meth:`set_gradient_checkpointing` puts torch's (which has no such limit) in.
         Every weight of the model is frozen for the run (the WebUI leaves the UNet's at ``requires_grad=True``, so
         each step would compute and keep ``.grad`` for all of it); what a run trains (DreamBooth's UNet) it unfreezes
-        itself, and :meth:`restore` puts the WebUI's flags back."""
+        itself, and :meth:`restore` puts the WebUI's flags back. The UNet's attention becomes memory-efficient for the
+        run where the WebUI's is not (:meth:`_use_sdp_attention`)."""
         for p in self.sd_model.parameters():
             self._frozen.append((p, p.requires_grad))
             p.requires_grad_(False)
@@ -252,6 +258,30 @@ class WebUIHost(Host):
                 if getattr(m, flag, None) is True:
                     setattr(m, flag, False)
                     self._ldm_checkpoint.append((m, flag))
+        self._use_sdp_attention()
+
+    def _use_sdp_attention(self) -> None:
+        """Torch's scaled-dot-product attention (the WebUI's own "sdp" forward, hypernetworks applied as in every
+        other) on each attention layer of the UNet for the run, where the attention the WebUI chose keeps each
+        layer's whole attention matrix for the backward pass: InvokeAI's (its choice on a CPU), Doggettx's (on a
+        GPU), V1 or none. Its memory-efficient kernels keep O(tokens) per layer instead of O(tokens²): tiny SD1 at
+        256 px kept 21 MB of activations a step instead of 131 MB, and ran twice as fast on a CPU. Per instance (the
+        WebUI's classes are not touched); :meth:`restore` takes it off. reForge's own backend is left as it is."""
+        import functools
+
+        try:
+            from modules import sd_hijack_optimizations  # noqa: the WebUI
+        except ImportError:
+            return
+        forward = getattr(sd_hijack_optimizations, "scaled_dot_product_attention_forward", None)
+        chosen = getattr(sd_hijack.model_hijack, "optimization_method", None) or ""
+        if (forward is None or self._backend is not None or chosen in MEMORY_EFFICIENT_ATTENTION
+                or not hasattr(torch.nn.functional, "scaled_dot_product_attention")):
+            return
+        for m in self.sd_model.model.diffusion_model.modules():
+            if type(m).__name__ == "CrossAttention" and hasattr(m, "to_k") and "forward" not in vars(m):
+                m.forward = functools.partial(forward, m)
+                self._sdp_attention.append(m)
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Each transformer and residual block of the UNet recomputed in the backward pass (torch's non-reentrant
@@ -268,10 +298,57 @@ class WebUIHost(Host):
                 m.forward = lambda *args, _f=m._forward, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
                 self._checkpointed.append(m)
 
+    def unet_weight_bytes(self) -> int:
+        """The bytes of the UNet's weights: what the WebUI's own trainers hold again as gradients (its UNet's weights
+        are left at ``requires_grad=True``, so every step of its TI or hypernetwork training computes and keeps a
+        ``.grad`` for each)."""
+        return sum(p.numel() * p.element_size() for p in self.sd_model.model.diffusion_model.parameters())
+
+    def step_activation_bytes(self, batch: int, size: tuple[int, int], precision: str = "fp32") -> int:
+        """About how many bytes of activations one training step keeps for its backward pass without gradient
+        checkpointing, at ``batch`` pictures of ``size`` pixels: the UNet runs (as our runs run it: weights frozen,
+        the attention of :meth:`_use_sdp_attention`) on 8x8 and 8x16 latents with a gradient wanted for its input
+        (so every layer keeps what the backward pass needs, as for a hypernetwork in the first block), and autograd's
+        saved tensors are counted (the weights themselves not). With memory-efficient attention what a layer keeps
+        grows with its positions, so the two counts give a line, read at ``size`` and times ``batch``. Called outside
+        a run; a fraction of a second on a CPU for a small model (tiny SD1: 2.7 MB kept at most)."""
+        in_channels = self.sd_model.model.diffusion_model.in_channels
+        weights = {p.untyped_storage().data_ptr() for p in self.sd_model.parameters()}
+
+        def kept(h: int, w: int) -> int:
+            seen: dict[int, int] = {}
+
+            def pack(t):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in weights:
+                    seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
+                return t.detach()  # kept alive (so no address is counted twice), without the cycle t itself makes
+
+            with torch.no_grad():
+                cond = self.encode_prompts([""], size=(h * self.latent_factor, w * self.latent_factor))
+            x = torch.zeros(1, in_channels, h, w, device=self.device, requires_grad=True)  # as a batch's
+            t = torch.full((1,), 500, device=self.device, dtype=torch.long)
+            with (torch.enable_grad(), self.autocast(precision), self.on_device("unet"),
+                  torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)):
+                self.predict(x, t, cond)
+            return sum(seen.values())
+
+        self.begin_training()
+        try:
+            small, large = kept(8, 8), kept(8, 16)
+        finally:
+            self.restore()
+        per_position = max(large - small, 0) / (8 * 16 - 8 * 8)
+        positions = (size[0] // self.latent_factor) * (size[1] // self.latent_factor)
+        return int(batch * (small + per_position * (positions - 8 * 8)))
+
     def restore(self) -> None:
         """Put everything back where the WebUI keeps it."""
         self.on_device("vae")
         self.set_gradient_checkpointing(False)
+        for m in self._sdp_attention:
+            del m.forward
+        self._sdp_attention = []
         for m, flag in self._ldm_checkpoint:
             setattr(m, flag, True)
         self._ldm_checkpoint = []

@@ -33,6 +33,8 @@ from ..tagging.config import TagConfig
 from ..tagging.model import POOL as TAGGERS
 from ..tagging.run import tag_folder
 from ..training import control
+from ..training.loop import resolve_precision
+from ..training.options import size_list
 from ..ui.loss_svg import loss_svg
 from ..host.families import family
 from .aesthetic import aesthetic_dir, family_name
@@ -67,16 +69,36 @@ def webui_folders() -> list[str]:
 
 
 def webui_defaults(kind: type = EmbeddingConfig) -> dict:
-    """Form and API defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live; and,
-    for embeddings and hypernetworks, gradient checkpointing on, as the WebUI's own trainers always have it
-    (``sd_hijack_checkpoint``): without it a run's peak memory was above theirs (tiny SD1 at 256 px: ~50 MB), and
-    on a real model at 512 px far more. A preset or the user's choice still decides (these are not explicit)."""
+    """Form and API defaults that come from the WebUI: where its embeddings / hypernetworks / checkpoints live.
+    Gradient checkpointing of an embedding's or hypernetwork's run, when nobody chose it, is decided from the run's
+    size (:func:`checkpointing_by_size`)."""
     if kind is DreamBoothConfig:  # model: a checkpoint of the WebUI's list, by default the loaded one
         return {"out": checkpoints_dir(), "model": LOADED_CHECKPOINT}
     if kind is LoraConfig:  # the WebUI's Lora folder: <lora:NAME:1> works when the run ends
         return {"out": lora_dir(), "embeddings_out": embeddings_dir()}
-    return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir(),
-            "gradient_checkpointing": True}
+    return {"out": hypernetworks_dir() if kind is HypernetworkConfig else embeddings_dir()}
+
+
+def checkpointing_by_size(run: runs.Run, explicit: frozenset, say) -> runs.Run:
+    """An embedding's or hypernetwork's run in the WebUI whose gradient checkpointing neither the user nor a memory
+    preset chose: on only where the activations a step keeps outweigh what the WebUI's own trainer holds anyway —
+    a gradient for every UNet weight (:meth:`WebUIHost.unet_weight_bytes`). Below that, keeping them costs less
+    memory than the WebUI's trainer and saves recomputing the forward pass (tiny SD1 at 64 px: about half the time
+    of a step); above it (tiny SD1 at 256 px, a real model at 512) the run checkpoints, as the WebUI's trainers
+    always do."""
+    cfg, host = run.cfg, run.host
+    if (not isinstance(cfg, (EmbeddingConfig, HypernetworkConfig)) or not isinstance(host, WebUIHost)
+            or "gradient_checkpointing" in explicit or cfg.preset):
+        return run
+    side = max([cfg.resolution or host.native_resolution] + (size_list(cfg.resolutions) if cfg.resolutions else []))
+    kept = host.step_activation_bytes(cfg.batch_size, (side, side), resolve_precision(cfg.precision, host.device))
+    release_memory()  # what the probe's passes took goes back before the run
+    held = host.unet_weight_bytes()
+    on = kept > held
+    say(f"gradient checkpointing {'on' if on else 'off'}: a step at {side} px, batch {cfg.batch_size} keeps about "
+        f"{kept / 2**20:.0f} MB of activations, {'more' if on else 'less'} than the {held / 2**20:.0f} MB of UNet "
+        f"gradients the WebUI's own trainer holds (tick gradient_checkpointing to choose it yourself)")
+    return dataclasses.replace(run, cfg=dataclasses.replace(cfg, gradient_checkpointing=on))
 
 
 def make_aesthetic(cfg: AestheticEmbeddingConfig, reporter=None) -> AestheticResult:
@@ -212,6 +234,7 @@ def _run_training(cfg, extra_reporter, explicit, source: str = "") -> dict:
         explicit = frozenset(k for k in changed_options(cfg) if k not in shown or getattr(cfg, k) != shown[k])
     run = runs.prepare(effective_config(cfg), host, explicit, say=reporter.message,
                        host_outlives_run=isinstance(host, WebUIHost))
+    run = checkpointing_by_size(run, explicit, reporter.message)
     cfg = run.cfg
     steps[0] = cfg.steps
     _active_run.append(cfg.log_dir)
