@@ -311,3 +311,47 @@ def test_runs_use_memory_efficient_attention_where_the_webuis_keeps_whole_matric
     host.restore()
     assert [m(torch.zeros(1)) for m in (unet[0], unet[1][0])] == ["the WebUI's attention"] * 2
     assert all("forward" not in vars(m) for m in unet.modules()) and all(p.requires_grad for p in unet.parameters())
+
+
+class BasicTransformerBlock(torch.nn.Module):
+    """reForge's transformer block: a ``forward`` of its own, no ldm ``_forward`` behind a checkpoint wrapper."""
+
+    def __init__(self):
+        super().__init__()
+        self.proj = torch.nn.Linear(4, 4)
+        self.calls = 0
+
+    def forward(self, x, context=None, transformer_options={}):
+        self.calls += 1
+        return torch.tanh(self.proj(x)) * context
+
+
+class ResBlock(BasicTransformerBlock):
+    """ldm's residual block: ``forward`` is ldm's checkpoint wrapper (switched off while we train), ``_forward`` the
+    block."""
+
+    def forward(self, x, emb):
+        raise AssertionError("ldm's checkpoint wrapper is not the block to recompute")
+
+    def _forward(self, x, emb):
+        return super().forward(x, emb)
+
+
+def test_checkpointing_recomputes_reforges_transformer_blocks_and_ldms_residual_blocks(adapter):
+    """Issue 23: reForge's transformer blocks have no ``_forward``; they were left out of gradient checkpointing."""
+    unet = torch.nn.Sequential(BasicTransformerBlock(), ResBlock())
+    host = adapter.WebUIHost(sd1_model(model=types.SimpleNamespace(diffusion_model=unet), parameters=unet.parameters))
+    context = torch.ones(1, 4, requires_grad=True)
+    plain = unet[1]._forward(unet[0](torch.ones(1, 4), context=context, transformer_options={"block": ("input", 1)}),
+                             context)
+    (expected,) = torch.autograd.grad(plain.sum(), context)
+    host.begin_training()
+    host.set_gradient_checkpointing(True)
+    out = unet[1](unet[0](torch.ones(1, 4), context=context, transformer_options={"block": ("input", 1)}), context)
+    calls = [m.calls for m in unet]
+    (grad,) = torch.autograd.grad(out.sum(), context)
+    assert [m.calls - c for m, c in zip(unet, calls)] == [1, 1]  # each block run again in the backward pass
+    assert torch.allclose(grad, expected) and torch.equal(out, plain)
+    host.set_gradient_checkpointing(False)
+    assert all("forward" not in vars(m) for m in unet.modules())
+    host.restore()

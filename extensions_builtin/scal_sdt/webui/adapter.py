@@ -285,7 +285,10 @@ class WebUIHost(Host):
 
     def set_gradient_checkpointing(self, enabled: bool) -> None:
         """Each transformer and residual block of the UNet recomputed in the backward pass (torch's non-reentrant
-        checkpoint, per instance: the WebUI's classes are not touched)."""
+        checkpoint, per instance: the WebUI's classes are not touched). ldm's blocks are checkpointed at their
+        ``_forward`` (their ``forward`` is ldm's own checkpoint wrapper, switched off while we train); reForge's
+        transformer blocks have no ``_forward``, so there the class's ``forward`` is (without them a TI step on its
+        bf16 SDXL UNet on a CPU kept an fp32 cast of every weight it passed through for the backward pass)."""
         from torch.utils.checkpoint import checkpoint
 
         for m in self._checkpointed:
@@ -294,8 +297,9 @@ class WebUIHost(Host):
         if not enabled:
             return
         for m in self.sd_model.model.diffusion_model.modules():
-            if type(m).__name__ in ("BasicTransformerBlock", "ResBlock") and hasattr(m, "_forward"):
-                m.forward = lambda *args, _f=m._forward, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
+            if type(m).__name__ in ("BasicTransformerBlock", "ResBlock"):
+                block = getattr(m, "_forward", None) or type(m).forward.__get__(m)
+                m.forward = lambda *args, _f=block, **kw: checkpoint(_f, *args, use_reentrant=False, **kw)
                 self._checkpointed.append(m)
 
     def unet_weight_bytes(self) -> int:
@@ -311,18 +315,32 @@ class WebUIHost(Host):
         (so every layer keeps what the backward pass needs, as for a hypernetwork in the first block), and autograd's
         saved tensors are counted (the weights themselves not). With memory-efficient attention what a layer keeps
         grows with its positions, so the two counts give a line, read at ``size`` and times ``batch``. Called outside
-        a run; a fraction of a second on a CPU for a small model (tiny SD1: 2.7 MB kept at most)."""
+        a run; a fraction of a second on a CPU for a small model (tiny SD1: 2.7 MB kept at most). Nothing is kept
+        while counting: each storage is counted once while it lives (where a host casts weights per layer, as reForge
+        does for a bf16 or fp8 UNet, keeping the saved tensors would hold a cast of the whole UNet for the count)."""
+        from torch.multiprocessing.reductions import StorageWeakRef
+
         in_channels = self.sd_model.model.diffusion_model.in_channels
         weights = {p.untyped_storage().data_ptr() for p in self.sd_model.parameters()}
 
         def kept(h: int, w: int) -> int:
-            seen: dict[int, int] = {}
+            seen: dict[int, tuple[StorageWeakRef, int]] = {}  # address -> (the storage there, its bytes counted)
+            total = 0
 
             def pack(t):
+                nonlocal total
                 storage = t.untyped_storage()
-                if storage.data_ptr() not in weights:
-                    seen[storage.data_ptr()] = max(seen.get(storage.data_ptr(), 0), storage.nbytes())
-                return t.detach()  # kept alive (so no address is counted twice), without the cycle t itself makes
+                address, nbytes = storage.data_ptr(), storage.nbytes()
+                if address in weights:
+                    return None
+                counted = seen.get(address)
+                if counted is None or counted[0].expired():  # a new storage (perhaps at a freed one's address)
+                    total += nbytes
+                    seen[address] = (StorageWeakRef(storage), nbytes)
+                elif nbytes > counted[1]:
+                    total += nbytes - counted[1]
+                    seen[address] = (counted[0], nbytes)
+                return None  # the forward pass keeps nothing for a backward pass that never comes
 
             with torch.no_grad():
                 cond = self.encode_prompts([""], size=(h * self.latent_factor, w * self.latent_factor))
@@ -331,7 +349,7 @@ class WebUIHost(Host):
             with (torch.enable_grad(), self.autocast(precision), self.on_device("unet"),
                   torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)):
                 self.predict(x, t, cond)
-            return sum(seen.values())
+            return total
 
         self.begin_training()
         try:
