@@ -30,7 +30,7 @@ same prompts and sampler seeds for both sides; "before" = no LoRA / the init vec
 inputs: the largest difference of the text encoder's, the UNet's and the VAE encoder's outputs.
 
     PYTHONPATH=$PWD/extensions_builtin python bench/kohya.py --sd-scripts /work/hosts/sd-scripts \\
-        --kohya-python /work/hosts/kohya-venv/bin/python --threads 1 --repeats 2 --json kohya.json
+        --kohya-python /work/hosts/kohya-venv/bin/python --steps 40 --warmup 5 --repeats 3 --threads 1 --json kohya.json
     ... python bench/kohya.py ... --quality --threads 1 --json kohya-quality.json
     ... python bench/kohya.py ... --check-load
     ... python bench/kohya.py ... --model real-sd1 --threads 1      # full-size SD1, random weights: bighost lock
