@@ -9,7 +9,7 @@ ours    ``scal-sdt train-lora --network lora`` and ``scal-sdt train-embedding``,
 
 Both sides: the same checkpoint file, the same pictures and captions (16 pictures of the toy world's held-out
 colour in a kohya ``1_toypink`` folder, captioned "a large toypink star on a ..."; ours the same captions with
-[name], filled with the same name), ``--resolution`` px, seed 1, fp32 on the CPU, latents cached, kohya with
+[name], filled with the same name), ``--resolution`` px, seed ``--seed``, fp32 on the CPU, latents cached, kohya with
 ``--sdpa``; LoRA rank 8 / alpha 8 on the UNet only at lr 1e-3, AdamW, constant rate; TI one vector from "red" at
 lr 0.02, AdamW, the caption as the prompt.
 
@@ -20,16 +20,17 @@ over --steps; also the median step's wall time and the CPU seconds per step (on 
 other programs disturb least). Peak memory = the process's peak RSS (GNU time's %M). Sides take turns,
 ``--repeats`` times (medians reported); the load average is recorded around every run.
 
-``--quality``: each side trains once with :data:`QUALITY`'s settings (batch 8, 400 steps) and the toy judge scores
-the results on our standalone host (``common.HeldOutColourJudge``: 32 "a large toypink SHAPE on a ... background"
-pictures, the fraction it calls pink; chance 1/12): kohya's LoRA file through our LoRA loader, its embedding
-through our embedding reader, the same prompts and seeds for both sides; "before" = no LoRA / the init vector.
+``--quality``: each side trains ``--runs`` times (seeds ``--seed``, ``--seed + 1``, ...) with :data:`QUALITY`'s
+settings (batch 8, 400 steps) and the toy judge scores the results on our standalone host
+(``common.HeldOutColourJudge``: 32 "a large toypink SHAPE on a ... background" pictures, the fraction it calls
+pink; chance 1/12): kohya's LoRA file through our LoRA loader, its embedding through our embedding reader, the
+same prompts and sampler seeds for both sides; "before" = no LoRA / the init vector. Rows: mean ± spread of runs.
 
 ``--check-load``: what sd-scripts builds from the file (through the driver) against our host's models, on fixed
 inputs: the largest difference of the text encoder's, the UNet's and the VAE encoder's outputs.
 
     PYTHONPATH=$PWD/extensions_builtin python bench/kohya.py --sd-scripts /work/hosts/sd-scripts \\
-        --kohya-python /work/hosts/kohya-venv/bin/python --threads 1 --repeats 2 --json kohya.json
+        --kohya-python /work/hosts/kohya-venv/bin/python --steps 40 --warmup 5 --repeats 3 --threads 1 --json kohya.json
     ... python bench/kohya.py ... --quality --threads 1 --json kohya-quality.json
     ... python bench/kohya.py ... --check-load
     ... python bench/kohya.py ... --model real-sd1 --threads 1      # full-size SD1, random weights: bighost lock
@@ -120,7 +121,7 @@ class Sides:
             env["PYTHONPATH"] = str(REPO / "extensions_builtin")
         return env
 
-    def command(self, side: str, kind: str, steps: int, batch: int, out: Path) -> list[str]:
+    def command(self, side: str, kind: str, steps: int, batch: int, out: Path, seed: int) -> list[str]:
         a = self.a
         settings = LORA if kind == "lora" else TI
         if side == "kohya":
@@ -131,7 +132,7 @@ class Sides:
                    str(a.resolution), "--train_batch_size", str(batch), "--max_train_steps", str(steps),
                    "--output_dir", str(out), "--output_name", NAME, "--save_model_as", "safetensors",
                    "--optimizer_type", "AdamW", "--lr_scheduler", "constant", "--mixed_precision", "no",
-                   "--seed", "1", "--cache_latents", "--sdpa", "--tokenizer_cache_dir", str(self.tok),
+                   "--seed", str(seed), "--cache_latents", "--sdpa", "--tokenizer_cache_dir", str(self.tok),
                    "--max_data_loader_n_workers", "0", "--learning_rate", settings["lr"]]
             if kind == "lora":
                 return cmd + ["--network_module", "networks.lora", "--network_dim", str(LORA["rank"]),
@@ -140,7 +141,7 @@ class Sides:
                           str(TI["vectors"])]
         common = ["--model", str(self.ckpt), "--data", str(self.data / "ours"), "--name", NAME,
                   "--resolution", str(a.resolution), "--batch-size", str(batch), "--steps", str(steps),
-                  "--out", str(out), "--log-dir", str(out / "run"), "--seed", "1", "--device", "cpu",
+                  "--out", str(out), "--log-dir", str(out / "run"), "--seed", str(seed), "--device", "cpu",
                   "--preview-every", "0", "--save-every", "0", "--lr", settings["lr"]]
         # our command line, with the same step clock installed first
         ours = [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); import step_clock; "
@@ -151,11 +152,11 @@ class Sides:
         return [*ours, "train-embedding", *common, "--template", "filewords", "--vectors", str(TI["vectors"]),
                 "--init-text", TI["init_text"]]
 
-    def run(self, side: str, kind: str, steps: int, batch: int) -> dict:
+    def run(self, side: str, kind: str, steps: int, batch: int, seed: int | None = None) -> dict:
         self.count += 1
         out = self.work / "out" / f"{side}-{kind}-{self.count}"
         out.mkdir(parents=True)
-        cmd = self.command(side, kind, steps, batch, out)
+        cmd = self.command(side, kind, steps, batch, out, self.a.seed if seed is None else seed)
         timing, clock = out / "time.txt", out / "steps.txt"
         cwd = self.a.sd_scripts if side == "kohya" else str(REPO)
         load = load_average()
@@ -216,42 +217,55 @@ def measure_speed(runner: Sides, kind: str, sides: list[str]) -> dict:
 
 
 def train_and_judge(runner: Sides, kinds: list[str], sides: list[str]) -> dict:
-    """--quality: each side trains each kind once with :data:`QUALITY`'s settings; then the toy judge scores every
-    result and the "before" row on our host."""
+    """--quality: each side trains each kind --runs times (seeds --seed, --seed + 1, ...; the sides take turns) with
+    :data:`QUALITY`'s settings; then the toy judge scores every result and the "before" row on our host. A side's
+    row: the mean of its runs, their spread (sample standard deviation) and every run."""
     trained: dict = {}
     for kind in kinds:
-        for side in sides:
-            try:
-                trained[(kind, side)] = runner.run(side, kind, QUALITY["steps"], QUALITY["batch_size"])
-            except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
-                trained[(kind, side)] = {"error": f"{type(e).__name__}: {str(e)[:1500]}"}
-            print(f"[quality {kind}] {side}: {trained[(kind, side)].get('wall_s', 'failed')} s", flush=True)
+        for run in range(runner.a.runs):
+            seed = runner.a.seed + run
+            for side in sides:
+                if "error" in trained.get((kind, side), {}):
+                    continue
+                try:
+                    r = runner.run(side, kind, QUALITY["steps"], QUALITY["batch_size"], seed)
+                    trained.setdefault((kind, side), {"runs": []})["runs"].append(dict(r, seed=seed))
+                except Exception as e:  # noqa: BLE001 - a peer that cannot run is a row saying why
+                    trained[(kind, side)] = {"error": f"{type(e).__name__}: {str(e)[:1500]}"}
+                done = trained[(kind, side)]
+                print(f"[quality {kind} seed {seed}] {side}: "
+                      f"{done['runs'][-1]['wall_s'] if 'runs' in done else 'failed'} s", flush=True)
     from scal_sdt.lora.adapters import load_lora
     from scal_sdt.textual_inversion.create import init_vectors
 
     judge = HeldOutColourJudge()
+
+    def colour(kind: str, file: str) -> float:
+        if kind == "ti":  # the vectors under one name for every side: the same prompts, tokens and seeds
+            return judge.colour("toy-pink", {"toy-pink": judge.vectors(file)})
+        lora = load_lora(file, judge.host.lora_targets(), "sd1").attach(1.0)
+        try:
+            return judge.colour(NAME)
+        finally:
+            lora.detach()
+
     out: dict = {}
     for kind in kinds:
-        if kind == "ti":  # the vectors under one name for every side: the same prompts, tokens and seeds
-            out[kind] = {"before": {"colour": judge.colour("toy-pink", {"toy-pink": init_vectors(
-                judge.host, TI["init_text"], TI["vectors"])})}}
-        else:
-            out[kind] = {"before": {"colour": judge.colour(NAME)}}
+        before = (judge.colour("toy-pink", {"toy-pink": init_vectors(judge.host, TI["init_text"], TI["vectors"])})
+                  if kind == "ti" else judge.colour(NAME))
+        out[kind] = {"before": {"colour": before}}
         for side in sides:
             r = trained[(kind, side)]
             if "error" in r:
                 out[kind][side] = r
                 continue
-            if kind == "ti":
-                colour = judge.colour("toy-pink", {"toy-pink": judge.vectors(r["file"])})
-            else:
-                lora = load_lora(r["file"], judge.host.lora_targets(), "sd1").attach(1.0)
-                try:
-                    colour = judge.colour(NAME)
-                finally:
-                    lora.detach()
-            out[kind][side] = {"colour": colour, "wall_s": r["wall_s"], "peak_mb": r["peak_mb"], "load": r["load"],
-                               "command": r["command"]}
+            runs = [{"seed": x["seed"], "colour": colour(kind, x["file"]), "wall_s": x["wall_s"],
+                     "peak_mb": x["peak_mb"], "load": x["load"], "command": x["command"]} for x in r["runs"]]
+            values = [x["colour"] for x in runs]
+            out[kind][side] = {"colour": statistics.fmean(values),
+                               "spread": statistics.stdev(values) if len(values) > 1 else 0.0,
+                               "wall_s": statistics.fmean(x["wall_s"] for x in runs),
+                               "peak_mb": max(x["peak_mb"] for x in runs), "runs": runs}
     return out
 
 
@@ -294,7 +308,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--resolution", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--quality", action="store_true", help="train once per side (batch 8, 400 steps) and judge")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--quality", action="store_true", help="train per side (batch 8, 400 steps) and judge")
+    ap.add_argument("--runs", type=int, default=1, help="--quality: trainings per side, seeds --seed, --seed + 1, ...")
     ap.add_argument("--check-load", action="store_true",
                     help="only compare what sd-scripts builds from the file with our host's models")
     add_report_args(ap)
@@ -331,7 +347,9 @@ def print_report(results: dict) -> None:
     if "quality" in results:
         for kind, by_side in results["quality"].items():
             for side, r in by_side.items():
-                shown = f"failed: {r['error'][:300]!r}" if "error" in r else f"{r['colour']:.2f}"
+                runs = len(r.get("runs", []))
+                spread = f" ± {r['spread']:.2f} ({runs} runs)" if runs > 1 else ""
+                shown = f"failed: {r['error'][:300]!r}" if "error" in r else f"{r['colour']:.2f}{spread}"
                 rows.append([kind, side, shown, f"{r['wall_s']:.0f}" if "wall_s" in r else "",
                              f"{r['peak_mb']:.0f}" if "peak_mb" in r else ""])
         print("\n" + table(["trainer", "side", "judge: pink", "wall s", "peak MB"], rows))
