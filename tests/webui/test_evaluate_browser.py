@@ -17,7 +17,7 @@ from . import browser as br
 
 TAB = "scal_sdt_ti_tab"
 NAME = "evalbrowser"
-TIMEOUT_S = 600  # a 4-step run; 2 steps x (a picture + a leakage picture) by the WebUI's txt2img: 250 s seen (busy)
+TIMEOUT_S = 900  # a 4-step run; 2 steps x (a picture + a leakage picture) by the WebUI txt2img: 580 s seen (busy box)
 
 _missing = br.unavailable()
 pytestmark = pytest.mark.skipif(_missing is not None, reason=f"no headless browser: {_missing}")
