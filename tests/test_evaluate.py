@@ -166,6 +166,7 @@ def test_on_the_toy_world_a_run_that_overshoots_the_suggested_step_is_the_judges
     against the prompt's text alone it was lowest at step 40: pink moves every picture away from a text without its
     name, and the rule picked a brown step). About 45 s of one CPU core."""
     result, accuracy = judged_run(tmp_path, CHEAP_OVERSHOOT, sample_steps=12)
+    print(f"judge: {accuracy}; suggested {result.suggested}: {result.reason}; scores: {result.rows}")
     assert sorted(accuracy) == [40, 80, 120] and result.suggested in accuracy
     best = max(accuracy.values())
     assert best >= 0.15, accuracy  # the run learnt pink at all: else there is nothing to choose
