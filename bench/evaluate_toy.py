@@ -4,6 +4,7 @@ saved step's held-out accuracy (32 prompts of pink shapes on backgrounds, not th
 sees the colour the trained name stands for; shape and colour both right is printed too) and the table says how far the suggested step is from the best one (the README's table).
 
     python bench/evaluate_toy.py --method embedding     # also: lora, dreambooth; --out DIR keeps the runs
+    python bench/evaluate_toy.py --method lora --judged 128 --judge-at 100,400   # more prompts, fewer steps
 """
 from __future__ import annotations
 
@@ -54,11 +55,16 @@ def config(method: str, folder: Path, data: Path):
     return kind(instance_data=str(data), embeddings_out=str(folder / "emb"), num_class_images=0, **common)
 
 
-def held_out_accuracy(method: str, run_dir: Path, tcfg: dict, host, judge) -> dict[int, dict[str, float]]:
+def held_out_accuracy(method: str, run_dir: Path, tcfg: dict, host, judge, judged: int = 32,
+                      steps: set[int] | None = None) -> dict[int, dict[str, float]]:
+    """The judge's accuracy on ``judged`` held-out prompts (the first 32 are always the same 32) at every saved step,
+    or at ``steps``."""
     shapes = [s for s in SHAPES if s != HELD_OUT["shape"]]
-    triples = prompt_set(32, seed=77, shapes=shapes, colours=[HELD_OUT["colour"]])
+    triples = prompt_set(judged, seed=77, shapes=shapes, colours=[HELD_OUT["colour"]])
     out = {}
     for saved in saved_steps(run_dir, method, tcfg):
+        if steps and saved.step not in steps:
+            continue
         with step_applied(method, saved, host, NAME, 1.0, lambda p: load_host(str(p), "cpu")) as (model, emb):
             out[saved.step] = prompt_accuracy(model, judge, triples, seed=9, colour_words={HELD_OUT["colour"]: NAME},
                                               embeddings=emb or None)
@@ -69,6 +75,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--method", choices=sorted(RUNS), default="embedding")
     parser.add_argument("--out", default="")
+    parser.add_argument("--judged", type=int, default=32, help="held-out prompts the judge sees per step (standard "
+                        "error about 0.5/sqrt(N))")
+    parser.add_argument("--judge-at", default="", help="judge only these saved steps, comma-separated")
     args = parser.parse_args(argv)
     folder = Path(args.out or tempfile.mkdtemp(prefix="scal-sdt-evaluate-"))
     data = folder / "pink"
@@ -82,10 +91,11 @@ def main(argv=None) -> int:
                           say=print, load_model=lambda p: load_host(str(p), "cpu"))
     evaluated = time.time() - t0 - trained
     tcfg = json.loads((folder / "run" / "run.json").read_text())["config"]
-    accuracy = held_out_accuracy(args.method, folder / "run", tcfg, host, Judge.load(PRETRAINED / JUDGE))
+    accuracy = held_out_accuracy(args.method, folder / "run", tcfg, host, Judge.load(PRETRAINED / JUDGE), args.judged,
+                                 {int(s) for s in args.judge_at.split(",") if s})
     colour = {s: a["colour"] for s, a in accuracy.items()}
     best = max(colour, key=lambda s: (colour[s], -s))
-    gap = colour[best] - colour[result.suggested]
+    gap = colour[best] - colour.get(result.suggested, float("nan"))
     print(json.dumps({"method": args.method, "accuracy": colour, "both": {s: a["both"] for s, a in accuracy.items()},
                       "scores": result.rows, "suggested": result.suggested,
                       "best": best, "gap": round(gap, 4), "reason": result.reason,

@@ -82,7 +82,7 @@ def test_audit_through_the_api_finds_a_planted_duplicate_and_a_missing_caption(t
 def test_every_training_tab_has_check_data_and_the_evaluate_panel(toy_server):
     ids = {c.get("props", {}).get("elem_id") for c in toy_server.get("/config")["components"]}
     for prefix in ("scal_sdt_ti", "scal_sdt_hn", "scal_sdt_db", "scal_sdt_lora"):
-        for part in ("check", "check_picture", "data_source", "evaluate", "evaluate_grid", "evaluate_aesthetic",
+        for part in ("check", "check_picture", "data_source", "evaluate_start", "evaluate_grid", "evaluate_aesthetic",
                      "keep", "keep_step"):
             assert f"{prefix}_{part}" in ids, (prefix, part)
     assert "evaluate" in toy_server.get("/scal-sdt/v1/options")

@@ -39,6 +39,7 @@ class Evaluation:
     reason: str
     files: dict[str, Path] = field(default_factory=dict)  # grid, plot, page, scores
     kept: Path | None = None
+    notes: list[str] = field(default_factory=list)  # scores not measured, and why
 
     def summary(self) -> str:
         lines = [f"{len(self.rows)} saved step(s): suggested step {self.suggested} — {self.reason}"]
@@ -132,8 +133,18 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
     look = find_embedding(cfg.aesthetic, cfg.aesthetic_dir) if cfg.aesthetic else None
     weights = number_list(cfg.aesthetic_weights, "aesthetic_weights") if look else [0.0]
     plain = min(weights)  # ... and the aesthetic weight
-    scorer, training = _scorer(cfg, record, tcfg, run_dir, say)
-    texts = scorer.texts([_without(p, name) for p in prompts for _ in range(cfg.images)]) if scorer else None
+    notes: list[str] = []
+
+    def note(text: str) -> None:
+        notes.append(text)
+        say(text)
+
+    scorer, training = _scorer(cfg, record, tcfg, run_dir, note)
+    unnamed = list(dict.fromkeys(_without(p, name) for p in prompts))  # the grid's different prompts, name left out
+    own = [unnamed.index(_without(p, name)) for p in prompts for _ in range(cfg.images)]
+    texts = scorer.texts(unnamed) if scorer else None
+    if scorer and len(unnamed) < 2:
+        note("prompt match skipped: it compares the grid's prompts with each other — give two or more")
     base = scorer.images(_sample(host, neutral, cfg, size, {})) if scorer else None
     say(f"evaluating {len(steps)} saved step(s) x {len(strengths)} strength(s) x "
         + (f"{len(weights)} aesthetic weight(s) x " if look else "")
@@ -151,7 +162,7 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
                     if scorer and strength == scored and weight == plain:
                         shown = scorer.images(pictures)
                         row["fidelity"] = fidelity(shown, training) if training is not None else None
-                        row["prompt"] = prompt_match(shown, texts)
+                        row["prompt"] = prompt_match(shown, texts, own, scorer.logit_scale)
                         row["leakage"] = leakage(scorer.images(_sample(model, neutral, cfg, size, embeddings)), base)
                     label = f"step {saved.step}" + (" (final)" if saved.final else "")
                     label += f"\nstrength {strength:g}" if method in STRENGTHS else ""
@@ -174,7 +185,7 @@ def evaluate_run(cfg: EvaluateConfig, host: Host | None = None, say: Callable[[s
                                                    "class_prompts": neutral, "strengths": strengths,
                                                    "aesthetic": look.stem if look else None,
                                                    "aesthetic_weights": weights if look else []}, indent=1))
-    result = Evaluation(rows, suggested, reason, files)
+    result = Evaluation(rows, suggested, reason, files, notes=notes)
     say(f"suggested step {suggested}: {reason}")
     if cfg.keep:
         step = suggested if cfg.keep == "suggested" else int(cfg.keep)

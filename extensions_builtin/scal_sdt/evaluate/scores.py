@@ -2,8 +2,12 @@
 
 - fidelity: the mean cosine similarity of the step's pictures to the training images (how much they look like the
   data; it keeps rising as a run overfits);
-- prompt match: the mean cosine of each picture to its prompt's text with the trained name left out (whether the rest
-  of the prompt is still drawn; it falls when the concept takes over everything);
+- prompt match: how surely each picture matches its own prompt rather than the grid's other prompts, the trained
+  name left out of all of them (the mean CLIP probability of its own, chance 1/P): whether the rest of the prompt is
+  still drawn. It falls when the concept takes over everything and every prompt draws the training images. Compared
+  with the grid's other prompts, not with the text alone: the learnt concept moves every picture away from a text
+  without its name alike (a character on a beach matches "on a beach" less than the beach does), which says nothing
+  about the rest of the prompt; against the other prompts that shift cancels. Not measured with a single prompt;
 - leakage: the mean cosine distance between pictures of the class prompt WITHOUT the trigger at this step and the
   base model's, seed for seed (how much the rest of the model moved; 0 for an embedding, which acts only by name).
 """
@@ -38,6 +42,11 @@ class ClipScorer:
             out.append(f / f.norm(dim=-1, keepdim=True))
         return torch.cat(out).cpu()
 
+    @property
+    def logit_scale(self) -> float:
+        """The CLIP's learnt temperature (its logits are this times the cosines; 100 for OpenAI's)."""
+        return float(self.clip.model.logit_scale.exp())
+
     @torch.no_grad()
     def texts(self, texts: list[str]) -> torch.Tensor:
         f = self.clip.model.encode_text(self.clip.tokenizer(texts).to(self.device)).float()
@@ -48,8 +57,13 @@ def fidelity(generated: torch.Tensor, training: torch.Tensor) -> float:
     return float((generated @ training.T).mean())
 
 
-def prompt_match(generated: torch.Tensor, texts: torch.Tensor) -> float:
-    return float((generated * texts).sum(-1).mean())
+def prompt_match(generated: torch.Tensor, texts: torch.Tensor, own: list[int], scale: float) -> float | None:
+    """``generated`` [N, D] pictures, ``texts`` [P, D] the different prompts, ``own[i]`` picture i's prompt: the mean
+    softmax probability (at the CLIP's ``scale``) of each picture's own prompt among the P; None when P < 2."""
+    if texts.shape[0] < 2:
+        return None
+    probabilities = (scale * generated @ texts.T).softmax(-1)
+    return float(probabilities[torch.arange(len(own)), torch.tensor(own)].mean())
 
 
 def leakage(step_images: torch.Tensor, base_images: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ from ..evaluate.run import Evaluation
 from .form import error_html
 
 #: the EvaluateConfig fields the panel offers (the run folder comes from the form's name and log folder)
-PANEL_FIELDS = ("prompts", "strengths", "images", "aesthetic", "aesthetic_weights")
+PANEL_FIELDS = ("prompts", "strengths", "images", "aesthetic", "aesthetic_weights", "clip")
 
 
 def evaluation_html(result: Evaluation) -> str:
@@ -23,7 +23,8 @@ def evaluation_html(result: Evaluation) -> str:
                    + "</tr>" for r in result.rows)
     return (f"<p><b>Suggested: step {result.suggested}</b> — {e(result.reason)}</p>"
             f"<table class='scal-sdt-scores'><tr><th>step</th>{''.join(f'<th>{names[k]}</th>' for k in keys)}</tr>"
-            f"{rows}</table><p>page: <code>{e(str(result.files['page']))}</code></p>")
+            f"{rows}</table>" + "".join(f"<p>{e(n)}</p>" for n in result.notes)
+            + f"<p>page: <code>{e(str(result.files['page']))}</code></p>")
 
 
 def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form_inputs: list,
@@ -45,8 +46,11 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
                                    elem_id=f"{elem_prefix}_evaluate_aesthetic")
             weights = gr.Textbox(label="aesthetic weights", value="0,0.2", info="e.g. 0,0.1,0.2",
                                  elem_id=f"{elem_prefix}_evaluate_aesthetic_weights")
+        clip = gr.Textbox(label="CLIP for the scores", info="fidelity, prompt match and leakage: an open_clip folder, "
+                          "ARCH/PRETRAINED in your hub cache, toy (the toy model's); empty = the model family's; "
+                          "none = no scores", elem_id=f"{elem_prefix}_evaluate_clip")
         with gr.Row():
-            run = gr.Button("Evaluate", elem_id=f"{elem_prefix}_evaluate")
+            run = gr.Button("Evaluate", elem_id=f"{elem_prefix}_evaluate_start")
             step = gr.Number(label="step to keep", value=None, precision=0, elem_id=f"{elem_prefix}_keep_step")
             keep_button = gr.Button("Keep this one", elem_id=f"{elem_prefix}_keep")
         report = gr.HTML(elem_id=f"{elem_prefix}_evaluate_report")
@@ -58,7 +62,8 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
     def on_evaluate(*values):
         try:
             options = {"prompts": values[n] or "", "strengths": values[n + 1] or "1", "images": int(values[n + 2] or 2),
-                       "aesthetic": (values[n + 3] or "").strip(), "aesthetic_weights": values[n + 4] or "0,0.2"}
+                       "aesthetic": (values[n + 3] or "").strip(), "aesthetic_weights": values[n + 4] or "0,0.2",
+                       "clip": (values[n + 5] or "").strip()}
             result = evaluate(form_config(list(values[:n])), options)
             return evaluation_html(result), str(result.files["grid"]), str(result.files["plot"]), result.suggested
         except (ValueError, OSError, RuntimeError) as e:
@@ -73,6 +78,6 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
         except (ValueError, OSError, RuntimeError) as e:
             return error_html(e)
 
-    run.click(on_evaluate, inputs=form_inputs + [prompts, strengths, images, aesthetic, weights],
+    run.click(on_evaluate, inputs=form_inputs + [prompts, strengths, images, aesthetic, weights, clip],
               outputs=[report, grid, plot, step])
     keep_button.click(on_keep, inputs=form_inputs + [step], outputs=[report])
