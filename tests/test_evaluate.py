@@ -164,7 +164,8 @@ def test_on_the_toy_world_a_run_that_overshoots_the_suggested_step_is_the_judges
     0.05 of the best saved step's accuracy — here only step 40 is, so the test fails if the rule picks another.
     Fidelity finds it; prompt match, measured against the grid's other prompts, does not hold it back (measured
     against the prompt's text alone it was lowest at step 40: pink moves every picture away from a text without its
-    name, and the rule picked a brown step). About 45 s of one CPU core."""
+    name, and the rule picked a brown step). About 50 s of one idle core: imports 8, training 15, evaluating 8,
+    judging 17."""
     result, accuracy = judged_run(tmp_path, CHEAP_OVERSHOOT, sample_steps=12)
     print(f"judge: {accuracy}; suggested {result.suggested}: {result.reason}; scores: {result.rows}")
     assert sorted(accuracy) == [40, 80, 120] and result.suggested in accuracy
