@@ -94,7 +94,6 @@ def lend(sizes: dict, trainer_class) -> None:
     model_util.UNET_PARAMS_MODEL_CHANNELS = u["channels"]
     model_util.UNET_PARAMS_CHANNEL_MULT = u["mult"]
     model_util.UNET_PARAMS_NUM_RES_BLOCKS = u["res_blocks"]
-    model_util.UNET_PARAMS_ATTENTION_RESOLUTIONS = [4, 2, 1]  # checked: SD1's
     model_util.UNET_PARAMS_CONTEXT_DIM = u["context"]
     model_util.UNET_PARAMS_NUM_HEADS = u["heads"]
     model_util.VAE_PARAMS_CH = v["ch"]

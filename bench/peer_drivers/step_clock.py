@@ -1,8 +1,8 @@
 """Times every optimiser step of whatever trainer runs in this process, without touching the trainer: a global torch
 hook after each ``Optimizer.step`` appends ``time.perf_counter()`` and ``time.process_time()`` (the process's CPU
-seconds, which other programs on a shared CPU disturb far less than the wall clock) to a file, one line a step. Used the same way on
-both sides of ``bench/kohya.py`` (sd-scripts' trainers through ``kohya_sd1_sizes.py``, ours through ``install`` before
-the command line runs)."""
+seconds, which other programs on a shared CPU disturb far less than the wall clock) to a file, one line a step.
+Used the same way on both sides of ``bench/kohya.py`` (sd-scripts' trainers through ``kohya_sd1_sizes.py``, ours
+through ``install`` before the command line runs)."""
 from __future__ import annotations
 
 import os
