@@ -2,16 +2,20 @@
 step (evaluate/), the grid, the scores plot, the suggested step with its reason, and "Keep this one"."""
 from __future__ import annotations
 
+import dataclasses
 import html
 from typing import Callable
 
 import gradio as gr
 
+from ..config import coerce, field_type
+from ..evaluate.config import EvaluateConfig
 from ..evaluate.run import Evaluation
-from .form import error_html
+from .form import component_for, error_html
 
 #: the EvaluateConfig fields the panel offers (the run folder comes from the form's name and log folder)
 PANEL_FIELDS = ("prompts", "strengths", "images", "aesthetic", "aesthetic_weights", "clip")
+FIELDS = {f.name: f for f in dataclasses.fields(EvaluateConfig)}
 
 
 def evaluation_html(result: Evaluation) -> str:
@@ -33,22 +37,13 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
     ``evaluate(train_cfg, options)`` compares its run's saved steps; ``keep(train_cfg, step)`` copies one to the
     result's name and returns the path."""
     with gr.Accordion("Evaluate saved steps", open=False, elem_id=f"{elem_prefix}_evaluate_group"):
-        prompts = gr.Textbox(label="prompts", info="several separated by |; [name] is the trained name; empty = the "
-                             "run's preview prompts", elem_id=f"{elem_prefix}_evaluate_prompts")
+        field = lambda name: component_for(EvaluateConfig, FIELDS[name], f"{elem_prefix}_evaluate")  # noqa: E731
+        fields = [field("prompts")]
         with gr.Row():
-            strengths = gr.Textbox(label="strengths", value="1", info="LoRA and hypernetwork: e.g. 0.5,1",
-                                   elem_id=f"{elem_prefix}_evaluate_strengths")
-            images = gr.Number(label="images per prompt", value=2, precision=0,
-                               elem_id=f"{elem_prefix}_evaluate_images")
+            fields += [field("strengths"), field("images")]
         with gr.Row():
-            aesthetic = gr.Textbox(label="aesthetic embedding", info="a name from the aesthetic embeddings folder, "
-                                   "compared over its weights on every step; empty = none",
-                                   elem_id=f"{elem_prefix}_evaluate_aesthetic")
-            weights = gr.Textbox(label="aesthetic weights", value="0,0.2", info="e.g. 0,0.1,0.2",
-                                 elem_id=f"{elem_prefix}_evaluate_aesthetic_weights")
-        clip = gr.Textbox(label="CLIP for the scores", info="fidelity, prompt match and leakage: an open_clip folder, "
-                          "ARCH/PRETRAINED in your hub cache, toy (the toy model's); empty = the model family's; "
-                          "none = no scores", elem_id=f"{elem_prefix}_evaluate_clip")
+            fields += [field("aesthetic"), field("aesthetic_weights")]
+        fields.append(field("clip"))
         with gr.Row():
             run = gr.Button("Evaluate", elem_id=f"{elem_prefix}_evaluate_start")
             step = gr.Number(label="step to keep", value=None, precision=0, elem_id=f"{elem_prefix}_keep_step")
@@ -61,9 +56,9 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
 
     def on_evaluate(*values):
         try:
-            options = {"prompts": values[n] or "", "strengths": values[n + 1] or "1", "images": int(values[n + 2] or 2),
-                       "aesthetic": (values[n + 3] or "").strip(), "aesthetic_weights": values[n + 4] or "0,0.2",
-                       "clip": (values[n + 5] or "").strip()}
+            options = {name: coerce(name, field_type(EvaluateConfig, FIELDS[name]),
+                                    v.strip() if isinstance(v, str) else v)
+                       for name, v in zip(PANEL_FIELDS, values[n:]) if v not in (None, "")}  # empty: the default
             result = evaluate(form_config(list(values[:n])), options)
             return evaluation_html(result), str(result.files["grid"]), str(result.files["plot"]), result.suggested
         except (ValueError, OSError, RuntimeError) as e:
@@ -78,6 +73,6 @@ def evaluate_panel(elem_prefix: str, form_config: Callable[[list], object], form
         except (ValueError, OSError, RuntimeError) as e:
             return error_html(e)
 
-    run.click(on_evaluate, inputs=form_inputs + [prompts, strengths, images, aesthetic, weights, clip],
+    run.click(on_evaluate, inputs=form_inputs + fields,
               outputs=[report, grid, plot, step])
     keep_button.click(on_keep, inputs=form_inputs + [step], outputs=[report])
