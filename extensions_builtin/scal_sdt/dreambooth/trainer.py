@@ -16,7 +16,7 @@ from ..files import atomic_write_text
 from ..host.base import Host
 from ..training.dataset import LatentDataset
 from ..training.frozen_job import FrozenModelJob
-from ..training.loop import LoopResult, run_on_host
+from ..training.loop import LoopResult, resolve_precision, run_on_host
 from ..training.lr import rate_scale
 from ..training.report import ConsoleReporter, Reporter
 from ..training.run_setup import prepare_data, run_dir_for
@@ -310,8 +310,7 @@ def preflight(cfg: DreamBoothConfig, host: Host, reporter: Reporter) -> None:
     if not budget and host.device.type == "cuda":
         budget = torch.cuda.get_device_properties(host.device).total_memory / 2 ** 30
     resolution = cfg.resolution or host.native_resolution
-    if cfg.precision == "auto" and host.device.type == "cpu":  # a CPU computes in fp32: no autocast copies
-        cfg = dataclasses.replace(cfg, precision="fp32")
+    cfg = dataclasses.replace(cfg, precision=resolve_precision(cfg.precision, host.device))  # a CPU's auto: fp32
     estimate, advice = advise(cfg, ModelSize.of(host), resolution, budget or float("inf"))
     fits = not budget or estimate.peak_mib <= budget * 1024
     reporter.message(estimate.describe() + ("" if fits else f"; more than {budget:g} GiB — to fit: " + "; ".join(advice)))
